@@ -1,0 +1,394 @@
+"""The GPT decoder: one Flax Linen module for both the GPT-2 and the Llama families.
+
+`GPT(config).apply({'params': params}, tokens)` -> logits [B, T, V] is a pure function.
+
+One `GPTConfig` selects the family:
+- "gpt2":  learned positions, LayerNorm (with bias), GELU (tanh) MLP, biases everywhere, tied
+           input/output embeddings. Matches HF `GPT2LMHeadModel`.
+- "llama": RoPE, RMSNorm, SwiGLU MLP, grouped-query attention (n_kv_heads <= n_heads), no biases,
+           untied output head. Matches HF `LlamaForCausalLM`.
+
+Design choices:
+- Layers run under `nn.scan` (one compiled layer, params stacked on a leading `layers` axis) unless
+  `scan_layers=False`; `remat_policy` wraps the layer in `nn.remat` to trade FLOPs for memory.
+- Parameters live in `param_dtype` (float32); matmuls run in `dtype` (bfloat16 on accelerators);
+  softmax and logits are float32.
+- Every parameter carries logical axis names (see `sharding.RULES`); activations are constrained by
+  name when the module is given a mesh.
+- The KV cache is an explicit pytree passed in and returned: {"k","v": [L, B, S, kv_heads, head_dim],
+  "valid": [B, S] bool, "index": int32 slot of the next write}. All rows write the same slots;
+  each row has its own positions, so left-padded prompts of different lengths decode correctly.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from gpt_jax.sharding import constrain
+
+FAMILIES = ("gpt2", "llama")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    family: str = "gpt2"
+    vocab_size: int = 8192
+    max_seq_len: int = 256
+    n_layers: int = 6
+    d_model: int = 384
+    n_heads: int = 6
+    n_kv_heads: int = 0  # 0 = n_heads (multi-head attention)
+    d_ff: int = 0  # 0 = 4 * d_model (gpt2) or the Llama 2/3 * 4d rounded rule
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_embeddings: int = -1  # -1 = family default (gpt2 tied, llama untied), 0/1 explicit
+    dropout: float = 0.0
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"model.family={self.family!r}; expected one of {FAMILIES}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"model.n_heads={self.n_heads} not divisible by n_kv_heads={self.kv_heads}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"model.remat_policy={self.remat_policy!r}; expected {list(REMAT_POLICIES)}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "GPTConfig":
+        """From an ml_collections ConfigDict (or dict) holding exactly these fields."""
+        values = dict(cfg) if not hasattr(cfg, "to_dict") else cfg.to_dict()
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise KeyError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**values)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.family == "gpt2":
+            return 4 * self.d_model
+        hidden = int(2 * 4 * self.d_model / 3)
+        return 64 * ((hidden + 63) // 64)
+
+    @property
+    def tied(self) -> bool:
+        return self.family == "gpt2" if self.tie_embeddings < 0 else bool(self.tie_embeddings)
+
+    @property
+    def use_bias(self) -> bool:
+        return self.family == "gpt2"
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    def num_params(self, include_pos: bool = True) -> int:
+        """Exact parameter count (matches the initialised pytree)."""
+        d, h, kv, hd, f = self.d_model, self.n_heads, self.kv_heads, self.head_dim, self.ff_dim
+        attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+        mlp = (2 if self.family == "gpt2" else 3) * d * f
+        norms = 2 * d * (2 if self.family == "gpt2" else 1)
+        biases = (h * hd + 2 * kv * hd + d + f + d) if self.use_bias else 0
+        layer = attn + mlp + norms + biases
+        total = self.n_layers * layer + self.vocab_size * d + d * (2 if self.family == "gpt2" else 1)
+        if not self.tied:
+            total += d * self.vocab_size
+        if self.family == "gpt2" and include_pos:
+            total += self.max_seq_len * d
+        return total
+
+
+def init_cache(config: GPTConfig, batch_size: int, max_len: int, dtype=None) -> dict[str, Any]:
+    """An empty KV cache pytree for `batch_size` rows of up to `max_len` slots."""
+    dtype = dtype or config.compute_dtype
+    shape = (config.n_layers, batch_size, max_len, config.kv_heads, config.head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "valid": jnp.zeros((batch_size, max_len), bool),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def _init(std: float, names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def _zeros(names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros, names)
+
+
+def _ones(names: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.ones, names)
+
+
+class Norm(nn.Module):
+    """LayerNorm (gpt2) or RMSNorm (llama), computed in float32."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        scale = self.param("scale", _ones(("norm",)), (cfg.d_model,), cfg.weight_dtype)
+        xf = x.astype(jnp.float32)
+        if cfg.family == "gpt2":
+            bias = self.param("bias", _zeros(("norm",)), (cfg.d_model,), cfg.weight_dtype)
+            mean = xf.mean(-1, keepdims=True)
+            var = jnp.square(xf - mean).mean(-1, keepdims=True)
+            y = (xf - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale + bias
+        else:
+            y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + cfg.norm_eps) * scale
+        return y.astype(cfg.compute_dtype)
+
+
+def rotary(x, positions, theta: float):
+    """RoPE in the HF "rotate_half" convention. x [B, T, N, D], positions [B, T]."""
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2 / x.shape[-1]))
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, half]
+    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    x1, x2 = xf[..., :half], xf[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attend(q, k, v, mask):
+    """Grouped-query attention. q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] bool -> [B,T,H,D]."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (d**-0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+class Attention(nn.Module):
+    config: GPTConfig
+    mesh: Mesh | None = None
+
+    @nn.compact
+    def __call__(self, x, positions, mask, layer_cache=None, cache_index=None):
+        cfg = self.config
+        d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        dt = cfg.compute_dtype
+        proj_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+
+        def project(name, heads, heads_axis):
+            w = self.param(name, _init(cfg.init_std, ("embed", heads_axis, "head_dim")),
+                           (d, heads, hd), cfg.weight_dtype)
+            y = jnp.einsum("btd,dnh->btnh", x, w.astype(dt))
+            if cfg.use_bias:
+                y = y + self.param(f"{name}_bias", _zeros((heads_axis, "head_dim")),
+                                   (heads, hd), cfg.weight_dtype).astype(dt)
+            return constrain(y, ("act_batch", "act_length", f"act_{heads_axis}", None), self.mesh)
+
+        q = project("q", h, "heads")
+        k = project("k", kv, "kv_heads")
+        v = project("v", kv, "kv_heads")
+        if cfg.family == "llama":
+            q = rotary(q, positions, cfg.rope_theta)
+            k = rotary(k, positions, cfg.rope_theta)
+
+        new_cache = None
+        if layer_cache is not None:
+            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
+                                             (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
+                                             (0, cache_index, 0, 0))
+            new_cache = {"k": k, "v": v}
+            k, v = k.astype(dt), v.astype(dt)
+
+        out = attend(q, k, v, mask)
+        out = constrain(out, ("act_batch", "act_length", "act_heads", None), self.mesh)
+        wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")), (h, hd, d),
+                        cfg.weight_dtype)
+        y = jnp.einsum("btnh,nhd->btd", out, wo.astype(dt))
+        if cfg.use_bias:
+            y = y + self.param("o_bias", _zeros(("embed",)), (d,), cfg.weight_dtype).astype(dt)
+        return y, new_cache
+
+
+class MLP(nn.Module):
+    config: GPTConfig
+    mesh: Mesh | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        d, f, dt = cfg.d_model, cfg.ff_dim, cfg.compute_dtype
+        proj_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+
+        def dense_in(name):
+            w = self.param(name, _init(cfg.init_std, ("embed", "mlp")), (d, f), cfg.weight_dtype)
+            y = jnp.einsum("btd,df->btf", x, w.astype(dt))
+            if cfg.use_bias:
+                y = y + self.param(f"{name}_bias", _zeros(("mlp",)), (f,), cfg.weight_dtype).astype(dt)
+            return constrain(y, ("act_batch", "act_length", "act_mlp"), self.mesh)
+
+        if cfg.family == "gpt2":
+            hidden = jax.nn.gelu(dense_in("fc"), approximate=True)
+        else:
+            hidden = jax.nn.silu(dense_in("gate")) * dense_in("up")
+        w_out = self.param("proj", _init(proj_std, ("mlp", "embed")), (f, d), cfg.weight_dtype)
+        y = jnp.einsum("btf,fd->btd", hidden, w_out.astype(dt))
+        if cfg.use_bias:
+            y = y + self.param("proj_bias", _zeros(("embed",)), (d,), cfg.weight_dtype).astype(dt)
+        return y
+
+
+class Block(nn.Module):
+    """Pre-norm transformer layer. Signature fits `nn.scan`: (carry, *xs) -> (carry, ys)."""
+
+    config: GPTConfig
+    mesh: Mesh | None = None
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, positions, mask, layer_cache, cache_index):
+        cfg = self.config
+        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
+        attn_out, new_cache = Attention(cfg, self.mesh, name="attn")(
+            Norm(cfg, name="ln_1")(x), positions, mask, layer_cache, cache_index
+        )
+        x = x + drop(attn_out)
+        x = x + drop(MLP(cfg, self.mesh, name="mlp")(Norm(cfg, name="ln_2")(x)))
+        x = constrain(x, ("act_batch", "act_length", "act_embed"), self.mesh)
+        return x, new_cache
+
+
+def attention_mask(positions, segment_ids=None, cache_valid=None, cache_index=None, t=None):
+    """[B, T, S] boolean mask: causal, within a packed segment, and not onto padding.
+
+    Without a cache, S == T and causality is by position in the sequence. With a cache, S is the
+    cache length; a query in slot `cache_index + i` sees valid slots up to and including its own.
+    """
+    if cache_valid is None:
+        t = positions.shape[1]
+        causal = jnp.tril(jnp.ones((t, t), bool))[None]
+        if segment_ids is None:
+            return jnp.broadcast_to(causal, (positions.shape[0], t, t))
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        return causal & same & (segment_ids[:, None, :] != 0)
+    s = cache_valid.shape[1]
+    q_slot = cache_index + jnp.arange(t)
+    causal = jnp.arange(s)[None, :] <= q_slot[:, None]  # [T, S]
+    return causal[None] & cache_valid[:, None, :]
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer. See the module docstring for the families and the cache layout."""
+
+    config: GPTConfig
+    mesh: Mesh | None = None
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, segment_ids=None, attention_valid=None,
+                 cache=None, deterministic: bool = True, return_hidden: bool = False):
+        """tokens [B, T] int -> logits [B, T, V] float32 (or (logits, hidden) / + new cache).
+
+        positions:       [B, T] position ids (default arange, or continuing from the cache).
+        segment_ids:     [B, T] packed-example ids (0 = padding); attention stays within a segment.
+        attention_valid: [B, T] bool, False for padding tokens (used with a cache).
+        cache:           KV cache from `init_cache`; when given, returns (logits, new_cache) and
+                         the hidden states too if return_hidden.
+        """
+        cfg = self.config
+        b, t = tokens.shape
+        dt = cfg.compute_dtype
+        cache_index = None if cache is None else cache["index"]
+        if positions is None:
+            start = 0 if cache is None else cache_index
+            positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+
+        if cache is None:
+            mask = attention_mask(positions, segment_ids)
+        else:
+            valid = jnp.ones((b, t), bool) if attention_valid is None else attention_valid
+            cache_valid = jax.lax.dynamic_update_slice(cache["valid"], valid, (0, cache_index))
+            mask = attention_mask(positions, cache_valid=cache_valid, cache_index=cache_index, t=t)
+
+        wte = self.param("wte", _init(cfg.init_std, ("vocab", "embed")),
+                         (cfg.vocab_size, cfg.d_model), cfg.weight_dtype)
+        x = jnp.take(wte, tokens, axis=0).astype(dt)
+        if cfg.family == "gpt2":
+            wpe = self.param("wpe", _init(cfg.init_std / 2, ("pos", "embed")),
+                             (cfg.max_seq_len, cfg.d_model), cfg.weight_dtype)
+            x = x + jnp.take(wpe, positions, axis=0).astype(dt)
+        x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
+        x = constrain(x, ("act_batch", "act_length", "act_embed"), self.mesh)
+
+        block = Block
+        if cfg.remat_policy != "none":
+            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy],
+                             prevent_cse=not cfg.scan_layers)
+        layer_caches = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+        if cfg.scan_layers:
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, self.mesh, deterministic, name="blocks")
+            x, new_layer_caches = stack(x, positions, mask, layer_caches, cache_index)
+        else:
+            new = []
+            for i in range(cfg.n_layers):
+                layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], layer_caches)
+                x, c = block(cfg, self.mesh, deterministic, name=f"block_{i}")(
+                    x, positions, mask, layer_cache, cache_index)
+                new.append(c)
+            new_layer_caches = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new)
+
+        hidden = Norm(cfg, name="ln_f")(x)
+        if cfg.tied:
+            logits = jnp.einsum("btd,vd->btv", hidden, wte.astype(dt),
+                                preferred_element_type=jnp.float32)
+        else:
+            head = self.param("lm_head", _init(cfg.init_std, ("embed", "vocab")),
+                              (cfg.d_model, cfg.vocab_size), cfg.weight_dtype)
+            logits = jnp.einsum("btd,dv->btv", hidden, head.astype(dt),
+                                preferred_element_type=jnp.float32)
+        logits = constrain(logits, ("act_batch", "act_length", "act_vocab"), self.mesh)
+
+        outputs = (logits, hidden) if return_hidden else logits
+        if cache is None:
+            return outputs
+        new_cache = {**new_layer_caches, "valid": cache_valid, "index": cache_index + t}
+        return outputs, new_cache
