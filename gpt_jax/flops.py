@@ -1,0 +1,35 @@
+"""Model FLOPs and the matmul peak they are compared against (MFU).
+
+Model FLOPs per token (training) = 6 * (all params incl. the output head, excl. position
+embeddings) + 12 * layers * d_model * seq_len (attention scores and values, forward + backward).
+The peak is measured, not looked up: a jit'd square matmul on the same device in the same
+process, because CPUs here differ (AVX2 vs AVX-512) and only ratios measured together mean much.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax.model import GPTConfig
+
+
+def train_flops_per_token(config: GPTConfig, seq_len: int) -> float:
+    n = config.num_params(include_pos=False)
+    return 6.0 * n + 12.0 * config.n_layers * config.d_model * seq_len
+
+
+def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
+    """FLOP/s of a jit'd n^3 matmul on the default device (median of `repeats`)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / float(np.median(times))

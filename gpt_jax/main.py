@@ -1,0 +1,79 @@
+"""Entry point: `python -m gpt_jax.main --config=experiments/configs/<file>.py --workdir=runs/x`.
+
+Dispatches on `config.stage` (tokenizer | pretrain | ... | recipe). Any config key can be
+overridden as `--config.train.total_steps=100`; an unknown key is an error naming the key.
+
+`--compile_only` lowers and compiles the stage's train_step for the config on its mesh with
+abstract inputs (nothing allocated) and prints per-device memory. `--simulate_devices=N` makes
+the CPU backend expose N devices (it must act before jax is imported, hence the early argv scan).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _simulate_devices_from_argv(argv: list[str]) -> None:
+    for arg in argv:
+        if arg.startswith("--simulate_devices="):
+            n = int(arg.split("=", 1)[1])
+            if n > 0:
+                flags = os.environ.get("XLA_FLAGS", "")
+                os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+                os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+if __name__ == "__main__":
+    _simulate_devices_from_argv(sys.argv)
+
+import importlib  # noqa: E402
+import json  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (stages write <workdir>/<stage>/).")
+_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False,
+                                  "Only lower+compile the train step and print memory per device.")
+flags.DEFINE_integer("simulate_devices", 0, "Expose N CPU devices (for meshes on one host).")
+
+STAGES = {
+    "tokenizer": "gpt_jax.data.tokenizer_stage",
+    "pretrain": "gpt_jax.train.pretrain",
+}
+
+
+def stage_module(stage: str):
+    if stage not in STAGES:
+        raise KeyError(f"config.stage={stage!r}; known stages: {sorted(STAGES)}")
+    return importlib.import_module(STAGES[stage])
+
+
+def main(argv) -> None:
+    del argv
+    config = _CONFIG.value
+    if _COMPILE_ONLY.value:
+        from gpt_jax.aot import compile_plan
+
+        print(json.dumps(compile_plan(config), indent=2))
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    if "distributed" in config:
+        from gpt_jax.train.pretrain import initialize_distributed
+
+        initialize_distributed(config)
+    summary = stage_module(config.stage).run(config, _WORKDIR.value)
+    logging.info("summary: %s", summary)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cli() -> None:
+    flags.mark_flag_as_required("config")
+    app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,81 @@
+"""Metrics out of a run: JSONL rows + TensorBoard scalars, and the per-stage summary.json.
+
+`<stage_dir>/metrics.jsonl` holds one JSON object per logged step (`step`, `loss`, ...; eval rows
+carry `eval_loss`). On resume, rows past the restored step are dropped first, so the file reads
+as one uninterrupted run. `<stage_dir>/summary.json` is written once, when the stage completes;
+its keys are documented in the README and read by later stages and the report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _jsonable(value):
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if hasattr(value, "shape") and getattr(value, "shape", None) == ():
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsWriter:
+    """Appends metric rows to metrics.jsonl and (optionally) TensorBoard."""
+
+    def __init__(self, stage_dir: str | os.PathLike, tensorboard: bool = True):
+        self.dir = Path(stage_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "metrics.jsonl"
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drops rows logged after `step` (they belong to work that a resume will redo)."""
+        if not self.path.exists():
+            return
+        rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        row = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_summary(stage_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
+    """Atomically writes <stage_dir>/summary.json; its presence marks the stage complete."""
+    path = Path(stage_dir) / "summary.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_summary(stage_dir: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(stage_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None

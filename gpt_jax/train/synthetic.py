@@ -1,0 +1,30 @@
+"""Random-token batches, for tests, benchmarks and compile-only planning without a tokenizer.
+
+The batch at step s is a pure function of (seed, s), so the iterator state is just the step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class SyntheticTokens:
+    def __init__(self, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0):
+        self.shape = (batch_size, seq_len + 1)
+        self.vocab_size = vocab_size
+        self.seed = seed
+        self.step = 0
+        self.bytes_per_token = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.step])
+        self.step += 1
+        return {"tokens": rng.integers(0, self.vocab_size, self.shape, dtype=np.int32)}
+
+    def get_state(self) -> dict:
+        return {"step": self.step}
+
+    def set_state(self, state: dict) -> None:
+        self.step = int(state["step"])
