@@ -54,7 +54,10 @@ RULES: tuple[tuple[str, Any], ...] = (
 
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh; one entry may be -1 meaning "all remaining devices"."""
+    """A (data, fsdp, tensor) mesh; one entry may be -1 meaning "all remaining devices".
+
+    A mesh smaller than the device count uses the first devices.
+    """
     devices = list(devices if devices is not None else jax.devices())
     shape = list(shape)
     if len(shape) != len(MESH_AXES):
@@ -66,8 +69,9 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
         if len(devices) % known:
             raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
         shape[shape.index(-1)] = len(devices) // known
-    if math.prod(shape) != len(devices):
+    if math.prod(shape) > len(devices):
         raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, have {len(devices)}")
+    devices = devices[: math.prod(shape)]  # an explicit smaller mesh uses the first devices
     return jax.make_mesh(
         tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
     )

@@ -1,0 +1,83 @@
+"""The shared loop through the real entry point: exact resume after SIGKILL, the non-finite
+guard, config validation, metrics and summary files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpt_jax.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = str(REPO / "tests" / "configs" / "pretrain_test.py")
+
+
+def _main(workdir, *overrides, check=True):
+    cmd = [sys.executable, "-m", "gpt_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
+           *overrides]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _losses(workdir):
+    rows = read_metrics(Path(workdir) / "pretrain" / "metrics.jsonl")
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    _main(straight)
+    killed = _main(crashed, "--config.train.kill_at_step=10", check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (crashed / "pretrain" / "summary.json").exists()
+    assert max(_losses(crashed)) == 10
+    _main(crashed)  # resumes from the step-10 checkpoint
+    a, b = _losses(straight), _losses(crashed)
+    assert sorted(b) == list(range(1, 21))
+    for step in range(11, 21):
+        assert a[step] == b[step], (step, a[step], b[step])  # bitwise on CPU
+
+    summary = json.loads((straight / "pretrain" / "summary.json").read_text())
+    for key in ("final_train_loss", "final_eval_loss", "eval_bits_per_byte", "tokens_seen",
+                "tokens_per_sec", "wall_seconds", "num_params"):
+        assert key in summary
+    assert summary["tokens_seen"] == 20 * 8 * 16
+    rows = read_metrics(straight / "pretrain" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "eval_loss" in r] == [10, 20]
+    assert (straight / "pretrain" / "checkpoints").is_dir()
+
+
+def test_completed_stage_is_skipped(tmp_path):
+    _main(tmp_path, "--config.train.total_steps=2")
+    summary = (tmp_path / "pretrain" / "summary.json").read_text()
+    proc = _main(tmp_path, "--config.train.total_steps=2")
+    assert (tmp_path / "pretrain" / "summary.json").read_text() == summary
+    assert json.loads(proc.stdout[proc.stdout.index("{"):])["steps"] == 2
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    # A huge learning rate makes the loss blow up; the error must name the step.
+    proc = _main(tmp_path, "--config.optim.learning_rate=1e12", "--config.optim.grad_clip=0",
+                 "--config.optim.warmup_steps=0", "--config.train.checkpoint_every=1",
+                 check=False)
+    assert proc.returncode != 0
+    assert "non-finite loss" in proc.stderr
+    import re
+
+    step = int(re.search(r"non-finite loss \S+ at step (\d+)", proc.stderr).group(1))
+    ckpts = sorted(int(p.name) for p in (tmp_path / "pretrain" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert ckpts and max(ckpts) == step - 1
+
+
+def test_unknown_config_key_is_rejected_by_name(tmp_path):
+    proc = _main(tmp_path, "--config.train.no_such_key=3", check=False)
+    assert proc.returncode != 0
+    assert "no_such_key" in proc.stderr
+    assert not (tmp_path / "pretrain").exists()
