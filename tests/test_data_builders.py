@@ -14,7 +14,8 @@ SLOW = {"chinese_poetry"}  # ~25 s to build and read back
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("data_cache")
+    # Shared with tests/test_tokenizer_sources.py within one session (same base temp dir).
+    return tmp_path_factory.getbasetemp() / "shared_data_cache"
 
 
 @pytest.mark.parametrize(
