@@ -151,6 +151,28 @@ def make_pretrain_iterator(config, tokenizer, split: str, batch_size: int, seq_l
                             prefetch=d.prefetch_batches)
 
 
+def make_sft_iterator(config, tokenizer, split: str, batch_size: int, seq_len: int, seed: int,
+                      workdir: str | None = None, cache_dir: str | None = None):
+    """Conversation batches (tokens, loss_mask, segment_ids, positions); see gpt_jax/data/sft.py."""
+    from gpt_jax.data import registry, sft
+
+    d = config.data
+    root = resolve_cache_dir(config, workdir, cache_dir)
+    weights = normalized_weights(d.sft_weights)
+    rendered, dropped = {}, {}
+    for name in weights:
+        builder = registry.prepare(
+            name, data_dir=d.dir or None, cache_dir=root, skip_bad_records=d.skip_bad_records,
+            identity=(d.identity.name, d.identity.author) if name == "identity" else None)
+        rendered[name], dropped[name] = sft.render_source(builder, split, tokenizer, seq_len + 1)
+    it = sft.SFTIterator(rendered, weights, batch_size=batch_size, seq_len=seq_len, seed=seed,
+                         split=split, pad_id=tokenizer.pad_id, pack=d.pack_conversations,
+                         loader_threads=d.loader_threads, prefetch=d.prefetch_batches)
+    it.dropped = dropped
+    it.conversation_counts = {n: len(r) for n, r in rendered.items()}
+    return it
+
+
 def shard_batch(batch: dict, sharding) -> dict:
     """Host batch -> global jax arrays. `sharding` is one NamedSharding for the [B, T+1] arrays
     (lower-rank arrays such as source_ids use its leading axes) or a dict of them per key.

@@ -97,7 +97,9 @@ def prepare(
     key = f"{source_fingerprint(name, root)}{'-skip' if skip_bad_records else ''}"
     kwargs = {}
     if identity is not None:
-        kwargs["config"] = builders_sft.IdentityConfig(assistant_name=identity[0], author=identity[1])
+        cfg = builders_sft.IdentityConfig(assistant_name=identity[0], author=identity[1])
+        # The default values are a predefined config; TFDS wants those named, not re-created.
+        kwargs["config"] = cfg.name if cfg.name in BUILDERS[name].builder_configs else cfg
     builder = BUILDERS[name](
         source_dir=root,
         skip_bad_records=skip_bad_records,
