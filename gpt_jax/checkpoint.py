@@ -71,14 +71,46 @@ class Checkpointer:
         self.manager.close()
 
 
+def _default_sharding(abstract_tree):
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(
+        lambda a: a if getattr(a, "sharding", None) is not None
+        else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_tree)
+
+
 def restore_params(directory: str | os.PathLike, abstract_params, step: int | None = None):
-    """Only the params of a stage's final checkpoint (how a stage reads its parent)."""
+    """Only the params of a checkpoint (default: latest step); how a stage reads its parent.
+
+    `abstract_params` leaves may carry shardings; those without one land on the first device.
+    """
     ckpt = Checkpointer(directory, async_save=False)
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")
+    item = {"params": _default_sharding(abstract_params)}
     restored = ckpt.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": abstract_params}, partial_restore=True)))
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True)))
     ckpt.close()
     return restored["state"]["params"]
+
+
+def load_stage(workdir: str | os.PathLike, stage: str, step: int | None = None):
+    """(GPTConfig, params) of `<workdir>/<stage>`'s checkpoint, from its saved config.json."""
+    import json
+    from pathlib import Path
+
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from gpt_jax.model import GPT, GPTConfig
+
+    stage_dir = Path(workdir) / stage
+    config_path = stage_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: has stage {stage!r} run in {workdir}?")
+    config = GPTConfig.from_config(json.loads(config_path.read_text())["model"])
+    abstract = jax.eval_shape(lambda: nn.unbox(
+        GPT(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
+    return config, restore_params(stage_dir / "checkpoints", abstract, step)

@@ -26,11 +26,12 @@ def _simulate_devices_from_argv(argv: list[str]) -> None:
 if __name__ == "__main__":
     _simulate_devices_from_argv(sys.argv)
 
-import importlib  # noqa: E402
 import json  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from gpt_jax.stages import stage_module  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -39,20 +40,10 @@ _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False,
                                   "Only lower+compile the train step and print memory per device.")
 flags.DEFINE_integer("simulate_devices", 0, "Expose N CPU devices (for meshes on one host).")
 
-STAGES = {
-    "tokenizer": "gpt_jax.data.tokenizer_stage",
-    "pretrain": "gpt_jax.train.pretrain",
-}
-
-
-def stage_module(stage: str):
-    if stage not in STAGES:
-        raise KeyError(f"config.stage={stage!r}; known stages: {sorted(STAGES)}")
-    return importlib.import_module(STAGES[stage])
-
-
 def main(argv) -> None:
     del argv
+    if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
+        logging.set_verbosity(logging.WARNING)  # orbax/TFDS info logs drown the progress bars
     config = _CONFIG.value
     if _COMPILE_ONLY.value:
         from gpt_jax.aot import compile_plan
@@ -61,7 +52,7 @@ def main(argv) -> None:
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
-    if "distributed" in config:
+    if "distributed" in config and config.distributed.initialize:
         from gpt_jax.train.pretrain import initialize_distributed
 
         initialize_distributed(config)
