@@ -55,6 +55,7 @@ class Loop:
     state_shardings: Any
     eval_step: Callable | None = None  # jit'd (params, batch) -> {"loss_sum", "num_tokens"}
     make_eval_iter: Callable[[], Iterator] | None = None
+    eval_hook: Callable[[Any, int], dict] | None = None  # (params, step) -> extra eval metrics
     tokens_per_step: int = 0
     flops_per_step: float = 0.0
     peak_flops: float = 0.0
@@ -137,6 +138,8 @@ class Loop:
                                     tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.2f}")
                 if eval_now:
                     last_eval = self.evaluate(state.params)
+                    if self.eval_hook is not None:
+                        last_eval.update(self.eval_hook(state.params, step))
                     writer.write(step, last_eval)
                     window_start = time.perf_counter()
                 if ckpt_now:
