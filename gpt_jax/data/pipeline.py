@@ -17,7 +17,6 @@ On one host it is `jax.device_put(batch, sharding)`.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import grain
@@ -25,6 +24,7 @@ import jax
 import numpy as np
 
 from gpt_jax.data import token_cache
+from gpt_jax.data.step_batches import StepIndexedBatches
 from gpt_jax.data.token_cache import TokenShards
 
 
@@ -65,7 +65,7 @@ def resolve_cache_dir(config, workdir: str | None, cache_dir: str | None) -> Pat
     return Path(chosen)
 
 
-class PretrainIterator:
+class PretrainIterator(StepIndexedBatches):
     """next() -> batch dict; get_state()/set_state() for exact resume; per-source counters."""
 
     def __init__(self, sources: dict[str, TokenShards], weights: dict[str, float], *,
@@ -94,41 +94,20 @@ class PretrainIterator:
             return {"tokens": np.stack([r[0] for r in rows]),
                     "source_ids": np.array([r[1] for r in rows], dtype=np.int32)}
 
-        self._batches = grain.MapDataset.range(sys.maxsize).map(make_batch)
-        self._read_options = grain.ReadOptions(num_threads=loader_threads,
-                                               prefetch_buffer_size=prefetch)
         self.tokens_by_source = {n: 0 for n in self.source_names}
-        self._start(0)
+        self._serve(make_batch, loader_threads, prefetch)
 
-    def _start(self, step: int) -> None:
-        self.step = step
-        self._it = iter(self._batches.slice(slice(step, None)).to_iter_dataset(self._read_options))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        batch = next(self._it)
-        self.step += 1
+    def _on_batch(self, batch: dict) -> None:
         counts = np.bincount(batch["source_ids"], minlength=len(self.source_names))
         for name, c in zip(self.source_names, counts):
             self.tokens_by_source[name] += int(c) * self.seq_len
-        return batch
 
-    next = __next__
+    def _extra_state(self) -> dict:
+        return {"tokens_by_source": dict(self.tokens_by_source)}
 
-    def get_state(self) -> dict:
-        return {"step": self.step, "seed": self.seed, "split": self.split,
-                "batch_size": self.batch_size, "seq_len": self.seq_len,
-                "tokens_by_source": dict(self.tokens_by_source)}
-
-    def set_state(self, state: dict) -> None:
-        for k in ("seed", "split", "batch_size", "seq_len"):
-            if state[k] != getattr(self, k):
-                raise ValueError(f"data state has {k}={state[k]!r}, iterator has {getattr(self, k)!r}")
+    def _restore_extra(self, state: dict) -> None:
         self.tokens_by_source = {n: int(state["tokens_by_source"].get(n, 0))
                                  for n in self.source_names}
-        self._start(int(state["step"]))
 
 
 def make_pretrain_iterator(config, tokenizer, split: str, batch_size: int, seq_len: int, seed: int,

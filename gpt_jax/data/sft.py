@@ -17,13 +17,13 @@ The model must not attend across segments: attend only where segment_ids[q] == s
 """
 from __future__ import annotations
 
-import sys
 
 import grain
 import jax
 import numpy as np
 
 from gpt_jax.data import registry
+from gpt_jax.data.step_batches import StepIndexedBatches
 
 MAX_PER_ROW = 8
 
@@ -41,7 +41,7 @@ def render_source(builder, split: str, tokenizer, max_len: int) -> tuple[list, i
     return out, dropped
 
 
-class SFTIterator:
+class SFTIterator(StepIndexedBatches):
     def __init__(self, rendered: dict[str, list], weights: dict[str, float], *, batch_size: int,
                  seq_len: int, seed: int, split: str, pad_id: int, pack: bool,
                  loader_threads: int = 2, prefetch: int = 4):
@@ -79,31 +79,4 @@ class SFTIterator:
             keys = ("tokens", "loss_mask", "segment_ids", "positions")
             return {k: np.stack([r[i] for r in rows]) for i, k in enumerate(keys)}
 
-        self._batches = grain.MapDataset.range(sys.maxsize).map(make_batch)
-        self._read_options = grain.ReadOptions(num_threads=loader_threads,
-                                               prefetch_buffer_size=prefetch)
-        self._start(0)
-
-    def _start(self, step: int) -> None:
-        self.step = step
-        self._it = iter(self._batches.slice(slice(step, None)).to_iter_dataset(self._read_options))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        batch = next(self._it)
-        self.step += 1
-        return batch
-
-    next = __next__
-
-    def get_state(self) -> dict:
-        return {"step": self.step, "seed": self.seed, "split": self.split,
-                "batch_size": self.batch_size, "seq_len": self.seq_len}
-
-    def set_state(self, state: dict) -> None:
-        for k in ("seed", "split", "batch_size", "seq_len"):
-            if state[k] != getattr(self, k):
-                raise ValueError(f"data state has {k}={state[k]!r}, iterator has {getattr(self, k)!r}")
-        self._start(int(state["step"]))
+        self._serve(make_batch, loader_threads, prefetch)
