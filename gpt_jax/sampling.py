@@ -1,0 +1,396 @@
+"""Inference engine: KV-cache prefill/decode, sampling, whole-generation on device, streaming.
+
+Three ways in, all built from the same two jit'd pure functions over an explicit cache pytree:
+- `prefill(params, config, tokens, cache, valid)` / `decode_step(params, config, token, cache, pos)`:
+  one chunk / one token through the model, cache donated (updated in place);
+- `generate(params, config, prompts, sampling)`: left-pads a batch of prompts, prefills once, then
+  samples every new token inside ONE jit'd `lax.while_loop` (exits early once all rows stopped):
+  no host round-trip per token, which is what makes batch-1 decoding fast on CPU;
+- `stream(...)`: the same prefill/decode_step driven from a host loop, with a text callback for
+  interactive use (chat) and host-side stop strings.
+
+Why not `GPT.apply(..., cache=...)` directly: its cache is one stacked [L, B, S, K, D] array
+threaded through the layer scan, and XLA:CPU copies the whole cache several times per step
+(slice out a layer, update, stack back). Here the cache holds one {"k","v"} [B, S, K, D] buffer per
+layer and each layer runs `model.Block` itself, so the update is an in-place dynamic_update_slice.
+The math is the model's own (Block, Norm, attention_mask); tests check token-for-token equality
+with full recompute through `GPT.apply`.
+
+Padding: prompts are left-padded; each row's positions count only its real tokens and padded slots
+are masked out, so a prompt decodes to the same tokens alone or in a batch of mixed lengths.
+Shapes are bucketed (powers of two for batch and prompt length) so a new prompt rarely recompiles.
+
+Sampling order: logit processor -> temperature -> top-k -> top-p -> categorical (greedy when
+temperature == 0). The returned log-probs are the log-softmax of the processed logits divided by
+the temperature (1 when greedy), BEFORE top-k/top-p truncation, so they equal
+`scoring.logprobs(..., temperature=T)` of the same completion: what PPO's ratio needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax.model import Block, GPTConfig, Norm, attention_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    max_new_tokens: int = 64
+    stop_ids: tuple[int, ...] = ()  # eos / end-of-turn ids; the stop token is kept in the output
+    stop_strings: tuple[str, ...] = ()  # host-side; needs a tokenizer
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclasses.dataclass
+class Generation:
+    tokens: np.ndarray  # [B, N] int32, pad_id after each row's end
+    logprobs: np.ndarray  # [B, N] float32, 0 after each row's end
+    finished: np.ndarray  # [B] bool: stopped on a stop id/string (False: hit max_new_tokens)
+    lengths: np.ndarray  # [B] generated tokens, stop token included
+
+    def row(self, i: int) -> list[int]:
+        return [int(t) for t in self.tokens[i, : self.lengths[i]]]
+
+
+class ProcessorState(NamedTuple):
+    """What a logit processor sees each step (a pytree; all of it is traced)."""
+
+    step: jax.Array  # int32 scalar: index of the token being sampled
+    tokens: jax.Array  # [B, N] tokens generated so far (pad beyond `step`)
+    finished: jax.Array  # [B] bool
+    extra: Any  # the caller's `processor_state`, unchanged
+
+
+LogitProcessor = Callable[[jax.Array, ProcessorState], jax.Array]
+
+
+# -- cache and forward --------------------------------------------------------------------------
+def init_cache(config: GPTConfig, batch_size: int, max_len: int) -> dict[str, Any]:
+    """Empty cache: per-layer {"k","v"} [B, S, n_kv_heads, head_dim], valid [B, S], index."""
+    shape = (batch_size, max_len, config.kv_heads, config.head_dim)
+    zeros = lambda: jnp.zeros(shape, config.compute_dtype)  # noqa: E731
+    return {
+        "layers": [{"k": zeros(), "v": zeros()} for _ in range(config.n_layers)],
+        "valid": jnp.zeros((batch_size, max_len), bool),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def unstack_layers(config: GPTConfig, params: dict) -> tuple[GPTConfig, dict]:
+    """Scanned params -> the model's own unscanned layout ("block_i"); do it once before a host loop
+    (slicing stacked weights inside every decode step would copy them)."""
+    if not config.scan_layers:
+        return config, params
+    blocks = params["blocks"]
+    params = {k: v for k, v in params.items() if k != "blocks"}
+    for i in range(config.n_layers):
+        params[f"block_{i}"] = jax.tree.map(lambda x: x[i], blocks)
+    return dataclasses.replace(config, scan_layers=False), params
+
+
+def _layer_params(config: GPTConfig, params: dict) -> list:
+    if config.scan_layers:
+        return [jax.tree.map(lambda x: x[i], params["blocks"]) for i in range(config.n_layers)]
+    return [params[f"block_{i}"] for i in range(config.n_layers)]
+
+
+def _forward(params, config: GPTConfig, tokens, positions, valid, cache, layers=None):
+    """tokens [B, T] at `positions`, written to slots [index, index + T) -> (logits [B, T, V], cache).
+
+    Mirrors `GPT.__call__` (embeddings, Blocks, final norm, head) with a per-layer cache.
+    """
+    dt = config.compute_dtype
+    index = cache["index"]
+    cache_valid = jax.lax.dynamic_update_slice(cache["valid"], valid, (0, index))
+    mask = attention_mask(positions, cache_valid=cache_valid, cache_index=index, t=tokens.shape[1])
+    x = jnp.take(params["wte"], tokens, axis=0).astype(dt)
+    if config.family == "gpt2":
+        x = x + jnp.take(params["wpe"], positions, axis=0).astype(dt)
+    layers = _layer_params(config, params) if layers is None else layers
+    new_layers = []
+    for layer_params, layer_cache in zip(layers, cache["layers"]):
+        x, c = Block(config).apply({"params": layer_params}, x, positions, mask, layer_cache, index)
+        new_layers.append(c)
+    hidden = Norm(config).apply({"params": params["ln_f"]}, x)
+    if config.tied:
+        logits = jnp.einsum("btd,vd->btv", hidden, params["wte"].astype(dt),
+                            preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(dt),
+                            preferred_element_type=jnp.float32)
+    new_cache = {"layers": new_layers, "valid": cache_valid, "index": index + tokens.shape[1]}
+    return logits, new_cache
+
+
+def _prefill(params, config, tokens, cache, valid=None, layers=None):
+    if valid is None:
+        valid = jnp.ones(tokens.shape, bool)
+    # Position = real tokens before this one in the row (earlier chunks included).
+    positions = cache["valid"].sum(-1, keepdims=True) + jnp.cumsum(valid, -1) - 1
+    positions = jnp.maximum(positions, 0).astype(jnp.int32)
+    logits, cache = _forward(params, config, tokens, positions, valid, cache, layers)
+    return logits[:, -1], cache
+
+
+@functools.partial(jax.jit, static_argnums=1, donate_argnums=3)
+def prefill(params, config: GPTConfig, tokens, cache, valid=None):
+    """Left-padded chunk [B, T] (valid False on padding) -> (logits of the last slot [B, V], cache)."""
+    return _prefill(params, config, tokens, cache, valid)
+
+
+def _decode_step(params, config, token, cache, pos, layers=None):
+    b = token.shape[0]
+    logits, cache = _forward(params, config, token[:, None], pos[:, None].astype(jnp.int32),
+                             jnp.ones((b, 1), bool), cache, layers)
+    return logits[:, 0], cache
+
+
+@functools.partial(jax.jit, static_argnums=1, donate_argnums=3)
+def decode_step(params, config: GPTConfig, token, cache, pos):
+    """One new token per row: token [B] at positions pos [B] -> (logits [B, V], cache)."""
+    return _decode_step(params, config, token, cache, pos)
+
+
+# -- sampling -----------------------------------------------------------------------------------
+def filter_logits(scaled, top_k: int, top_p):
+    """-inf outside the top-k and outside the nucleus (smallest set of mass >= top_p)."""
+    if top_k:
+        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    if top_p is not None:
+        desc = -jnp.sort(-scaled, axis=-1)
+        probs = jax.nn.softmax(desc, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly ahead of each token
+        cutoff = jnp.min(jnp.where(before < top_p, desc, jnp.inf), axis=-1, keepdims=True)
+        scaled = jnp.where(scaled < cutoff, -jnp.inf, scaled)
+    return scaled
+
+
+def sample_logits(logits, key, temperature, top_p, greedy: bool, top_k: int, use_top_p: bool):
+    """logits [B, V] (already processed) -> (token [B] int32, log-prob [B] at temperature)."""
+    if greedy:
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        token = jnp.argmax(logits, axis=-1)
+    else:
+        scaled = logits / temperature
+        logp = jax.nn.log_softmax(scaled, axis=-1)
+        token = jax.random.categorical(key, filter_logits(scaled, top_k, top_p if use_top_p else None))
+    token = token.astype(jnp.int32)
+    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+class _Static(NamedTuple):
+    """Everything that changes the compiled program (hashable)."""
+
+    config: GPTConfig
+    max_new_tokens: int
+    greedy: bool
+    top_k: int
+    use_top_p: bool
+    pad_id: int
+    processor: LogitProcessor | None
+
+
+def _pick(static: _Static, logits, key, step, temperature, top_p, tokens, finished, extra):
+    if static.processor is not None:
+        logits = static.processor(logits, ProcessorState(step, tokens, finished, extra))
+    return sample_logits(logits, jax.random.fold_in(key, step), temperature, top_p,
+                         static.greedy, static.top_k, static.use_top_p)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _generate_jit(static: _Static, params, tokens, valid, live, stop_ids, temperature, top_p, key,
+                  extra):
+    """The whole generation on device: prefill, then a while_loop of sample -> decode."""
+    config, n = static.config, static.max_new_tokens
+    b, p = tokens.shape
+    layers = _layer_params(config, params)  # sliced once, outside the loop
+    cache = init_cache(config, b, p + n)
+    logits, cache = _prefill(params, config, tokens, cache, valid, layers)
+    prompt_len = valid.sum(-1).astype(jnp.int32)
+
+    def record(i, logits, out, logps, finished, lengths):
+        token, lp = _pick(static, logits, key, i, temperature, top_p, out, finished, extra)
+        token = jnp.where(finished, static.pad_id, token)
+        out = out.at[:, i].set(token)
+        logps = logps.at[:, i].set(jnp.where(finished, 0.0, lp))
+        lengths = lengths + (~finished).astype(jnp.int32)
+        finished = finished | jnp.isin(token, stop_ids)
+        return token, out, logps, finished, lengths
+
+    out = jnp.full((b, n), static.pad_id, jnp.int32)
+    logps = jnp.zeros((b, n), jnp.float32)
+    token, out, logps, finished, lengths = record(0, logits, out, logps, ~live,
+                                                  jnp.zeros((b,), jnp.int32))
+
+    def cond(c):
+        return (c[0] < n) & ~jnp.all(c[5])
+
+    def body(c):
+        i, cache, token, out, logps, finished, lengths = c
+        logits, cache = _decode_step(params, config, token, cache, prompt_len + i - 1, layers)
+        token, out, logps, finished, lengths = record(i, logits, out, logps, finished, lengths)
+        return i + 1, cache, token, out, logps, finished, lengths
+
+    init = (jnp.int32(1), cache, token, out, logps, finished, lengths)
+    _, _, _, out, logps, finished, lengths = jax.lax.while_loop(cond, body, init)
+    return out, logps, finished & live, lengths
+
+
+def _static(config, sampling: SamplingConfig, pad_id, processor) -> _Static:
+    return _Static(config, sampling.max_new_tokens, sampling.greedy, int(sampling.top_k),
+                   sampling.top_p < 1.0, int(pad_id), processor)
+
+
+def _stop_array(stop_ids) -> np.ndarray:
+    """Stop ids as a fixed-size traced array (-1 = unused), so changing them never recompiles."""
+    stop_ids = [int(s) for s in stop_ids]
+    out = np.full((max(8, _bucket(len(stop_ids))),), -1, np.int32)
+    out[: len(stop_ids)] = stop_ids
+    return out
+
+
+def _bucket(n: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def _check_prompts(config: GPTConfig, prompts: Sequence[Sequence[int]], n: int) -> None:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    if longest + n > config.max_seq_len:
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={n} exceeds the model "
+                         f"context of {config.max_seq_len} tokens")
+
+
+def generate(params, config: GPTConfig, prompts: Sequence[Sequence[int]],
+             sampling: SamplingConfig = SamplingConfig(), logit_processor: LogitProcessor | None = None,
+             processor_state: Any = None, pad_id: int = 0, tokenizer=None) -> Generation:
+    """Samples up to `max_new_tokens` after each prompt (lists of ids), all rows in one device loop.
+
+    Compiles once per (batch bucket, prompt-length bucket, max_new_tokens, sampling mode).
+    Stop strings (needing `tokenizer`) are applied afterwards by truncation.
+    """
+    n = sampling.max_new_tokens
+    _check_prompts(config, prompts, n)
+    b, p = _bucket(len(prompts)), _bucket(max(len(x) for x in prompts), 8)
+    tokens = np.full((b, p), pad_id, np.int32)
+    valid = np.zeros((b, p), bool)
+    for i, ids in enumerate(prompts):
+        tokens[i, p - len(ids):], valid[i, p - len(ids):] = ids, True
+    valid[len(prompts):, -1] = True  # batch-padding rows: one dummy token, finished from the start
+    live = np.arange(b) < len(prompts)
+    static = _static(config, sampling, pad_id, logit_processor)
+    temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
+    out, logps, finished, lengths = jax.device_get(_generate_jit(
+        static, params, tokens, valid, live, _stop_array(sampling.stop_ids), temperature,
+        jnp.float32(sampling.top_p),
+        jax.random.key(sampling.seed), processor_state))
+    k = len(prompts)
+    gen = Generation(np.array(out[:k]), np.array(logps[:k]), np.array(finished[:k]),
+                     np.array(lengths[:k]))
+    if sampling.stop_strings:
+        if tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer")
+        for i in range(k):
+            _truncate_row(gen, i, tokenizer, sampling.stop_strings, pad_id)
+    return gen
+
+
+def _truncate_row(gen: Generation, i: int, tokenizer, stop_strings, pad_id: int) -> None:
+    ids = gen.row(i)
+    if not any(s in tokenizer.decode(ids) for s in stop_strings):
+        return
+    for t in range(1, len(ids) + 1):  # the first token whose text completes a stop string
+        if any(s in tokenizer.decode(ids[:t]) for s in stop_strings):
+            gen.tokens[i, t:], gen.logprobs[i, t:] = pad_id, 0.0
+            gen.lengths[i], gen.finished[i] = t, True
+            return
+
+
+# -- streaming (host loop) ----------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=0)
+def _pick_jit(static: _Static, logits, key, step, temperature, top_p, tokens, finished, extra):
+    return _pick(static, logits, key, step, temperature, top_p, tokens, finished, extra)
+
+
+def _held_back(text: str, stop_strings: Sequence[str]) -> int:
+    """How many trailing chars might start a stop string (or are an incomplete UTF-8 char)."""
+    hold = 0
+    for s in stop_strings:
+        for j in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:j]):
+                hold = max(hold, j)
+                break
+    while hold < len(text) and text[len(text) - hold - 1] == "\ufffd":
+        hold += 1
+    return hold
+
+
+def stream(params, config: GPTConfig, prompt: Sequence[int], sampling: SamplingConfig,
+           tokenizer=None, on_text: Callable[[str], None] | None = None,
+           logit_processor: LogitProcessor | None = None, processor_state: Any = None,
+           pad_id: int = 0) -> tuple[Generation, str]:
+    """One prompt, token by token on the host; `on_text` receives the reply as it decodes.
+
+    Text that might be the start of a stop string is held back until it is not, so the stop string
+    itself is never printed. Returns (Generation with one row, reply text without the stop string).
+    Pass params through `unstack_layers` once beforehand for speed.
+    """
+    n = sampling.max_new_tokens
+    _check_prompts(config, [prompt], n)
+    p = _bucket(len(prompt), 8)
+    tokens = np.full((1, p), pad_id, np.int32)
+    tokens[0, p - len(prompt):] = prompt
+    valid = np.arange(p)[None] >= p - len(prompt)
+    cache = init_cache(config, 1, p + n)
+    logits, cache = prefill(params, config, jnp.asarray(tokens), cache, jnp.asarray(valid))
+    static = _static(config, sampling, pad_id, logit_processor)
+    stop_ids = {int(s) for s in sampling.stop_ids}
+    temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
+    key, top_p = jax.random.key(sampling.seed), jnp.float32(sampling.top_p)
+    out = np.full((1, n), pad_id, np.int32)
+    logps = np.zeros((1, n), np.float32)
+    finished, cut, emitted, text = False, False, 0, ""
+    stops = sampling.stop_strings
+    length = 0
+    for i in range(n):
+        token, lp = _pick_jit(static, logits, key, jnp.int32(i), temperature, top_p,
+                              jnp.asarray(out), jnp.zeros((1,), bool), processor_state)
+        token_id = int(token[0])
+        out[0, i], logps[0, i], length = token_id, float(lp[0]), i + 1
+        if token_id in stop_ids:
+            finished = True
+            break
+        if tokenizer is not None:
+            text = tokenizer.decode(out[0, :length])
+            hit = min((text.find(s) for s in stops if s in text), default=-1)
+            if hit >= 0:
+                text, finished, cut = text[:hit], True, True
+                break
+            safe = len(text) - _held_back(text, stops)
+            if on_text is not None and safe > emitted:
+                on_text(text[emitted:safe])
+                emitted = safe
+        if i + 1 < n:
+            logits, cache = decode_step(params, config, token, cache,
+                                        jnp.asarray([len(prompt) + i], jnp.int32))
+    if tokenizer is not None:
+        if not cut:  # the whole reply, without its stop token
+            text = tokenizer.decode([t for t in out[0, :length] if t not in stop_ids])
+        if on_text is not None and len(text) > emitted:
+            on_text(text[emitted:])
+    gen = Generation(out, logps, np.array([finished]), np.array([length]))
+    return gen, text
