@@ -166,7 +166,7 @@ def decode_step(params, config: GPTConfig, token, cache, pos):
 # -- sampling -----------------------------------------------------------------------------------
 def filter_logits(scaled, top_k: int, top_p):
     """-inf outside the top-k and outside the nucleus (smallest set of mass >= top_p)."""
-    if top_k:
+    if top_k and top_k < scaled.shape[-1]:
         kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
         scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
     if top_p is not None:

@@ -1,0 +1,104 @@
+"""Chat CLI: a piped two-turn conversation end to end, context trimming, commands, completion mode."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt_jax import chat
+from gpt_jax.checkpoint import Checkpointer
+from gpt_jax.model import GPT, GPTConfig
+from gpt_jax.sampling import SamplingConfig
+from gpt_jax.tokenizer import train_bpe
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = ("The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
+        "Hello world, hello there; how are you today? Numbers 12 34 56 78 and more words.\n")
+# Model vocab larger than the tokenizer's: the session must mask the unused ids.
+CONFIG = GPTConfig(family="gpt2", vocab_size=320, max_seq_len=96, n_layers=2, d_model=32,
+                   n_heads=4, init_std=0.3)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("run")
+    train_bpe([TEXT * 3], vocab_size=300, min_frequency=1).save(wd / "tokenizer" / "tokenizer.json")
+    shapes = jax.eval_shape(GPT(CONFIG).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32),
+                          nn.unbox(shapes["params"]))
+    for stage in ("sft", "pretrain"):
+        (wd / stage).mkdir()
+        (wd / stage / "config.json").write_text(json.dumps({"model": dataclasses.asdict(CONFIG)}))
+        ckpt = Checkpointer(wd / stage / "checkpoints", async_save=False)
+        ckpt.save(1, {"params": params}, wait=True)
+        ckpt.close()
+    return wd
+
+
+def session(workdir, stage="sft", **sampling):
+    notices = []
+    cfg = SamplingConfig(**{"temperature": 0.0, "max_new_tokens": 8, **sampling})
+    return chat.load_session(str(workdir), stage, cfg, notice=notices.append), notices
+
+
+def test_cli_answers_a_piped_two_turn_conversation(workdir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt_jax.chat", f"--workdir={workdir}", "--stage=sft",
+         "--temperature=0", "--max_new_tokens=8"],
+        input="Hello there\nHow are you today?\n", capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # The same conversation in-process: the second reply is conditioned on the first turn.
+    s, _ = session(workdir)
+    first, second = s.respond("Hello there"), s.respond("How are you today?")
+    assert proc.stdout == f"{first}\n{second}\n"
+    assert [m["role"] for m in s.history] == ["user", "assistant"] * 2
+    assert all(t < 300 for t in s.prompt_ids("x"))
+
+
+def test_context_full_drops_oldest_turns_and_says_so(workdir, monkeypatch):
+    s, notices = session(workdir, max_new_tokens=24)
+    sent = []
+    stream = chat.sampling.stream
+
+    def spy(params, config, ids, cfg, **kw):
+        sent.append(len(ids) + cfg.max_new_tokens)
+        return stream(params, config, ids, cfg, **kw)
+
+    monkeypatch.setattr(chat.sampling, "stream", spy)
+    long = "hello there how are you today " * 3  # ~25 tokens with the template
+    for _ in range(3):
+        assert s.respond(long) is not None
+    assert any("context full: dropped" in n for n in notices)
+    assert max(sent) <= CONFIG.max_seq_len  # every prompt + reply fit the context
+    assert s.history[-1]["role"] == "assistant" and len(s.history) < 6
+    notices.clear()
+    assert s.respond("fox " * 200) is None and "message too long" in notices[0]
+
+
+def test_commands(workdir):
+    s, notices = session(workdir)
+    s.respond("Hello")
+    assert s.command("/system Be brief.") and s.system == "Be brief."
+    assert s.tok.token_id("system_start") in s.prompt_ids("hi")
+    assert s.command("/temp 0.5") and s.sampling.temperature == 0.5
+    assert s.command("/reset") and s.history == []
+    assert s.command("/bogus") and "unknown command" in notices[-1]
+    assert not s.command("/quit")
+
+
+def test_completion_mode_for_the_base_model(workdir):
+    s, _ = session(workdir, stage="pretrain")
+    assert s.mode == "completion"
+    assert s.prompt_ids("Hello") == [s.tok.eos_id, *s.tok.encode("Hello")]
+    pieces = []
+    reply = s.respond("The quick brown", on_text=pieces.append)
+    assert "".join(pieces) == reply and s.history == []
