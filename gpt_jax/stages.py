@@ -6,6 +6,8 @@ import importlib
 STAGES = {
     "tokenizer": "gpt_jax.data.tokenizer_stage",
     "pretrain": "gpt_jax.train.pretrain",
+    "sft": "gpt_jax.train.sft",
+    "reward": "gpt_jax.train.reward",
     "recipe": "gpt_jax.recipe",
 }
 

@@ -64,9 +64,11 @@ class Built:
     eval_step: Callable
 
 
-def build(config, mesh, loss_fn_factory: Callable = lm_loss_fn) -> Built:
+def build(config, mesh, loss_fn_factory: Callable = lm_loss_fn, model_cls: Callable = GPT) -> Built:
+    """`model_cls(model_config, mesh=...)` (default GPT; e.g. heads.RewardModel) is what
+    `loss_fn_factory(model, z_loss)` applies and `init_params` initialises."""
     model_config = GPTConfig.from_config(config.model)
-    model = GPT(model_config, mesh=mesh)
+    model = model_cls(model_config, mesh=mesh)
     tcfg = config.train
     global_batch = tcfg.batch_size
     if global_batch % (shd.batch_parallelism(mesh) * tcfg.grad_accum_steps):
@@ -77,7 +79,7 @@ def build(config, mesh, loss_fn_factory: Callable = lm_loss_fn) -> Built:
     dummy = jnp.zeros((1, min(tcfg.seq_len, model_config.max_seq_len)), jnp.int32)
 
     def init_params(rng):
-        return GPT(model_config).init(rng, dummy)["params"]
+        return model_cls(model_config).init(rng, dummy)["params"]
 
     abstract, shardings = state_shardings(init_params, tx, mesh, jax.random.key(config.seed))
     batch_sharding = shd.batch_sharding(mesh)

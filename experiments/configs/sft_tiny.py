@@ -1,0 +1,30 @@
+"""SFT, tiny preset: the pretrain_tiny model fine-tuned on the SFT mix + arithmetic demonstrations.
+
+python -m gpt_jax.main --config=experiments/configs/sft_tiny.py --workdir=runs/x
+  (needs runs/x/tokenizer and runs/x/pretrain from the tokenizer and pretrain stages)
+"""
+import ml_collections
+
+from gpt_jax import configs
+from gpt_jax.data.tasks_data import tasks_config
+from gpt_jax.recipe import load_experiment
+from gpt_jax.train.sft import samples_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.stage = "sft"
+    config.parent = "pretrain"
+    config.seed = 0
+    config.model = load_experiment("pretrain_tiny").model  # must equal the parent's
+    config.mesh = configs.mesh_config()
+    config.optim = configs.optim_config(learning_rate=5e-4, warmup_steps=20)
+    config.train = configs.train_config(batch_size=8, seq_len=256, total_steps=120,
+                                        log_every=10, eval_every=60, eval_batches=4,
+                                        checkpoint_every=60)
+    config.distributed = configs.distributed_config()
+    configs.attach_data(config)
+    # Small numbers for the tiny model: 1-2 operations on 1-2 digit numbers.
+    config.tasks = tasks_config("arithmetic", demo_weight=0.5, max_ops=2, max_digits=2)
+    config.samples = samples_config(eval_problems=32)
+    return config
