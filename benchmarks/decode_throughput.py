@@ -1,0 +1,100 @@
+"""Decode throughput: our engine (`sampling.generate`) vs transformers `generate(use_cache=True)`.
+
+Same weights (a random-init HF GPT2LMHeadModel converted with gpt_jax/hf.py), same prompt (32
+tokens, repeated per row), greedy, exactly 128 new tokens (no eos stop), float32, CPU, batch 1 and
+16. Per engine: new tokens/s (median over >= 3 timed runs after a warm-up/compile run) and
+time-to-first-token (median time of a 1-new-token generate: prefill + first sample). Also checks
+that both produce the same greedy tokens. Last line: `ratio_b1=<x> ratio_b16=<y>` (ours / HF).
+
+    .venv/bin/python benchmarks/decode_throughput.py [--runs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+from gpt_jax import hf, sampling
+from gpt_jax.sampling import SamplingConfig
+
+SHAPE = dict(vocab_size=8192, n_positions=256, n_embd=384, n_layer=6, n_head=6)
+PROMPT_LEN, NEW = 32, 128
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def timed(fn, runs: int) -> tuple[float, object]:
+    out = fn()  # warm-up (compiles ours)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def bench(batch: int, runs: int, hf_model, config, params, prompt) -> dict:
+    ids = torch.tensor([prompt] * batch)
+    mask = torch.ones_like(ids)
+
+    def hf_gen(n):
+        with torch.no_grad():
+            return hf_model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                                     use_cache=True, pad_token_id=0)[:, PROMPT_LEN:].numpy()
+
+    def our_gen(n):
+        return sampling.generate(params, config, [prompt] * batch,
+                                 SamplingConfig(temperature=0, max_new_tokens=n)).tokens
+
+    t_ours, ours = timed(lambda: our_gen(NEW), runs)
+    t_hf, theirs = timed(lambda: hf_gen(NEW), runs)
+    assert ours.shape == theirs.shape == (batch, NEW), (ours.shape, theirs.shape)
+    ttft_ours, _ = timed(lambda: our_gen(1), runs)
+    ttft_hf, _ = timed(lambda: hf_gen(1), runs)
+    return {"ours": batch * NEW / t_ours, "hf": batch * NEW / t_hf, "ttft_ours": ttft_ours,
+            "ttft_hf": ttft_hf, "agree": float((ours == theirs).mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        **SHAPE, bos_token_id=0, eos_token_id=0)).eval()
+    hf_model.generation_config.eos_token_id = None  # never stop early: exactly NEW tokens
+    config, params = hf.from_hf(hf_model)
+    config, params = sampling.unstack_layers(config, jax.device_put(params))  # once, at load time
+    prompt = np.random.default_rng(0).integers(1, SHAPE["vocab_size"], PROMPT_LEN).tolist()
+    print(f"cpu: {cpu_name()} ({os.cpu_count()} cores), torch threads {torch.get_num_threads()}, "
+          f"jax {jax.__version__}, transformers {transformers.__version__}, "
+          f"load avg {os.getloadavg()[0]:.1f}")
+    print(f"model: gpt2 6 layers d=384 vocab 8192; prompt {PROMPT_LEN} tokens, {NEW} new tokens, "
+          f"greedy, float32; median of {args.runs} runs after warm-up")
+    ratios = {}
+    for batch in (1, 16):
+        r = bench(batch, args.runs, hf_model, config, params, prompt)
+        ratios[batch] = r["ours"] / r["hf"]
+        print(f"batch {batch:2d}: ours {r['ours']:8.1f} tok/s  TTFT {r['ttft_ours'] * 1e3:6.1f} ms | "
+              f"HF {r['hf']:8.1f} tok/s  TTFT {r['ttft_hf'] * 1e3:6.1f} ms | "
+              f"ratio {ratios[batch]:.2f}x  same greedy tokens {r['agree']:.1%}", flush=True)
+    print(f"ratio_b1={ratios[1]:.2f} ratio_b16={ratios[16]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
