@@ -2,7 +2,7 @@
 
 1. Loader: tokens/s of `make_pretrain_iterator` (tiny shape: batch 16 x 256, the default
    pretraining mixture, warm token cache) vs tokens/s of the tiny train step (measured here with
-   benchmarks/train_throughput.py's `bench_ours`, or given with --train_tokens_per_sec).
+   benchmarks/train_throughput.py's `make_ours`, or given with --train_tokens_per_sec).
 2. Encode: MB/s of the tiktoken fast path (`Tokenizer.encode_batch`, 2 threads) vs HF
    `tokenizers` `encode_batch` on the same ~20 MB of shipped text (70% English books, 30% Chinese
    poetry), ids checked identical.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import time
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def train_tokens_per_sec(steps: int) -> float:
     spec = importlib.util.spec_from_file_location("tt", REPO / "benchmarks/train_throughput.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    step_seconds, _, _ = mod.bench_ours(steps)
-    return mod.BATCH * mod.SEQ / step_seconds
+    step, _, _ = mod.make_ours()
+    step()  # warm-up
+    return mod.BATCH * mod.SEQ / statistics.median(step() for _ in range(steps))
 
 
 def encode_texts(config, workdir: str, total_mb: float) -> list[str]:

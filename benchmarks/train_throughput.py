@@ -1,8 +1,9 @@
 """Train-step throughput: our jit'd train_step vs PyTorch (HF GPT2LMHeadModel + AdamW), same run.
 
 Shape: 6 layers, d=384, 6 heads, T=256, batch 16, vocab 8192, float32, CPU. Prints tokens/s of
-each (median of >= 5 timed steps after warm-up), the ratio, our MFU against a jit'd float32
-2048^3 matmul measured here, and our compile time (lower + compile of the train step).
+each (median of >= 5 timed steps after warm-up, the two interleaved step by step so that both
+see the same machine load), the ratio, our MFU against a jit'd float32
+2048^3 matmul measured between the steps (median), and our compile time (lower + compile of the train step).
 Last line: `ratio=<ours/pytorch> mfu=<fraction> compile_s=<s>`.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 7]
@@ -40,7 +41,8 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def bench_ours(steps: int):
+def make_ours():
+    """A step function for our jit'd (AOT-compiled) train step, and its compile seconds."""
     import ml_collections
 
     config = ml_collections.ConfigDict({
@@ -50,26 +52,25 @@ def bench_ours(steps: int):
     })
     mesh = shd.make_mesh((1, 1, 1), jax.devices()[:1])
     built = build(config, mesh)
-    state, _ = create_train_state(built.init_params, built.tx, mesh, jax.random.key(0))
+    box = {"state": create_train_state(built.init_params, built.tx, mesh, jax.random.key(0))[0]}
     data = SyntheticTokens(BATCH, SEQ, SHAPE["vocab_size"])
     rng = jax.random.key(1)
-    batches = [jax.device_put(next(data), built.batch_sharding) for _ in range(steps + 2)]
+    first = jax.device_put(next(data), built.batch_sharding)
     t0 = time.perf_counter()
-    step = built.train_step.lower(state, batches[0], rng).compile()
+    compiled = built.train_step.lower(box["state"], first, rng).compile()
     compile_s = time.perf_counter() - t0
-    for b in batches[:2]:  # warm-up
-        state, m = step(state, b, rng)
-    jax.block_until_ready(m)
-    times = []
-    for b in batches[2:]:
+
+    def step() -> float:
+        batch = jax.device_put(next(data), built.batch_sharding)
         t0 = time.perf_counter()
-        state, m = step(state, b, rng)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), compile_s, float(m["loss"])
+        box["state"], metrics = compiled(box["state"], batch, rng)
+        box["loss"] = float(metrics["loss"])  # waits for the step
+        return time.perf_counter() - t0
+
+    return step, compile_s, box
 
 
-def bench_torch(steps: int):
+def make_torch():
     import torch
     import transformers
 
@@ -82,8 +83,9 @@ def bench_torch(steps: int):
     model = transformers.GPT2LMHeadModel(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     data = SyntheticTokens(BATCH, SEQ, SHAPE["vocab_size"])
-    times = []
-    for i in range(steps + 2):
+    box = {}
+
+    def step() -> float:
         tokens = torch.from_numpy(next(data)["tokens"].astype(np.int64))
         t0 = time.perf_counter()
         logits = model(tokens[:, :-1]).logits
@@ -93,9 +95,10 @@ def bench_torch(steps: int):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), float(loss.detach())
+        box["loss"] = float(loss.detach())
+        return time.perf_counter() - t0
+
+    return step, box
 
 
 def main():
@@ -103,9 +106,18 @@ def main():
     parser.add_argument("--steps", type=int, default=7)
     args = parser.parse_args()
     tokens = BATCH * SEQ
-    peak = measure_matmul_peak()
-    ours_s, compile_s, ours_loss = bench_ours(args.steps)
-    torch_s, torch_loss = bench_torch(args.steps)
+    ours_step, compile_s, ours_box = make_ours()
+    torch_step, torch_box = make_torch()
+    for _ in range(2):  # warm-up
+        ours_step(), torch_step()
+    ours_times, torch_times, peaks = [], [], []
+    for _ in range(args.steps):  # interleaved, so both see the same machine load
+        peaks.append(measure_matmul_peak(repeats=3))
+        ours_times.append(ours_step())
+        torch_times.append(torch_step())
+    peak = statistics.median(peaks)
+    ours_s, torch_s = statistics.median(ours_times), statistics.median(torch_times)
+    ours_loss, torch_loss = ours_box["loss"], torch_box["loss"]
     flops_per_token = train_flops_per_token(GPTConfig(**SHAPE), SEQ)
     ours_tps, torch_tps = tokens / ours_s, tokens / torch_s
     mfu = flops_per_token * ours_tps / peak

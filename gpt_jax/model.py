@@ -184,16 +184,31 @@ def rotary(x, positions, theta: float):
     return out.astype(x.dtype)
 
 
-def attend(q, k, v, mask):
-    """Grouped-query attention. q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] bool -> [B,T,H,D]."""
+NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
+
+
+def attend(q, k, v, mask, heads_major: bool = False):
+    """Grouped-query attention. q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] bool -> [B,T,H,D].
+
+    The mask enters as an additive float bias (fuses into the softmax; a boolean select over
+    [B,H,T,S] costs several times more on CPU). `heads_major=True` transposes to [B,K,G,T,D]
+    first so both matmuls are plain batched GEMMs (about 2x faster on XLA:CPU for training);
+    the cache path keeps the token-major layout so a decode step never transposes the cache.
+    """
     b, t, h, d = q.shape
     kv = k.shape[2]
+    bias = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :, :]
     q = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d**-0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    if heads_major:
+        q, k, v = q.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+    else:
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores * (d**-0.5) + bias, axis=-1).astype(v.dtype)
+    if heads_major:
+        out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+    else:
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
 
 
@@ -233,7 +248,7 @@ class Attention(nn.Module):
             new_cache = {"k": k, "v": v}
             k, v = k.astype(dt), v.astype(dt)
 
-        out = attend(q, k, v, mask)
+        out = attend(q, k, v, mask, heads_major=layer_cache is None)
         out = constrain(out, ("act_batch", "act_length", "act_heads", None), self.mesh)
         wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")), (h, hd, d),
                         cfg.weight_dtype)
