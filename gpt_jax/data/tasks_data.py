@@ -14,7 +14,9 @@ from gpt_jax.data import pipeline, registry, sft
 from gpt_jax.tasks import get_task
 
 
-def tasks_config(name: str = "arithmetic", demo_weight: float = 0.3, **task) -> ml_collections.ConfigDict:
+def tasks_config(name: str = "arithmetic", demo_weight: float = 0.3,
+                 **task) -> ml_collections.ConfigDict:
+    """`task` sets train_problems / heldout_problems or the arithmetic task's own fields."""
     cfg = ml_collections.ConfigDict({
         "name": name,                 # "arithmetic" | "gsm8k"
         "demo_weight": demo_weight,   # share of task demonstrations in the SFT mix (relative)
@@ -22,7 +24,8 @@ def tasks_config(name: str = "arithmetic", demo_weight: float = 0.3, **task) -> 
         "heldout_problems": 500,      # held-out problems (SFT eval loss, sampling, RM, PPO eval)
         "arithmetic": {"min_ops": 1, "max_ops": 3, "max_digits": 3, "heldout_percent": 10},
     })
-    cfg.arithmetic.update(task)
+    for key, value in task.items():  # top-level keys here, the rest are the task's own
+        (cfg if key in cfg else cfg.arithmetic)[key] = value
     return cfg
 
 

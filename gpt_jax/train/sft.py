@@ -17,12 +17,14 @@ the parent's. Writes `<workdir>/sft/summary.json`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -70,6 +72,18 @@ def check_parent_model(config, workdir: str, parent: str) -> None:
                          f"{saved} vs {config.model.to_dict()}")
 
 
+@functools.lru_cache(maxsize=None)
+def vocab_limit_processor(n: int):
+    """Logit processor forbidding ids >= n (a model vocab padded beyond the tokenizer's); cached
+    so the same function object (a static jit argument) is reused and nothing recompiles."""
+
+    def processor(logits, state):
+        del state
+        return jnp.where(jnp.arange(logits.shape[-1]) < n, logits, -jnp.inf)
+
+    return processor
+
+
 def generate_replies(params, model_config, tokenizer, conversations, max_new_tokens: int,
                      greedy: bool = True, temperature: float = 1.0, seed: int = 0,
                      batch_rows: int = 256):
@@ -86,7 +100,10 @@ def generate_replies(params, model_config, tokenizer, conversations, max_new_tok
         sampling = SamplingConfig(temperature=0.0 if greedy else temperature,
                                   max_new_tokens=max_new_tokens, stop_ids=stop,
                                   seed=seed + start)
-        gen = generate(params, model_config, prompts, sampling, pad_id=tokenizer.pad_id)
+        processor = (vocab_limit_processor(tokenizer.vocab_size)
+                     if model_config.vocab_size > tokenizer.vocab_size else None)
+        gen = generate(params, model_config, prompts, sampling, logit_processor=processor,
+                       pad_id=tokenizer.pad_id)
         for i in range(len(chunk)):
             row = [t for t in gen.row(i) if t not in stop]
             ids.append(row)
