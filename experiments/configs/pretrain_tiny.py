@@ -14,7 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.stage = "pretrain"
     config.seed = 0
     config.model = configs.model_config(
-        family="gpt2", vocab_size=8192, max_seq_len=256, n_layers=4, d_model=256, n_heads=4)
+        family="gpt2", vocab_size=8192, max_seq_len=256, n_layers=4, d_model=256, n_heads=4,
+        scan_layers=False)  # unrolled: ~11% faster on CPU; scan pays off for deep models
     config.mesh = configs.mesh_config()
     config.optim = configs.optim_config(learning_rate=1e-3, warmup_steps=50)
     config.train = configs.train_config(batch_size=16, seq_len=256, total_steps=300,
