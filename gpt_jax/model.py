@@ -15,7 +15,7 @@ Design choices:
   softmax and logits are float32.
 - Every parameter carries logical axis names (see `sharding.RULES`); activations are constrained by
   name when the module is given a mesh.
-- The KV cache is an explicit pytree passed in and returned: {"k","v": [L, B, S, kv_heads, head_dim],
+- The KV cache is an explicit pytree passed in and returned: {"k","v": [L, B, kv_heads, S, head_dim],
   "valid": [B, S] bool, "index": int32 slot of the next write}. All rows write the same slots;
   each row has its own positions, so left-padded prompts of different lengths decode correctly.
 """
@@ -131,7 +131,7 @@ class GPTConfig:
 def init_cache(config: GPTConfig, batch_size: int, max_len: int, dtype=None) -> dict[str, Any]:
     """An empty KV cache pytree for `batch_size` rows of up to `max_len` slots."""
     dtype = dtype or config.compute_dtype
-    shape = (config.n_layers, batch_size, max_len, config.kv_heads, config.head_dim)
+    shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.head_dim)
     return {
         "k": jnp.zeros(shape, dtype),
         "v": jnp.zeros(shape, dtype),
@@ -187,28 +187,21 @@ def rotary(x, positions, theta: float):
 NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
 
 
-def attend(q, k, v, mask, heads_major: bool = False):
-    """Grouped-query attention. q [B,T,H,D], k/v [B,S,K,D], mask [B,T,S] bool -> [B,T,H,D].
+def attend(q, k, v, mask):
+    """Grouped-query attention. q [B,T,H,D], k/v [B,K,S,D] (heads-major), mask [B,T,S] -> [B,T,H,D].
 
-    The mask enters as an additive float bias (fuses into the softmax; a boolean select over
-    [B,H,T,S] costs several times more on CPU). `heads_major=True` transposes to [B,K,G,T,D]
-    first so both matmuls are plain batched GEMMs (about 2x faster on XLA:CPU for training);
-    the cache path keeps the token-major layout so a decode step never transposes the cache.
+    Heads-major k/v make both matmuls plain batched GEMMs (about 2x faster on XLA:CPU than
+    token-major operands) and let a decode step write the cache in place and read it without a
+    transpose. The mask enters as an additive float bias, which fuses into the softmax (a boolean
+    select over [B,H,T,S] costs several times more on CPU).
     """
     b, t, h, d = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
     bias = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :, :]
-    q = q.reshape(b, t, kv, h // kv, d)
-    if heads_major:
-        q, k, v = q.transpose(0, 2, 3, 1, 4), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-        scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-    else:
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    q = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores * (d**-0.5) + bias, axis=-1).astype(v.dtype)
-    if heads_major:
-        out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
-    else:
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
 
 
@@ -239,16 +232,17 @@ class Attention(nn.Module):
             q = rotary(q, positions, cfg.rope_theta)
             k = rotary(k, positions, cfg.rope_theta)
 
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
         new_cache = None
-        if layer_cache is not None:
+        if layer_cache is not None:  # write slots [index, index + T) of every row, in place
             k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
-                                             (0, cache_index, 0, 0))
+                                             (0, 0, cache_index, 0))
             v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
-                                             (0, cache_index, 0, 0))
+                                             (0, 0, cache_index, 0))
             new_cache = {"k": k, "v": v}
             k, v = k.astype(dt), v.astype(dt)
 
-        out = attend(q, k, v, mask, heads_major=layer_cache is None)
+        out = attend(q, k, v, mask)
         out = constrain(out, ("act_batch", "act_length", "act_heads", None), self.mesh)
         wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")), (h, hd, d),
                         cfg.weight_dtype)

@@ -9,14 +9,12 @@ Three ways in, all built from the same two jit'd pure functions over an explicit
 - `stream(...)`: the same prefill/decode_step driven from a host loop, with a text callback for
   interactive use (chat) and host-side stop strings.
 
-Why not `GPT.apply(..., cache=...)` directly: its cache is one stacked [L, B, S, K, D] array
-threaded through the layer scan, and XLA:CPU copies the whole cache several times per step
-(slice out a layer, update, stack back, transpose K and V for the attention dots): 3-5x slower at
-batch 16. Here the cache holds one {"k","v"} [B, K, S, D] buffer per layer (heads before slots, the
-layout both attention dots read without a transpose), updated in place by dynamic_update_slice.
-The layer is the model's own math on the model's params (its Norm, MLP, rotary, attention_mask;
-only the attention is restated for this layout); tests check token-for-token equality with full
-recompute through `GPT.apply`, for both families.
+Why not `GPT.apply(..., cache=...)` directly: its cache is one stacked [L, B, K, S, D] array
+threaded through the layer scan, and XLA:CPU copies the whole cache per step (slice out a layer,
+update, stack back): 3-5x slower at batch 16. Here the cache holds one {"k","v"} [B, K, S, D]
+buffer per layer, updated in place by dynamic_update_slice, and each layer is the model's own
+`Block` on the model's params (one attention implementation for training and decoding); tests
+check token-for-token equality with full recompute through `GPT.apply`, for both families.
 
 Padding: prompts are left-padded; each row's positions count only its real tokens and padded slots
 are masked out, so a prompt decodes to the same tokens alone or in a batch of mixed lengths.
@@ -37,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.model import MLP, GPTConfig, Norm, attention_mask, rotary
+from gpt_jax.model import Block, GPTConfig, Norm, attention_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,42 +106,6 @@ def _layer_params(config: GPTConfig, params: dict) -> list:
     return [params[f"block_{i}"] for i in range(config.n_layers)]
 
 
-def _attention(config: GPTConfig, p, x, positions, mask, layer_cache, index):
-    """`model.Attention` on its params, with the cache as [B, K, S, D]."""
-    dt = config.compute_dtype
-
-    def project(name):
-        y = jnp.einsum("btd,dnh->btnh", x, p[name].astype(dt))
-        return y + p[f"{name}_bias"].astype(dt) if config.use_bias else y
-
-    q, k, v = project("q"), project("k"), project("v")
-    if config.family == "llama":
-        q = rotary(q, positions, config.rope_theta)
-        k = rotary(k, positions, config.rope_theta)
-    cache = {}
-    for name, new in (("k", k), ("v", v)):
-        new = new.transpose(0, 2, 1, 3).astype(layer_cache[name].dtype)  # [B, K, T, D]
-        cache[name] = jax.lax.dynamic_update_slice(layer_cache[name], new, (0, 0, index, 0))
-    b, t, h, d = q.shape
-    q = q.reshape(b, t, config.kv_heads, h // config.kv_heads, d)
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, cache["k"].astype(dt),
-                        preferred_element_type=jnp.float32) * (d**-0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, cache["v"].astype(dt)).reshape(b, t, h, d)
-    y = jnp.einsum("btnh,nhd->btd", out, p["o"].astype(dt))
-    return (y + p["o_bias"].astype(dt) if config.use_bias else y), cache
-
-
-def _block(config: GPTConfig, p, x, positions, mask, layer_cache, index):
-    """`model.Block` (pre-norm attention + MLP, inference: no dropout) with the cached attention."""
-    h = Norm(config).apply({"params": p["ln_1"]}, x)
-    y, cache = _attention(config, p["attn"], h, positions, mask, layer_cache, index)
-    x = x + y
-    x = x + MLP(config).apply({"params": p["mlp"]}, Norm(config).apply({"params": p["ln_2"]}, x))
-    return x, cache
-
-
 def _forward(params, config: GPTConfig, tokens, positions, valid, cache, layers=None,
              last_only=False):
     """tokens [B, T] at `positions`, written to slots [index, index + T) -> (logits [B, T, V], cache).
@@ -161,7 +123,7 @@ def _forward(params, config: GPTConfig, tokens, positions, valid, cache, layers=
     layers = _layer_params(config, params) if layers is None else layers
     new_layers = []
     for layer_params, layer_cache in zip(layers, cache["layers"]):
-        x, c = _block(config, layer_params, x, positions, mask, layer_cache, index)
+        x, c = Block(config).apply({"params": layer_params}, x, positions, mask, layer_cache, index)
         new_layers.append(c)
     if last_only:
         x = x[:, -1:]

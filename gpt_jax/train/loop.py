@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gpt_jax.checkpoint import Checkpointer, abstract_with_shardings
+from gpt_jax.flops import measure_matmul_peak
 from gpt_jax.metrics import MetricsWriter
 
 
@@ -58,7 +59,7 @@ class Loop:
     eval_hook: Callable[[Any, int], dict] | None = None  # (params, step) -> extra eval metrics
     tokens_per_step: int = 0
     flops_per_step: float = 0.0
-    peak_flops: float = 0.0
+    peak_flops: float = 0.0  # 0 = measure a float32 2048^3 matmul when the loop starts
     meta: dict | None = None
     desc: str = "train"
 
@@ -74,6 +75,8 @@ class Loop:
     def run(self, init_state: Callable[[], Any], rng) -> LoopResult:
         cfg = self.train_cfg
         t_start = time.perf_counter()
+        if self.flops_per_step and not self.peak_flops:
+            self.peak_flops = measure_matmul_peak()
         ckpt = Checkpointer(Path(self.stage_dir) / "checkpoints", max_to_keep=cfg.max_to_keep)
         writer = MetricsWriter(self.stage_dir, tensorboard=cfg.tensorboard)
         start = ckpt.latest_step()

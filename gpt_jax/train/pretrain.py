@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax import sharding as shd
-from gpt_jax.flops import measure_matmul_peak, train_flops_per_token
+from gpt_jax.flops import train_flops_per_token
 from gpt_jax.metrics import read_summary, write_summary
 from gpt_jax.model import GPT, GPTConfig
 from gpt_jax.train.loop import Loop
@@ -147,7 +147,6 @@ def run(config, workdir: str) -> dict[str, Any]:
     tcfg = config.train
     train_iter, make_eval_iter, bytes_per_token = _data_iterators(config, workdir, built.model_config)
     tokens_per_step = tcfg.batch_size * tcfg.seq_len
-    peak = tcfg.peak_flops or measure_matmul_peak()
     rng = jax.random.key(config.seed)
 
     def put(batch):
@@ -160,7 +159,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         state_shardings=built.state_shardings, eval_step=built.eval_step,
         make_eval_iter=make_eval_iter, tokens_per_step=tokens_per_step,
         flops_per_step=train_flops_per_token(built.model_config, tcfg.seq_len) * tokens_per_step,
-        peak_flops=peak, meta={"stage": STAGE, "model": config.model.to_dict()}, desc=STAGE,
+        peak_flops=tcfg.peak_flops, meta={"stage": STAGE, "model": config.model.to_dict()}, desc=STAGE,
     )
     result = loop.run(
         lambda: create_train_state(built.init_params, built.tx, mesh, rng)[0], rng)

@@ -39,6 +39,7 @@ import numpy as np
 from gpt_jax import sharding as shd
 from gpt_jax.checkpoint import Checkpointer, load_stage, restore_params
 from gpt_jax.data import ranking as R
+from gpt_jax.flops import train_flops_per_token
 from gpt_jax.heads import RewardModel, ranking_loss, score
 from gpt_jax.metrics import read_summary, write_summary
 from gpt_jax.model import GPTConfig
@@ -307,7 +308,9 @@ def run(config, workdir: str) -> dict[str, Any]:
         train_iter=train_iter, put_batch=put, abstract_state=built.abstract_state,
         state_shardings=built.state_shardings, eval_step=built.eval_step,
         make_eval_iter=make_eval_iter if len(labeler_held) >= tcfg.batch_size else None,
-        eval_hook=hook, tokens_per_step=tokens_per_step, peak_flops=0.0,
+        eval_hook=hook, tokens_per_step=tokens_per_step,
+        flops_per_step=train_flops_per_token(built.model_config, T) * tokens_per_step,
+        peak_flops=tcfg.peak_flops,
         meta={"stage": STAGE, "model": config.model.to_dict()}, desc=STAGE)
     result = loop.run(init_state, jax.random.key(config.seed))
     params = result.state.params
