@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -22,20 +21,11 @@ import torch
 import transformers
 
 from gpt_jax import hf, sampling
+from gpt_jax.flops import cpu_name
 from gpt_jax.sampling import SamplingConfig
 
 SHAPE = dict(vocab_size=8192, n_positions=256, n_embd=384, n_layer=6, n_head=6)
 PROMPT_LEN, NEW = 32, 128
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, runs: int) -> tuple[float, object]:

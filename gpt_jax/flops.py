@@ -7,6 +7,7 @@ process, because CPUs here differ (AVX2 vs AVX-512) and only ratios measured tog
 """
 from __future__ import annotations
 
+import platform
 import time
 
 import jax
@@ -33,3 +34,15 @@ def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> f
         f(a, b).block_until_ready()
         times.append(time.perf_counter() - t0)
     return 2.0 * n**3 / float(np.median(times))
+
+
+def cpu_name() -> str:
+    """The CPU model, printed beside every benchmark figure (they differ between machines)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

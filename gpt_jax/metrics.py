@@ -76,6 +76,16 @@ def write_summary(stage_dir: str | os.PathLike, summary: dict[str, Any]) -> Path
     return path
 
 
+def save_stage_config(stage_dir: str | os.PathLike, config) -> Path:
+    """Creates <stage_dir> and saves the stage's full config as config.json (later stages and
+    `checkpoint.load_stage` read the model section from it)."""
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    path = stage_dir / "config.json"
+    path.write_text(config.to_json_best_effort(indent=2))
+    return path
+
+
 def read_summary(stage_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(stage_dir) / "summary.json"
     return json.loads(path.read_text()) if path.exists() else None

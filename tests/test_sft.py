@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from gpt_jax import sharding as shd
-from gpt_jax.model import GPT
 from gpt_jax.tokenizer import train_bpe
 from gpt_jax.train.pretrain import build
 from gpt_jax.train.sft import masked_lm_loss, sft_loss_fn

@@ -10,7 +10,6 @@ reads tokens[:, :-1] and is scored on tokens[:, 1:] where loss_mask[:, 1:] is 1.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +20,7 @@ import numpy as np
 
 from gpt_jax import sharding as shd
 from gpt_jax.flops import train_flops_per_token
-from gpt_jax.metrics import read_summary, write_summary
+from gpt_jax.metrics import read_summary, save_stage_config, write_summary
 from gpt_jax.model import GPT, GPTConfig
 from gpt_jax.train.loop import Loop
 from gpt_jax.train.losses import cross_entropy
@@ -140,8 +139,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     done = read_summary(stage_dir)
     if done is not None:
         return done
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    save_stage_config(stage_dir, config)
     mesh = shd.mesh_from_config(config.mesh)
     built = build(config, mesh)
     tcfg = config.train

@@ -41,7 +41,7 @@ from gpt_jax.checkpoint import Checkpointer, load_stage, restore_params
 from gpt_jax.data import ranking as R
 from gpt_jax.flops import train_flops_per_token
 from gpt_jax.heads import RewardModel, ranking_loss, score
-from gpt_jax.metrics import read_summary, write_summary
+from gpt_jax.metrics import read_summary, save_stage_config, write_summary
 from gpt_jax.model import GPTConfig
 from gpt_jax.train.loop import Loop
 from gpt_jax.train.pretrain import build
@@ -248,8 +248,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     if done is not None:
         return done
     check_parent_model(config, workdir, config.parent)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    save_stage_config(stage_dir, config)
     t_start = time.perf_counter()
     rcfg, tcfg = config.reward, config.train
     k, T = int(rcfg.k), int(tcfg.seq_len)

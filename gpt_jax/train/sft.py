@@ -31,7 +31,7 @@ import numpy as np
 from gpt_jax import sharding as shd
 from gpt_jax.checkpoint import load_stage
 from gpt_jax.flops import train_flops_per_token
-from gpt_jax.metrics import read_summary, write_summary
+from gpt_jax.metrics import read_summary, save_stage_config, write_summary
 from gpt_jax.model import GPTConfig
 from gpt_jax.train.losses import cross_entropy
 from gpt_jax.train.loop import Loop
@@ -144,8 +144,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     if done is not None:
         return done
     check_parent_model(config, workdir, config.parent)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    save_stage_config(stage_dir, config)
     t_start = time.perf_counter()
     mesh = shd.mesh_from_config(config.mesh)
     built = build(config, mesh, sft_loss_fn)
