@@ -49,6 +49,11 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
     assert summary["tokens_seen"] == 20 * 8 * 16
     rows = read_metrics(straight / "pretrain" / "metrics.jsonl")
     assert [r["step"] for r in rows if "eval_loss" in r] == [10, 20]
+    by_step = {r["step"]: r for r in rows if "loss" in r}
+    assert by_step[7]["tokens_by_source"] == {"synthetic": 7 * 8 * 16}
+    resumed = {r["step"]: r for r in read_metrics(crashed / "pretrain" / "metrics.jsonl") if "loss" in r}
+    assert resumed[20]["tokens_by_source"] == {"synthetic": 20 * 8 * 16}
+    assert summary["tokens_by_source"] == {"synthetic": 20 * 8 * 16}
     assert (straight / "pretrain" / "checkpoints").is_dir()
 
 

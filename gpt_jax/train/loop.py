@@ -134,8 +134,11 @@ class Loop:
                         mfu = self.flops_per_step * window_steps / elapsed / self.peak_flops
                     window_start, window_steps = time.perf_counter(), 0
                 if log_now:
+                    # per-source token counts (pipelines that mix sources keep them in their state)
+                    sources = getattr(self.train_iter, "tokens_by_source", None)
+                    extra = {"tokens_by_source": dict(sources)} if sources else {}
                     for s, m in rows if cfg.log_every == 1 else rows[-1:]:
-                        writer.write(s, {**m, "tokens_per_sec": tokens_per_sec, "mfu": mfu})
+                        writer.write(s, {**m, "tokens_per_sec": tokens_per_sec, "mfu": mfu, **extra})
                     last_train = rows[-1][1]
                     bar.set_postfix(loss=f"{last_train['loss']:.4f}",
                                     tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.2f}")

@@ -176,6 +176,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         "num_params": built.model_config.num_params(),
         "steps": tcfg.total_steps,
         "mesh": dict(mesh.shape),
+        "tokens_by_source": dict(getattr(train_iter, "tokens_by_source", {})),
     }
     write_summary(stage_dir, summary)
     return summary

@@ -23,6 +23,11 @@ class SyntheticTokens:
         self.step += 1
         return {"tokens": rng.integers(0, self.vocab_size, self.shape, dtype=np.int32)}
 
+    @property
+    def tokens_by_source(self) -> dict[str, int]:
+        """Tokens served so far, as pipelines that mix sources report them (one source here)."""
+        return {"synthetic": self.step * self.shape[0] * (self.shape[1] - 1)}
+
     def get_state(self) -> dict:
         return {"step": self.step}
 
