@@ -30,7 +30,7 @@ _CATCH = (BadRecordError, KeyError, TypeError, ValueError, AttributeError, Index
 
 
 class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Base class; subclasses set RECORD_TYPE and FILES and implement `_records`."""
+    """Base class; subclasses set RECORD_TYPE and FILES, and READER + `_convert` or `_records`."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First normalized release."}
@@ -47,10 +47,18 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(**kwargs)
 
     # -- what subclasses provide ---------------------------------------------------------------
+    # Either READER (a readers.iter_* function: path -> (location, thunk of a raw record)) plus
+    # `_convert(raw) -> record`, applied to every file in FILES; or their own `_records`.
+    READER = None
+
     def _records(self) -> Iterator[tuple[str | None, str, Thunk]]:
         """Yields (split or None, location, thunk). The thunk returns a record dict (or a list of
         them); it may set "source", else the file's relative path is used."""
-        raise NotImplementedError
+        if self.READER is None:
+            raise NotImplementedError(f"{type(self).__name__} sets neither READER nor _records")
+        for i in range(len(self.FILES)):
+            for loc, thunk in self.READER(self.file(i)):
+                yield None, loc, (lambda t=thunk: self._convert(t()))
 
     # -- helpers for subclasses -------------------------------------------------------------------
     def file(self, index: int = 0) -> Path:

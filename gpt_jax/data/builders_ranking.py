@@ -35,9 +35,7 @@ class HhRlhfHarmlessTest(SourceBuilder):
     RECORD_TYPE = "ranking"
     FILES = ("preference/hh_rlhf/harmless-base/test.jsonl.gz",)
 
-    def _records(self):
-        for loc, thunk in iter_jsonl(self.file()):
-            yield None, loc, (lambda t=thunk: self._convert(t()))
+    READER = staticmethod(iter_jsonl)
 
     @staticmethod
     def _convert(obj) -> dict:
@@ -56,9 +54,7 @@ class OasstEnTrees(SourceBuilder):
     FILES = ("preference/oasst_en_trees/en_100_tree.jsonl",)
     _ROLES = {"prompter": "user", "assistant": "assistant"}
 
-    def _records(self):
-        for loc, thunk in iter_jsonl(self.file()):
-            yield None, loc, (lambda t=thunk: self._convert(t()))
+    READER = staticmethod(iter_jsonl)
 
     def _convert(self, tree) -> list[dict]:
         out: list[dict] = []
@@ -86,9 +82,6 @@ class _DpoFormat(SourceBuilder):
     RECORD_TYPE = "ranking"
     READER = staticmethod(iter_json_list)
 
-    def _records(self):
-        for loc, thunk in self.READER(self.file()):
-            yield None, loc, (lambda t=thunk: self._convert(t()))
 
     @staticmethod
     def _convert(obj) -> dict:
@@ -125,9 +118,7 @@ class OaastRmZh(SourceBuilder):
     RECORD_TYPE = "ranking"
     FILES = ("preference/llamafactory_zh/oaast_rm_zh.json",)
 
-    def _records(self):
-        for loc, thunk in iter_json_list(self.file()):
-            yield None, loc, (lambda t=thunk: self._convert(t()))
+    READER = staticmethod(iter_json_list)
 
     @staticmethod
     def _convert(obj) -> dict:

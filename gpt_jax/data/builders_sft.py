@@ -18,10 +18,7 @@ class _AlpacaFormat(SourceBuilder):
     RECORD_TYPE = "conversation"
     OUTPUT_KEY = "output"
 
-    def _records(self):
-        for i in range(len(self.FILES)):
-            for loc, thunk in iter_json_list(self.file(i)):
-                yield None, loc, (lambda t=thunk: self._convert(t()))
+    READER = staticmethod(iter_json_list)
 
     def _convert(self, obj) -> dict:
         return {"messages": R.check_conversation(R.alpaca_conversation(obj, self.OUTPUT_KEY))}
@@ -73,9 +70,7 @@ class AlpacaSeedTasks(SourceBuilder):
     RECORD_TYPE = "conversation"
     FILES = ("sft/alpaca_seed_tasks/seed_tasks.jsonl",)
 
-    def _records(self):
-        for loc, thunk in iter_jsonl(self.file()):
-            yield None, loc, (lambda t=thunk: self._convert(t()))
+    READER = staticmethod(iter_jsonl)
 
     @staticmethod
     def _convert(obj) -> dict:
@@ -94,9 +89,7 @@ class SharegptZh(SourceBuilder):
     RECORD_TYPE = "conversation"
     FILES = ("sft/medicalgpt_sharegpt_zh/sharegpt_zh_1K_format.jsonl",)
 
-    def _records(self):
-        for loc, thunk in iter_jsonl(self.file()):
-            yield None, loc, (lambda t=thunk: self._convert(t()))
+    READER = staticmethod(iter_jsonl)
 
     @staticmethod
     def _convert(obj) -> dict:
