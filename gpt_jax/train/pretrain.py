@@ -20,7 +20,8 @@ import numpy as np
 
 from gpt_jax import sharding as shd
 from gpt_jax.flops import train_flops_per_token
-from gpt_jax.metrics import read_summary, save_stage_config, write_summary
+from gpt_jax.metrics import write_summary
+from gpt_jax.stages import begin_stage
 from gpt_jax.model import GPT, GPTConfig
 from gpt_jax.train.loop import Loop
 from gpt_jax.train.losses import cross_entropy
@@ -135,11 +136,9 @@ def initialize_distributed(config) -> None:
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-    stage_dir = Path(workdir) / STAGE
-    done = read_summary(stage_dir)
+    stage_dir, done = begin_stage(config, workdir, STAGE)
     if done is not None:
         return done
-    save_stage_config(stage_dir, config)
     mesh = shd.mesh_from_config(config.mesh)
     built = build(config, mesh)
     tcfg = config.train

@@ -41,7 +41,8 @@ from gpt_jax.checkpoint import Checkpointer, load_stage, restore_params
 from gpt_jax.data import ranking as R
 from gpt_jax.flops import train_flops_per_token
 from gpt_jax.heads import RewardModel, ranking_loss, score
-from gpt_jax.metrics import read_summary, save_stage_config, write_summary
+from gpt_jax.metrics import write_summary
+from gpt_jax.stages import begin_stage
 from gpt_jax.model import GPTConfig
 from gpt_jax.train.loop import Loop
 from gpt_jax.train.pretrain import build
@@ -241,14 +242,10 @@ def run(config, workdir: str) -> dict[str, Any]:
     from gpt_jax import labeler as labeler_lib
     from gpt_jax.data import tasks_data
     from gpt_jax.tokenizer import Tokenizer
-    from gpt_jax.train.sft import check_parent_model
 
-    stage_dir = Path(workdir) / STAGE
-    done = read_summary(stage_dir)
+    stage_dir, done = begin_stage(config, workdir, STAGE, parent=config.parent)
     if done is not None:
         return done
-    check_parent_model(config, workdir, config.parent)
-    save_stage_config(stage_dir, config)
     t_start = time.perf_counter()
     rcfg, tcfg = config.reward, config.train
     k, T = int(rcfg.k), int(tcfg.seq_len)

@@ -31,8 +31,8 @@ import numpy as np
 from gpt_jax import sharding as shd
 from gpt_jax.checkpoint import load_stage
 from gpt_jax.flops import train_flops_per_token
-from gpt_jax.metrics import read_summary, save_stage_config, write_summary
-from gpt_jax.model import GPTConfig
+from gpt_jax.metrics import write_summary
+from gpt_jax.stages import begin_stage
 from gpt_jax.train.losses import cross_entropy
 from gpt_jax.train.loop import Loop
 from gpt_jax.train.pretrain import build, lm_loss_fn
@@ -62,14 +62,6 @@ def samples_config(**overrides) -> ml_collections.ConfigDict:
     })
     cfg.update(overrides)
     return cfg
-
-
-def check_parent_model(config, workdir: str, parent: str) -> None:
-    saved = json.loads((Path(workdir) / parent / "config.json").read_text())["model"]
-    mine = GPTConfig.from_config(config.model)
-    if GPTConfig.from_config(saved) != mine:
-        raise ValueError(f"config.model differs from {parent}'s model in {workdir}: "
-                         f"{saved} vs {config.model.to_dict()}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,12 +131,9 @@ def run(config, workdir: str) -> dict[str, Any]:
     from gpt_jax.data import tasks_data
     from gpt_jax.tokenizer import Tokenizer
 
-    stage_dir = Path(workdir) / STAGE
-    done = read_summary(stage_dir)
+    stage_dir, done = begin_stage(config, workdir, STAGE, parent=config.parent)
     if done is not None:
         return done
-    check_parent_model(config, workdir, config.parent)
-    save_stage_config(stage_dir, config)
     t_start = time.perf_counter()
     mesh = shd.mesh_from_config(config.mesh)
     built = build(config, mesh, sft_loss_fn)
