@@ -1,0 +1,145 @@
+"""REPORT.md from hand-written stage outputs (tests/synthetic_run.py): every section with the exact
+numbers, "not run" for absent stages, "n/a" for absent keys, the figures, the CLI."""
+import json
+
+import pytest
+
+from gpt_jax import report
+from synthetic_run import SUMMARIES, write_run
+
+SECTIONS = ["## Report card", "## Environment", "## Tokenizer", "## Pretraining", "## SFT",
+            "## Reward model", "## PPO", "## Best-of-N", "## FeedME",
+            "## Compare: the models side by side"]
+FIGURES = ["pretrain_loss.png", "sft_loss.png", "reward_loss.png", "ppo_reward_vs_step.png",
+           "ppo_reward_vs_kl.png", "bon_reward_vs_kl.png", "feedme_loss.png",
+           "compare_rewards.png"]
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    workdir = write_run(tmp_path_factory.mktemp("full"), recipe_seconds={"pretrain": 600.5})
+    return workdir, report.write_report(workdir).read_text()
+
+
+def test_every_section_in_order_and_nothing_missing(full_report):
+    _, text = full_report
+    positions = [text.index(s + "\n") for s in SECTIONS]
+    assert positions == sorted(positions)
+    assert "not run" not in text
+    assert "could not render" not in text
+
+
+@pytest.mark.parametrize("line", [
+    # report card
+    "| tokenizer | bytes/token en / zh (vocab) | 3.1797 / 3.1222 (8,192) |",
+    "| pretrain | eval loss nats/token (bits/byte) | 6.1110 (2.8056) |",
+    "| sft | held-out masked loss; task accuracy / gold | 5.2297; 0.1250 / 0.1875 |",
+    "| reward | held-out accuracy vs gold (length baseline) | 0.8225 (0.4913) |",
+    "| ppo | gold reward SFT → PPO (KL) | 0.0100 → 0.5000 (3.2000) |",
+    "| bon | gold reward at n=16 (KL analytic) | 0.2500 (1.8351) |",
+    "| feedme | gold reward (KL) | 0.3125 (1.1250) |",
+    "| compare | gold reward base / sft / ppo | -0.0043 / 0.0041 / 0.6000 |",
+    "| metric | base | SFT | PPO | best-of-16 | FeedME |",
+    "| gold_reward | -0.0043 | 0.0100 | 0.5000 | 0.2500 | 0.3125 |",
+    "| kl | n/a | 0.0000 | 3.2000 | 1.8351 | 1.1250 |",
+    # environment: the recipe's seconds win over the summary's wall_seconds
+    "| mesh (pretrain) | data=1 fsdp=1 tensor=1 |",
+    "| parameters (pretrain model) | 5,322,240 |",
+    "| pretrain | done | 600.5 s | recipe_summary.json | 5,322,240 |",
+    "| sft | done | 136.0 s | summary wall_seconds | n/a |",
+    "| tokenizer | done | 8.9 s | summary train_seconds | — |",
+    "| wall time, all stages | 1,347.7 s |",
+    # tokenizer, pretraining, SFT
+    "| bytes/token, held-out English | 3.1797 |",
+    "| bytes/token, held-out Chinese | 3.1222 |",
+    "| gutenberg_en | 5,600,000 |",
+    "| final eval loss (nats/token) | 6.1110 |",
+    "| eval bits per byte | 2.8056 |",
+    "| tokens seen | 1,228,800 |",
+    "| held-out masked loss (nats/token) | 5.2297 |",
+    "| held-out assistant tokens | 4,995 |",
+    "| task held-out accuracy | 0.1250 |",
+    "| tokens/s | n/a |",  # the SFT summary has no tokens_per_sec
+    # reward model
+    "| labeler_vs_gold | 231 | 0.8225 | 0.4913 |",
+    "| labeler_vs_labeler | 231 | 0.6970 | 0.4913 |",
+    "| hh_rlhf_harmless_test | 200 | 0.4800 | 0.4250 |",
+    "| oasst_en_trees | 179 | 0.5084 | 0.6844 |",
+    "| bias offset | 0.5295 |",
+    # PPO, best-of-N, FeedME
+    "| SFT (start) | 0.0100 | 0.2500 | 0.0625 | 0.0000 |",
+    "| PPO (end) | 0.5000 | 1.2500 | 0.4375 | 3.2000 |",
+    "| 1 | 0.0200 | 0.3750 | 2.9000 |",
+    "| 4 | 0.1250 | 0.7500 | 0.1875 | 0.6363 | 0.5900 |",
+    "| 16 | 0.2500 | 1.5000 | 0.3125 | 1.8351 | 1.7000 |",
+    "| 0.3125 | 0.8750 | 0.2500 | 1.1250 |",
+    # compare
+    "| base | -0.0043 | 0.0000 | 1.0366 | 48.0000 | 0.7854 | 0.9814 | 5.9984 |",
+    "| ppo | 0.6000 | 0.5000 | 1.5000 | 20.5000 | 0.2100 | 0.3300 | 0.7500 |",
+    "Missing models: feedme.",
+    "| sft | 1.3000 | 0.4000 | 3 - 1 = 2.<br>The answer is 2. |",
+    "| base | 0.0000 | 1.1000 | a \\| b |",
+])
+def test_exact_lines(full_report, line):
+    _, text = full_report
+    assert line in text.splitlines()
+
+
+def test_figures_written_and_linked(full_report):
+    workdir, text = full_report
+    for name in FIGURES:
+        path = workdir / "report" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"(report/{name})" in text
+
+
+def test_partial_run_says_not_run(tmp_path):
+    workdir = write_run(tmp_path, stages=["tokenizer", "pretrain"])
+    (tmp_path / "ppo").mkdir()  # a PPO run in progress: metrics, no summary yet
+    (tmp_path / "ppo" / "metrics.jsonl").write_text('{"step": 7, "gold_reward": 0.1}\n{"step')
+    text = report.write_report(workdir).read_text()
+    for section in SECTIONS:
+        assert section + "\n" in text
+    for stage in ("sft", "reward", "bon", "feedme", "compare"):
+        assert f"**not run**: no `{stage}/summary.json` in this workdir." in text
+    assert ("**not run**: no `ppo/summary.json` in this workdir (in progress: metrics up to "
+            "step 7).") in text
+    assert "| sft | held-out masked loss; task accuracy / gold | not run |" in text
+    assert "| ppo | not run | n/a | n/a | n/a |" in text
+    assert "| eval bits per byte | 2.8056 |" in text
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["pretrain_loss.png"]
+
+
+def test_empty_and_malformed_runs_do_not_crash(tmp_path):
+    text = report.write_report(tmp_path).read_text()
+    assert text.count("**not run**") == 8
+    # Summaries missing every key, a table of junk, and an unreadable metrics file.
+    for stage in ("pretrain", "reward", "ppo", "bon", "compare"):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "summary.json").write_text(json.dumps({"stage": stage}))
+    (tmp_path / "bon" / "summary.json").write_text(json.dumps({"table": [1, {"n": 2}]}))
+    (tmp_path / "pretrain" / "metrics.jsonl").write_text("not json\n")
+    text = report.write_report(tmp_path).read_text()
+    assert "could not render" not in text
+    assert "| final eval loss (nats/token) | n/a |" in text
+    assert "| PPO (end) | n/a | n/a | n/a | n/a |" in text
+    assert "| 2 | n/a | n/a | n/a | n/a | n/a |" in text
+    assert "| set | pairs | RM accuracy | length baseline |" in text
+
+
+def test_fmt_and_get():
+    assert report.fmt(None) == "n/a"
+    assert report.fmt(True) == "yes"
+    assert report.fmt(1234567) == "1,234,567"
+    assert report.fmt(2.80562) == "2.8056"
+    assert report.fmt(4995.0, 0) == "4,995"
+    assert report.fmt("nan") == "nan"
+    assert report.get({"a": {"b": 3}}, "a.b") == 3
+    assert report.get({"a": 1}, "a.b", "x") == "x"
+
+
+def test_cli_prints_the_path(tmp_path, capsys):
+    write_run(tmp_path, stages=["tokenizer"])
+    assert report.main([f"--workdir={tmp_path}"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "REPORT.md")
+    assert SUMMARIES["tokenizer"]["tokenizer_hash"] in (tmp_path / "REPORT.md").read_text()
