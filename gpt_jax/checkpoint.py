@@ -97,7 +97,8 @@ def restore_params(directory: str | os.PathLike, abstract_params, step: int | No
 
 
 def load_stage(workdir: str | os.PathLike, stage: str, step: int | None = None):
-    """(GPTConfig, params) of `<workdir>/<stage>`'s checkpoint, from its saved config.json."""
+    """(GPTConfig, params) of `<workdir>/<stage>`, from its saved config.json: the stage's
+    `final/` params when it saved them (PPO: the policy alone), else its latest checkpoint."""
     import json
     from pathlib import Path
 
@@ -113,4 +114,7 @@ def load_stage(workdir: str | os.PathLike, stage: str, step: int | None = None):
     config = GPTConfig.from_config(json.loads(config_path.read_text())["model"])
     abstract = jax.eval_shape(lambda: nn.unbox(
         GPT(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
+    final = stage_dir / "final"
+    if step is None and final.exists():
+        return config, restore_params(final, abstract)
     return config, restore_params(stage_dir / "checkpoints", abstract, step)

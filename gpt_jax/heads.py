@@ -1,4 +1,4 @@
-"""Scalar heads on the GPT trunk: the reward model (and, later, PPO's value head).
+"""Scalar heads on the GPT trunk: the reward model and PPO's value model.
 
 `RewardModel(config)` = the GPT trunk (params under "trunk", the same tree as a GPT's, so an SFT
 checkpoint drops in) + a Dense(1) head (params under "head") reading the final hidden state at the
@@ -36,10 +36,12 @@ def valid_from_lengths(lengths, t: int):
 
 
 class RewardModel(nn.Module):
-    """tokens [N, T] (+ valid [N, T]) -> scalar reward [N] (float32)."""
+    """tokens [N, T] (+ valid [N, T]) -> scalar reward [N] (float32); with per_token=True the
+    head reads every position instead -> [N, T] (PPO's value model, same params tree)."""
 
     config: GPTConfig
     mesh: Mesh | None = None
+    per_token: bool = False
 
     @nn.compact
     def __call__(self, tokens, valid=None, deterministic: bool = True):
@@ -51,14 +53,17 @@ class RewardModel(nn.Module):
         _, hidden = GPT(cfg, self.mesh, name="trunk")(
             tokens, positions=positions, segment_ids=valid.astype(jnp.int32),
             deterministic=deterministic, return_hidden=True)
-        eos = last_valid_index(valid)
-        h = jnp.take_along_axis(hidden, eos[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+        if self.per_token:
+            h = hidden.astype(jnp.float32)
+        else:
+            eos = last_valid_index(valid)
+            h = jnp.take_along_axis(hidden, eos[:, None, None], axis=1)[:, 0].astype(jnp.float32)
         head = nn.Dense(
             1, name="head", dtype=jnp.float32, param_dtype=cfg.weight_dtype,
             kernel_init=nn.with_logical_partitioning(
                 nn.initializers.normal(1.0 / (cfg.d_model + 1) ** 0.5), ("embed", None)),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
-        return head(h)[:, 0]
+        return head(h)[..., 0]
 
 
 def score(params, model_config: GPTConfig, tokens, lengths=None, valid=None):

@@ -41,12 +41,7 @@ class MetricsWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drops rows logged after `step` (they belong to work that a resume will redo)."""
-        if not self.path.exists():
-            return
-        rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, self.path)
+        truncate_jsonl(self.path, step)
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         row = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
@@ -60,6 +55,17 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
+    """Keeps the rows of a JSONL file whose "step" is <= `step` (atomically; no file: no-op)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    os.replace(tmp, path)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

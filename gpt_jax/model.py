@@ -327,7 +327,8 @@ class GPT(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions=None, segment_ids=None, attention_valid=None,
-                 cache=None, deterministic: bool = True, return_hidden: bool = False):
+                 cache=None, deterministic: bool = True, return_hidden: bool = False,
+                 logits_from: int = 0):
         """tokens [B, T] int -> logits [B, T, V] float32 (or (logits, hidden) / + new cache).
 
         positions:       [B, T] position ids (default arange, or continuing from the cache).
@@ -335,6 +336,8 @@ class GPT(nn.Module):
         attention_valid: [B, T] bool, False for padding tokens (used with a cache).
         cache:           KV cache from `init_cache`; when given, returns (logits, new_cache) and
                          the hidden states too if return_hidden.
+        logits_from:     logits only for positions [logits_from:] ([B, T - logits_from, V]); the
+                         hidden states stay whole (PPO scores response tokens only).
         """
         cfg = self.config
         b, t = tokens.shape
@@ -386,13 +389,14 @@ class GPT(nn.Module):
             new_layer_caches = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new)
 
         hidden = Norm(cfg, name="ln_f")(x)
+        read = hidden[:, logits_from:] if logits_from else hidden
         if cfg.tied:
-            logits = jnp.einsum("btd,vd->btv", hidden, wte.astype(dt),
+            logits = jnp.einsum("btd,vd->btv", read, wte.astype(dt),
                                 preferred_element_type=jnp.float32)
         else:
             head = self.param("lm_head", _init(cfg.init_std, ("embed", "vocab")),
                               (cfg.d_model, cfg.vocab_size), cfg.weight_dtype)
-            logits = jnp.einsum("btd,dv->btv", hidden, head.astype(dt),
+            logits = jnp.einsum("btd,dv->btv", read, head.astype(dt),
                                 preferred_element_type=jnp.float32)
         logits = constrain(logits, ("act_batch", "act_length", "act_vocab"), self.mesh)
 

@@ -353,9 +353,12 @@ def run(config, workdir: str) -> dict[str, Any]:
     return summary
 
 
-def load_reward_model(workdir: str) -> tuple[GPTConfig, dict]:
-    """(model config, params with the bias offset applied) of `<workdir>/reward/final`."""
-    stage_dir = Path(workdir) / STAGE
+def load_reward_model(workdir: str, stage: str = STAGE) -> tuple[GPTConfig, dict]:
+    """(model config, params with the bias offset applied) of `<workdir>/<stage>/final`."""
+    stage_dir = Path(workdir) / stage
+    if not (stage_dir / "final").exists():
+        raise FileNotFoundError(f"{stage_dir / 'final'} not found: has the reward stage run in "
+                                f"{workdir}?")
     cfg = json.loads((stage_dir / "config.json").read_text())
     model_config = GPTConfig.from_config(cfg["model"])
     abstract = jax.eval_shape(lambda: nn.unbox(RewardModel(model_config).init(

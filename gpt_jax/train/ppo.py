@@ -1,0 +1,377 @@
+"""Stage 5, RLHF: PPO against the reward model with a per-token KL leash to the SFT model.
+
+Models (InstructGPT's setup):
+- policy: initialised from `<workdir>/<config.parent>` (SFT), trained;
+- reference: the same SFT params, frozen; the per-token KL log pi(y_t) - log pi_ref(y_t) of the
+  sampled tokens is the penalty (reward = RM score at the end token - beta * sum_t KL_t);
+- reward model: `<workdir>/reward/final` (bias-shifted so SFT demonstrations score 0), frozen;
+- value model: a SEPARATE trunk + per-token head, initialised from the reward model (its head
+  already predicts the end-of-episode score, so early value estimates are informed). A shared
+  trunk would halve the update cost but couples the value loss to the policy's features; the
+  separate trunk is the InstructGPT choice and what the tiny preset measures.
+
+Each PPO step: sample one response per prompt from the current policy at `ppo.temperature`
+(the on-device sampler), score it with the RM (`ppo.reward_source="model"`; "gold" trains on the
+labeler's gold score instead, an oracle upper bound), then one compiled `ppo_step`
+(gpt_jax/train/ppo_step.py): log-probs recomputed at the same temperature, GAE (gamma, lambda),
+whitened advantages, `epochs` x `minibatches` clipped updates (+ PPO-ptx when `ptx_coef` > 0).
+Beta is fixed, or adapted towards `kl_target` (Ziegler et al.) when `adaptive_kl`.
+
+Evaluation (step 0 = the SFT model, every train.eval_every, and at the end): one sampled
+response (temperature `ppo.temperature`) per held-out prompt per `eval_samples`, scored by the RM
+and by the gold labeler, with the empirical KL(policy || SFT) = mean over samples of
+sum_t log pi / pi_ref. Resume: the train state, beta and the SFT evaluation are checkpointed;
+rollout prompts and sampling seeds are functions of (seed, step), so a resumed run continues
+exactly where it stopped.
+
+Writes `<workdir>/<stage>/`: metrics.jsonl (+ TensorBoard), samples.jsonl, reward_vs_kl.png,
+final/ (the policy params, loadable with checkpoint.load_stage), summary.json (keys in README).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from gpt_jax import labeler
+from gpt_jax import sharding as shd
+from gpt_jax.checkpoint import Checkpointer, abstract_with_shardings, load_stage
+from gpt_jax.metrics import MetricsWriter, truncate_jsonl, write_summary
+from gpt_jax.stages import begin_stage
+from gpt_jax.train.loop import NonFiniteLossError
+from gpt_jax.train.ppo_trainer import PPOTrainer
+
+STAGE = "ppo"
+
+
+def ppo_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict({
+        "reward_stage": "reward",     # <workdir>/<reward_stage>/final is the reward model
+        "reward_source": "model",     # "model" (the RM) | "gold" (the labeler's gold score)
+        "value_init": "reward",       # "reward": value trunk + head from the RM | "policy": SFT
+        "max_prompt_len": 48,         # prompts are left-padded (or cut) to this many tokens
+        "max_new_tokens": 40,
+        "temperature": 1.0,           # sampling AND log-prob temperature
+        "kl_coef": 0.05,              # beta (initial value when adaptive_kl)
+        "adaptive_kl": False,
+        "kl_target": 6.0,             # adaptive controller: target per-sequence KL (nats)
+        "kl_horizon": 10000,          # adaptive controller: horizon in samples
+        "no_eos_penalty": 1.0,        # subtracted from the score of responses with no end token
+        "whiten_rewards": False,      # whiten per-token rewards (mean kept) before GAE
+        "gamma": 1.0,
+        "lam": 0.95,
+        "clip": 0.2,                  # policy ratio clip
+        "value_clip": 0.2,            # value clip around the rollout's values
+        "vf_coef": 0.5,
+        "epochs": 2,                  # passes over each rollout batch
+        "minibatches": 2,             # optimizer updates per pass
+        "ptx_coef": 0.0,              # PPO-ptx: weight of the pretraining loss (0 = off)
+        "ptx_batch": 4,               # pretraining rows per minibatch
+        "ptx_seq_len": 128,
+        "train_prompts": 4096,        # pool of training task prompts
+        "heldout_prompts": 64,        # held-out task prompts (evaluation)
+        "eval_samples": 2,            # sampled responses per held-out prompt
+        "samples_logged": 4,          # rollouts written to samples.jsonl per logged step
+    })
+    cfg.update(overrides)
+    return cfg
+
+
+# -- prompts and rewards --------------------------------------------------------------------------
+def step_prompt_indices(seed: int, step: int, pool: int, batch: int) -> np.ndarray:
+    """The training prompts of PPO step `step`: a pure function of (seed, step) (exact resume)."""
+    return np.random.default_rng([seed, step]).choice(pool, size=batch, replace=False)
+
+
+def rollout_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**31 - 1)
+
+
+class Scorer:
+    """RM scores (jit'd) and gold scores of rollouts of task problems."""
+
+    def __init__(self, trainer: PPOTrainer, tokenizer, rm_config, rm_params):
+        from gpt_jax.heads import score
+
+        self.trainer, self.tokenizer, self.rm_params = trainer, tokenizer, rm_params
+        self._rm = jax.jit(lambda p, tokens, valid: score(p, rm_config, tokens, valid=valid))
+
+    def texts(self, gen) -> list[str]:
+        return [self.tokenizer.decode(self.trainer.response_ids(gen, i))
+                for i in range(len(gen.tokens))]
+
+    def rm(self, rollout) -> np.ndarray:
+        put = self.trainer.put
+        return np.asarray(self._rm(self.rm_params, put(rollout["tokens"]), put(rollout["valid"])))
+
+    @staticmethod
+    def gold(problems, texts) -> np.ndarray:
+        return labeler.gold_scores(problems, texts).astype(np.float32)
+
+
+def evaluate(trainer: PPOTrainer, scorer: Scorer, policy_params, ref_params, prompts, problems,
+             batch: int, samples: int, seed: int) -> tuple[dict[str, float], list[dict]]:
+    """Mean gold / RM reward, accuracy, length and empirical KL over `samples` sampled responses
+    per held-out prompt (fixed seeds: the same draws at every evaluation)."""
+    rows_p = [p for p in prompts for _ in range(samples)]
+    rows_q = [q for q in problems for _ in range(samples)]
+    gold, rm, kl, length, correct, shown = [], [], [], [], [], []
+    for start in range(0, len(rows_p), batch):
+        chunk_p, chunk_q = rows_p[start:start + batch], rows_q[start:start + batch]
+        n = len(chunk_p)
+        chunk_p = chunk_p + [chunk_p[-1]] * (batch - n)  # fixed shapes: pad the last chunk
+        rollout, gen = trainer.rollout(policy_params, chunk_p, seed + start)
+        texts = scorer.texts(gen)[:n]
+        gold.append(scorer.gold(chunk_q, texts))
+        rm.append(scorer.rm(rollout)[:n])
+        kl.append(trainer.sequence_kl(policy_params, ref_params, rollout)[:n])
+        length.append(gen.lengths[:n])
+        correct += [labeler.is_correct(q, t) for q, t in zip(chunk_q, texts)]
+        if start == 0:
+            shown = [{"question": q.question, "response": t, "gold": float(g)}
+                     for q, t, g in zip(chunk_q[::samples][:4], texts[::samples][:4],
+                                        gold[-1][::samples][:4])]
+    cat = np.concatenate
+    return {"gold_reward": float(cat(gold).mean()), "rm_reward": float(cat(rm).mean()),
+            "kl": float(cat(kl).mean()), "accuracy": float(np.mean(correct)),
+            "response_length": float(cat(length).mean()), "responses": len(rows_p)}, shown
+
+
+# -- the stage ------------------------------------------------------------------------------------
+def _value_params(pc, sft_params, rm_config, rm_params, model_config, seed: int):
+    if pc.value_init == "reward":
+        if rm_config != model_config:
+            raise ValueError("ppo.value_init='reward' needs the reward model to have the policy's "
+                             f"model config; got {rm_config} vs {model_config}")
+        return rm_params
+    if pc.value_init == "policy":
+        import flax.linen as nn
+        import jax.numpy as jnp
+
+        from gpt_jax.heads import RewardModel
+
+        head = nn.unbox(RewardModel(model_config, per_token=True).init(
+            jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))["params"]["head"])
+        head = jax.tree.map(jnp.zeros_like, head)
+        return {"trunk": sft_params, "head": head}
+    raise ValueError(f"ppo.value_init={pc.value_init!r}; expected 'reward' or 'policy'")
+
+
+def _ptx_iterator(config, tokenizer, workdir):
+    from gpt_jax.data import pipeline
+
+    pc = config.ppo
+    return pipeline.make_pretrain_iterator(
+        config, tokenizer, split="train", batch_size=pc.ptx_batch * pc.minibatches,
+        seq_len=pc.ptx_seq_len, seed=config.seed, workdir=workdir)
+
+
+def plot_reward_vs_kl(rows: list[dict], path: Path) -> None:
+    """Gold and RM reward of the held-out evaluations against their KL to the SFT model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in rows if "eval_kl" in r]
+    if not evals:
+        return
+    kl = [r["eval_kl"] for r in evals]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(kl, [r["eval_gold_reward"] for r in evals], "o-", label="gold (labeler)")
+    ax.plot(kl, [r["eval_rm_reward"] for r in evals], "s--", label="proxy (reward model)")
+    ax.set_xlabel("KL(policy || SFT), nats per response")
+    ax.set_ylabel("mean reward, held-out prompts")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
+    from gpt_jax.data import tasks_data
+    from gpt_jax.metrics import read_metrics
+    from gpt_jax.tokenizer import Tokenizer
+    from gpt_jax.train.reward import load_reward_model
+
+    stage_dir, done = begin_stage(config, workdir, stage, parent=config.parent)
+    if done is not None:
+        return done
+    t_start = time.perf_counter()
+    pc, tcfg = config.ppo, config.train
+    if pc.reward_source not in ("model", "gold"):
+        raise ValueError(f"ppo.reward_source={pc.reward_source!r}; expected 'model' or 'gold'")
+    tokenizer = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
+    mesh = shd.mesh_from_config(config.mesh)
+    model_config, sft_params = load_stage(workdir, config.parent)
+    rm_config, rm_params = load_reward_model(workdir, pc.reward_stage)
+    batch = int(tcfg.batch_size)
+    stop = (tokenizer.token_id("assistant_end"), tokenizer.eos_id)
+    trainer = PPOTrainer(model_config, pc, config.optim, int(tcfg.total_steps), mesh,
+                         tokenizer.pad_id, stop, tokenizer.vocab_size, seed=config.seed)
+    scorer = Scorer(trainer, tokenizer, rm_config, rm_params)
+
+    task, train_problems = tasks_data.task_problems(config, "train", workdir,
+                                                    n=int(pc.train_prompts))
+    _, held_problems = tasks_data.task_problems(config, "heldout", workdir,
+                                                n=int(pc.heldout_prompts))
+
+    def prompt_ids(problems):
+        return [tokenizer.render_for_completion(task.prompt_messages(p)) for p in problems]
+
+    train_prompts, held_prompts = prompt_ids(train_problems), prompt_ids(held_problems)
+    if len(train_prompts) < batch:
+        raise ValueError(f"ppo.train_prompts={len(train_prompts)} < train.batch_size={batch}")
+    ref_params = trainer.place_reference(sft_params)
+    eval_seed = config.seed * 7919 + 104_729
+
+    def run_eval(policy_params):
+        return evaluate(trainer, scorer, policy_params, ref_params, held_prompts, held_problems,
+                        batch, int(pc.eval_samples), eval_seed)
+
+    ckpt = Checkpointer(stage_dir / "checkpoints", max_to_keep=tcfg.max_to_keep)
+    writer = MetricsWriter(stage_dir, tensorboard=tcfg.tensorboard)
+    ptx_iter = _ptx_iterator(config, tokenizer, workdir) if pc.ptx_coef > 0 else None
+    start = ckpt.latest_step()
+    if start is not None:
+        state, data_state, _ = ckpt.restore(
+            abstract_with_shardings(trainer.abstract_state, trainer.shardings), start)
+        beta, sft_eval = float(data_state["beta"]), data_state["sft_eval"]
+        if ptx_iter is not None:
+            ptx_iter.set_state(data_state["ptx"])
+        writer.truncate_after(start)
+        truncate_jsonl(stage_dir / "samples.jsonl", start)
+    else:
+        start, beta = 0, float(pc.kl_coef)
+        value_params = _value_params(pc, sft_params, rm_config, rm_params, model_config,
+                                     config.seed)
+        state = trainer.init_state(sft_params, value_params)
+        sft_eval, shown = run_eval(state.params["policy"])
+        writer.write(0, {f"eval_{k}": v for k, v in sft_eval.items()})
+        _log_samples(stage_dir, 0, "eval", shown)
+
+    rng = jax.random.key(config.seed)
+    timing = {"rollout": 0.0, "update": 0.0, "eval": 0.0}
+    first_update_seconds = 0.0
+    last_eval = sft_eval
+    bar = tqdm(range(start, tcfg.total_steps), initial=start, total=tcfg.total_steps, desc=stage,
+               dynamic_ncols=True, disable=not tcfg.progress_bar)
+    try:
+        for i in bar:
+            step = i + 1
+            t0 = time.perf_counter()
+            idx = step_prompt_indices(config.seed, step, len(train_prompts), batch)
+            problems = [train_problems[j] for j in idx]
+            rollout, gen = trainer.rollout(state.params["policy"],
+                                           [train_prompts[j] for j in idx],
+                                           rollout_seed(config.seed, step))
+            texts = scorer.texts(gen)
+            gold = scorer.gold(problems, texts)
+            rm = scorer.rm(rollout)
+            scores = gold if pc.reward_source == "gold" else rm
+            t1 = time.perf_counter()
+            ptx = np.asarray(next(ptx_iter)["tokens"]) if ptx_iter is not None else None
+            state, metrics = trainer.step(state, ref_params, rollout, scores, beta, rng, ptx)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            t2 = time.perf_counter()
+            if step == start + 1:
+                first_update_seconds = t2 - t1
+            else:
+                timing["update"] += t2 - t1
+            timing["rollout"] += t1 - t0
+            if not np.isfinite(metrics["loss"]):
+                raise NonFiniteLossError(
+                    f"non-finite PPO loss {metrics['loss']} at step {step} in {stage_dir}; "
+                    f"the last good checkpoint is step {ckpt.latest_step()}")
+            if pc.adaptive_kl:
+                beta = float(_update_beta(beta, metrics["kl"], batch, pc))
+            row = {**metrics, "rm_reward": float(rm.mean()), "gold_reward": float(gold.mean()),
+                   "accuracy": float(np.mean([labeler.is_correct(p, t)
+                                              for p, t in zip(problems, texts)])),
+                   "lr": float(trainer.schedule(int(state.step) - 1)), "step_seconds": t2 - t0}
+            writer.write(step, row)
+            if step % max(tcfg.log_every, 1) == 0:
+                _log_samples(stage_dir, step, "train", [
+                    {"question": p.question, "response": t, "gold": float(g), "rm": float(r)}
+                    for p, t, g, r in list(zip(problems, texts, gold, rm))[:pc.samples_logged]])
+            bar.set_postfix(rm=f"{row['rm_reward']:.3f}", gold=f"{row['gold_reward']:.3f}",
+                            kl=f"{row['kl']:.2f}")
+            last_step = step == tcfg.total_steps
+            if (tcfg.eval_every and step % tcfg.eval_every == 0) or last_step:
+                te = time.perf_counter()
+                last_eval, shown = run_eval(state.params["policy"])
+                timing["eval"] += time.perf_counter() - te
+                writer.write(step, {f"eval_{k}": v for k, v in last_eval.items()})
+                _log_samples(stage_dir, step, "eval", shown)
+            if (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or last_step:
+                data = {"beta": beta, "sft_eval": sft_eval}
+                if ptx_iter is not None:
+                    data["ptx"] = ptx_iter.get_state()
+                ckpt.save(step, state, data, {"stage": stage},
+                          wait=last_step or step == tcfg.kill_at_step)
+            if tcfg.kill_at_step and step == tcfg.kill_at_step:
+                import os
+                import signal
+
+                writer.close()
+                os.kill(os.getpid(), signal.SIGKILL)  # testing hook: a hard crash
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+
+    if start == tcfg.total_steps or last_eval is sft_eval:  # resumed after the last step
+        last_eval, _ = run_eval(state.params["policy"])
+    final = Checkpointer(stage_dir / "final", max_to_keep=1, async_save=False)
+    final.save(0, {"params": jax.device_get(state.params["policy"])}, meta={"stage": stage})
+    final.close()
+    rows = read_metrics(stage_dir / "metrics.jsonl")
+    plot_reward_vs_kl(rows, stage_dir / "reward_vs_kl.png")
+    train_rows = [r for r in rows if "kl" in r]
+    steps_timed = max(tcfg.total_steps - start - 1, 1)
+    summary = {
+        "stage": stage,
+        "parent": config.parent,
+        "reward_model": pc.reward_stage,
+        "reward_source": pc.reward_source,
+        "seed": config.seed,
+        "heldout_prompts": len(held_prompts),
+        "eval_samples": int(pc.eval_samples),
+        "sft": sft_eval,
+        "ppo": last_eval,
+        "final_kl": last_eval["kl"],
+        "gold_gain": last_eval["gold_reward"] - sft_eval["gold_reward"],
+        "beta_final": beta,
+        "adaptive_kl": bool(pc.adaptive_kl),
+        "train_kl_last": train_rows[-1]["kl"] if train_rows else None,
+        "train_gold_reward_last": train_rows[-1]["gold_reward"] if train_rows else None,
+        "rollout_batch": batch,
+        "updates_per_step": int(pc.epochs * pc.minibatches),
+        "steps": int(tcfg.total_steps),
+        "rollout_seconds_per_step": timing["rollout"] / max(tcfg.total_steps - start, 1),
+        "update_seconds_per_step": timing["update"] / steps_timed,
+        "first_update_seconds": first_update_seconds,
+        "eval_seconds": timing["eval"],
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    write_summary(stage_dir, summary)
+    return summary
+
+
+def _update_beta(beta, kl, n, pc):
+    from gpt_jax.train.ppo_core import update_kl_coef
+
+    return update_kl_coef(beta, kl, n, float(pc.kl_target), float(pc.kl_horizon))
+
+
+def _log_samples(stage_dir: Path, step: int, kind: str, rows: list[dict]) -> None:
+    with open(stage_dir / "samples.jsonl", "a") as f:
+        for r in rows:
+            f.write(json.dumps({"step": step, "kind": kind, **r}, ensure_ascii=False) + "\n")
