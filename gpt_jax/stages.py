@@ -11,6 +11,7 @@ STAGES = {
     "pretrain": "gpt_jax.train.pretrain",
     "sft": "gpt_jax.train.sft",
     "reward": "gpt_jax.train.reward",
+    "ppo": "gpt_jax.train.ppo",
     "compare": "gpt_jax.compare",
     "recipe": "gpt_jax.recipe",
 }
