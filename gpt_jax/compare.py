@@ -7,15 +7,16 @@ so the recipe's effect (base -> SFT -> RLHF) reads off one table.
 How each model is asked:
 - base (the "pretrain" stage): a few-shot completion prompt, `few_shot` solved problems from the
   task's TRAIN split as "Question: ...\\nAnswer: <solution>\\n\\n", then "Question: q\\nAnswer:";
-  the completion stops at a blank line (or a new "Question:"), as in `chat.py`'s completion mode;
+  the completion stops at a blank line (or a new "Question:"), as in `chat.py`'s completion mode
+  (the oldest demonstrations are dropped for a question whose prompt would not fit the context);
 - chat models ("sft", "ppo", "feedme"): the task's chat prompt through the chat template, the reply
   ending at <|assistant_end|> (the same prompts and stops as `sft.generate_replies`).
 
 Per model, over the greedy answers: `gold_reward` (mean `labeler.gold_score`), `accuracy` (mean
 `labeler.is_correct`), `rm_reward` (mean reward-model score of the answer as the assistant reply to
 the task's chat prompt; None without a reward stage) and `response_length` (mean generated tokens,
-stop token excluded). Over `samples_per_prompt` temperature-1 samples per prompt (no top-k/top-p):
-`distinct_1` / `distinct_2` (unique / total token n-grams among one prompt's samples, mean over
+stop token excluded). Over `samples_per_prompt` temperature-1 samples (no top-k/top-p) for each
+of the first `sample_prompts` prompts: `distinct_1` / `distinct_2` (unique / total token n-grams among one prompt's samples, mean over
 prompts: how different the samples are from each other) and `sample_entropy` (mean over all sampled
 tokens, stop token included, of -log p(token): a Monte-Carlo estimate of the per-token entropy).
 
@@ -47,6 +48,7 @@ def compare_config(**overrides) -> ml_collections.ConfigDict:
         "models": "base,sft,ppo,feedme",  # names from MODEL_STAGES, in table order
         "n_prompts": 32,            # held-out task prompts every model answers
         "samples_per_prompt": 4,    # temperature-1 samples per prompt (distinct-n, entropy)
+        "sample_prompts": 0,        # sample on the first this-many prompts (0 = all n_prompts)
         "temperature": 1.0,
         "max_new_tokens": 48,
         "few_shot": 3,              # demonstrations in the base model's completion prompt
@@ -201,9 +203,9 @@ def answer_model(name, model_config, params, tokenizer, task, problems, demos,
     common = dict(max_new_tokens=int(c.max_new_tokens), batch_rows=int(c.gen_batch), **stops)
     texts, ids, _ = complete(params, model_config, tokenizer, prompts, temperature=0.0,
                              seed=int(c.seed), **common)
-    s = int(c.samples_per_prompt)
+    s, sampled = int(c.samples_per_prompt), int(c.sample_prompts) or len(prompts)
     _, sample_ids, sample_logprobs = complete(
-        params, model_config, tokenizer, [p for p in prompts for _ in range(s)],
+        params, model_config, tokenizer, [p for p in prompts[:sampled] for _ in range(s)],
         temperature=float(c.temperature), seed=int(c.seed), **common)
     stop_ids = set(stops["stop_ids"])
     all_logprobs = np.concatenate(sample_logprobs) if sample_logprobs else np.zeros(0)
@@ -269,6 +271,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         "task": task.name,
         "prompts": len(problems),
         "samples_per_prompt": int(c.samples_per_prompt),
+        "sample_prompts": min(int(c.sample_prompts) or len(problems), len(problems)),
         "few_shot": len(demos),
         "models": models,
         "missing": list(missing),

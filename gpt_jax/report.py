@@ -380,6 +380,15 @@ def ppo_section(run: RunFiles, fig_dir: Path) -> list[str]:
         ["SFT (start)", *[fmt(get(s, f"sft.{k}")) for k in keys[:3]], fmt(0.0)],
         ["PPO (end)", *[fmt(get(s, f"ppo.{k}")) for k in keys]],
     ])
+    lines += ["", *table(["", "value"], [
+        ["steps", fmt(s.get("steps"))],
+        ["gold gain over SFT", fmt(s.get("gold_gain"))],
+        ["KL coefficient at the end (adaptive)",
+         f"{fmt(s.get('beta_final'))} ({fmt(s.get('adaptive_kl'))})"],
+        ["rollout / update seconds per step",
+         f"{fmt(s.get('rollout_seconds_per_step'), 2)} / "
+         f"{fmt(s.get('update_seconds_per_step'), 2)}"],
+    ])]
     per_seed = [r for r in (s.get("per_seed") or []) if isinstance(r, dict)]
     if per_seed:
         lines += ["", *table(["seed", "SFT gold", "PPO gold", "KL"], [
@@ -387,8 +396,10 @@ def ppo_section(run: RunFiles, fig_dir: Path) -> list[str]:
              fmt(r.get("kl"))] for r in per_seed])]
     rows = run.metrics("ppo")
     ys = {"gold_reward": "gold reward", "rm_reward": "RM reward"}
-    by_step = plots.plot_lines(fig_dir / "ppo_reward_vs_step.png", rows, "step", ys,
-                               "PPO: reward vs step", "step", "reward")
+    held_out = {"eval_gold_reward": "gold reward, held-out", "eval_rm_reward": "RM reward, held-out"}
+    by_step = plots.plot_lines(fig_dir / "ppo_reward_vs_step.png", rows, "step",
+                               {**ys, **held_out}, "PPO: reward vs step (rollouts, held-out)",
+                               "step", "reward")
     by_kl = plots.plot_lines(fig_dir / "ppo_reward_vs_kl.png", rows, "kl", ys,
                              "PPO: reward vs KL(policy || SFT)", "KL (nats)", "reward",
                              marker="o")

@@ -47,7 +47,8 @@ def plot_lines(path: Path, rows: list[dict], x: str, ys: dict[str, str], title: 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, (xs, vals) in lines.items():
-        ax.plot(xs, vals, marker=marker or None, label=label)
+        few = len(xs) < 12  # sparse series (eval rows) would not show as bare lines
+        ax.plot(xs, vals, marker=marker or ("o" if few else None), label=label)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()

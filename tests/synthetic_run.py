@@ -35,6 +35,7 @@ SUMMARIES = {
             "per_seed": [{"seed": 0, "sft_gold_reward": 0.01, "ppo_gold_reward": 0.5, "kl": 3.2},
                          {"seed": 1, "sft_gold_reward": 0.02, "ppo_gold_reward": 0.375,
                           "kl": 2.9}],
+            "steps": 5, "gold_gain": 0.49, "beta_final": 0.04, "adaptive_kl": True,
             "wall_seconds": 300.0},
     "bon": {"stage": "bon", "table": [
         {"n": 1, "gold_reward": 0.01, "rm_reward": 0.0, "accuracy": 0.0625, "kl_analytic": 0.0,
@@ -88,7 +89,8 @@ METRICS = {
     "sft": loss_rows(6, 3, 6.0),
     "reward": loss_rows(4, 2, 0.7),
     "ppo": [{"step": s, "gold_reward": 0.01 + 0.1 * s, "rm_reward": 0.25 + 0.2 * s,
-             "kl": 0.6 * s, "loss": 1.0 / s} for s in range(1, 6)],
+             "kl": 0.6 * s, "loss": 1.0 / s} for s in range(1, 6)]
+    + [{"step": 5, "eval_gold_reward": 0.5, "eval_rm_reward": 1.25, "eval_kl": 3.2}],
     "feedme": loss_rows(4, 2, 3.0),
 }
 
