@@ -423,6 +423,14 @@ def feedme_section(run: RunFiles, fig_dir: Path) -> list[str]:
     s = run.summary("feedme")
     keys = ("gold_reward", "rm_reward", "accuracy", "kl")
     lines = table(list(keys), [[fmt(s.get(k)) for k in keys]])
+    lines += ["", *table(["", "value"], [
+        ["SFT on the best of n samples, n", fmt(s.get("n"))],
+        ["distilled samples", fmt(s.get("distilled"))],
+        ["distilled gold / RM reward",
+         f"{fmt(s.get('distilled_gold_reward'))} / {fmt(s.get('distilled_rm_reward'))}"],
+        ["PPO at a similar KL", fmt(s.get("ppo_at_similar_kl"))],
+        ["final train loss", fmt(s.get("final_train_loss"))],
+    ])]
     png = plots.plot_loss_curves(fig_dir / "feedme_loss.png", run.metrics("feedme"),
                                  "FeedME loss")
     return lines + [""] + image(png, "FeedME loss", run.workdir)

@@ -46,7 +46,8 @@ SUMMARIES = {
          "kl_analytic": 1.8351, "kl_empirical": 1.7}],
         "wall_seconds": 60.0},
     "feedme": {"stage": "feedme", "gold_reward": 0.3125, "rm_reward": 0.875, "accuracy": 0.25,
-               "kl": 1.125, "wall_seconds": 90.0},
+               "kl": 1.125, "n": 8, "distilled": 256, "distilled_gold_reward": 0.75,
+               "wall_seconds": 90.0},
     "compare": {"stage": "compare", "task": "arithmetic", "prompts": 2, "samples_per_prompt": 4,
                 "models": {
                     "base": {"gold_reward": -0.0043, "accuracy": 0.0, "rm_reward": 1.0366,
