@@ -1,13 +1,17 @@
-"""The recipe: run the stages of a pipeline config in order on one workdir.
+"""The recipe: run the stages of a pipeline config in order on one workdir, then the report card.
 
 `config.stages` is a comma-separated list of stage names; `config.<stage>` is that stage's full
 config (the same ConfigDict its own experiment file gives). A stage whose summary.json exists is
 skipped, and an interrupted stage resumes from its checkpoint, so re-running continues the recipe
-where it stopped.
+where it stopped. Progress: one line per stage ("[recipe 3/8] sft", elapsed time) above the
+stage's own bar. At the end `<workdir>/recipe_summary.json` records each stage's seconds (a
+skipped stage keeps the seconds of the run that did it) and, unless `config.report` is False,
+`gpt_jax.report` writes `<workdir>/REPORT.md`.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -24,15 +28,36 @@ def load_experiment(name: str):
     return module.get_config()
 
 
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
 def run(config, workdir: str) -> dict:
+    from gpt_jax.metrics import read_summary
+
     stages = [s.strip() for s in config.stages.split(",") if s.strip()]
-    summaries, timings = {}, {}
-    for i, stage in enumerate(stages, 1):
+    for stage in stages:
         if stage not in config:
             raise KeyError(f"recipe stage {stage!r} has no config section config.{stage}")
-        print(f"== recipe stage {i}/{len(stages)}: {stage}", flush=True)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    path = Path(workdir) / "recipe_summary.json"
+    previous = json.loads(path.read_text()).get("seconds", {}) if path.exists() else {}
+    summaries, timings = {}, {}
+    t_start = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        done = read_summary(Path(workdir) / stage) is not None
+        print(f"[recipe {i}/{len(stages)}] {stage}{' (done, skipped)' if done else ''} "
+              f"(elapsed {_clock(time.perf_counter() - t_start)})", flush=True)
         t0 = time.perf_counter()
         summaries[stage] = stage_module(config[stage].stage).run(config[stage], workdir)
-        timings[stage] = time.perf_counter() - t0
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    return {"stages": stages, "seconds": timings, "summaries": summaries}
+        timings[stage] = previous.get(stage, 0.0) if done else time.perf_counter() - t0
+    out = {"stages": stages, "seconds": timings, "total_seconds": sum(timings.values())}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(path)
+    if config.get("report", True):
+        from gpt_jax.report import write_report
+
+        report = write_report(workdir)
+        print(f"[recipe] report: {report} (total {_clock(out['total_seconds'])})", flush=True)
+    return {**out, "summaries": summaries}

@@ -12,6 +12,8 @@ STAGES = {
     "sft": "gpt_jax.train.sft",
     "reward": "gpt_jax.train.reward",
     "ppo": "gpt_jax.train.ppo",
+    "bon": "gpt_jax.train.bon",
+    "feedme": "gpt_jax.train.feedme",
     "compare": "gpt_jax.compare",
     "recipe": "gpt_jax.recipe",
 }

@@ -1,4 +1,5 @@
-"""The tiny recipe on the shipped data (what `make run` runs): tokenizer -> pretrain -> sft -> reward.
+"""The tiny recipe on the shipped data (what `make run` runs): tokenizer -> pretrain -> sft ->
+reward -> ppo -> bon -> feedme -> compare, then REPORT.md.
 
 python -m gpt_jax.main --config=experiments/configs/recipe_tiny.py --workdir=runs/tiny
 Each stage's section is that stage's own tiny config, overridable as
@@ -8,13 +9,14 @@ import ml_collections
 
 from gpt_jax.recipe import load_experiment
 
+STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare")
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.stage = "recipe"
-    config.stages = "tokenizer,pretrain,sft,reward"
-    config.tokenizer = load_experiment("tokenizer_tiny")
-    config.pretrain = load_experiment("pretrain_tiny")
-    config.sft = load_experiment("sft_tiny")
-    config.reward = load_experiment("reward_tiny")
+    config.stages = ",".join(STAGES)
+    config.report = True
+    for stage in STAGES:
+        config[stage] = load_experiment(f"{stage}_tiny")
     return config

@@ -127,26 +127,13 @@ def make_eval_hook(config, stage_dir: Path, tokenizer, model_config, task, probl
     return hook
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-    from gpt_jax.data import tasks_data
-    from gpt_jax.tokenizer import Tokenizer
-
-    stage_dir, done = begin_stage(config, workdir, STAGE, parent=config.parent)
-    if done is not None:
-        return done
-    t_start = time.perf_counter()
+def train_from_parent(config, workdir: str, stage_dir: Path, stage: str, train_iter,
+                      make_eval_iter=None, eval_hook=None):
+    """The masked next-token loss from the parent stage's params with the shared loop (SFT, and
+    FeedME on its distilled samples). eval_hook: model_config -> the loop's eval hook."""
     mesh = shd.mesh_from_config(config.mesh)
     built = build(config, mesh, sft_loss_fn)
     tcfg = config.train
-    tokenizer = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
-
-    def make(split):
-        return tasks_data.make_sft_mixture_iterator(config, tokenizer, split, tcfg.batch_size,
-                                                    tcfg.seq_len, config.seed, workdir=workdir)
-
-    train_iter = make("train")
-    task, problems = tasks_data.task_problems(config, "heldout", workdir)
-    eval_problems = problems[: config.samples.eval_problems]
 
     def put(batch):
         return jax.device_put({k: np.asarray(v) for k, v in batch.items()}, built.batch_sharding)
@@ -159,15 +146,40 @@ def run(config, workdir: str) -> dict[str, Any]:
     loop = Loop(
         stage_dir=str(stage_dir), train_cfg=tcfg, train_step=built.train_step,
         train_iter=train_iter, put_batch=put, abstract_state=built.abstract_state,
-        state_shardings=built.state_shardings, eval_step=built.eval_step,
-        make_eval_iter=lambda: make("heldout"),
-        eval_hook=make_eval_hook(config, stage_dir, tokenizer, built.model_config, task,
-                                 eval_problems),
+        state_shardings=built.state_shardings,
+        eval_step=built.eval_step if make_eval_iter is not None else None,
+        make_eval_iter=make_eval_iter,
+        eval_hook=eval_hook(built.model_config) if eval_hook is not None else None,
         tokens_per_step=tokens_per_step,
         flops_per_step=train_flops_per_token(built.model_config, tcfg.seq_len) * tokens_per_step,
         peak_flops=tcfg.peak_flops,
-        meta={"stage": STAGE, "model": config.model.to_dict()}, desc=STAGE)
-    result = loop.run(init_state, jax.random.key(config.seed))
+        meta={"stage": stage, "model": config.model.to_dict()}, desc=stage)
+    return loop.run(init_state, jax.random.key(config.seed))
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    from gpt_jax.data import tasks_data
+    from gpt_jax.tokenizer import Tokenizer
+
+    stage_dir, done = begin_stage(config, workdir, STAGE, parent=config.parent)
+    if done is not None:
+        return done
+    t_start = time.perf_counter()
+    tcfg = config.train
+    tokenizer = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
+
+    def make(split):
+        return tasks_data.make_sft_mixture_iterator(config, tokenizer, split, tcfg.batch_size,
+                                                    tcfg.seq_len, config.seed, workdir=workdir)
+
+    train_iter = make("train")
+    task, problems = tasks_data.task_problems(config, "heldout", workdir)
+    eval_problems = problems[: config.samples.eval_problems]
+    result = train_from_parent(
+        config, workdir, stage_dir, STAGE, train_iter, make_eval_iter=lambda: make("heldout"),
+        eval_hook=lambda model_config: make_eval_hook(config, stage_dir, tokenizer, model_config,
+                                                      task, eval_problems))
+    tokens_per_step = tcfg.batch_size * tcfg.seq_len
     ev = result.last_eval
     summary = {
         "stage": STAGE,

@@ -1,0 +1,148 @@
+"""The PPO, best-of-N and FeedME stages end to end on the shared tiny workdir (tokenizer, SFT and
+an untrained reward model): files, summary keys, the SFT baseline at KL 0, the policies loadable
+as GPTs, skipping when done, and PPO's exact resume after a crash. Plus the best-of-N arithmetic
+and FeedME's data selection on hand-made numbers."""
+import json
+import math
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from gpt_jax.checkpoint import load_stage
+from gpt_jax.metrics import read_metrics
+from gpt_jax.train import bon, feedme, ppo
+from tiny_workdir import config_from_tests, shared_tiny_workdir
+
+
+# -- best-of-N and FeedME arithmetic --------------------------------------------------------------
+def test_best_of_n_table_on_hand_made_scores():
+    rm = np.array([[0.1, 0.9, 0.5, 0.2], [0.4, 0.3, 0.8, 0.7]])
+    gold = np.array([[0.0, 1.0, 0.0, 0.25], [1.0, 0.0, 0.0, 0.05]])
+    correct = (gold >= 1.0).astype(float)
+    table = bon.best_of_n_table(rm, gold, correct, [1, 2, 4])
+    assert [r["n"] for r in table] == [1, 2, 4]
+    assert table[0]["gold_reward"] == pytest.approx(gold.mean())
+    # N=2: groups (0.1, 0.9) (0.5, 0.2) | (0.4, 0.3) (0.8, 0.7) -> picks 1.0, 0.0, 1.0, 0.0
+    assert table[1]["gold_reward"] == pytest.approx(0.5)
+    assert table[1]["rm_reward"] == pytest.approx((0.9 + 0.5 + 0.4 + 0.8) / 4)
+    assert table[1]["answers"] == 4
+    # N=4: the RM-best of all four -> 1.0 (0.9) and 0.0 (0.8)
+    assert table[2]["gold_reward"] == pytest.approx(0.5) and table[2]["accuracy"] == 0.5
+    assert table[2]["kl_analytic"] == pytest.approx(math.log(4) - 3 / 4)
+    with pytest.raises(ValueError, match="does not divide"):
+        bon.best_of_n_table(rm, gold, correct, [3])
+
+
+def test_empirical_kl_plug_in_values():
+    distinct = np.array([[0.1, 0.2, 0.3, 0.4]])
+    # best-of-2 over 4 equally likely outcomes picks the k-th smallest w.p. ((k/4)^2 - ((k-1)/4)^2)
+    p = np.array([1, 3, 5, 7]) / 16
+    assert bon.empirical_kl(distinct, 2) == pytest.approx(float((p * np.log(p / 0.25)).sum()))
+    assert bon.empirical_kl(distinct, 1) == 0.0
+    assert bon.empirical_kl(np.zeros((3, 8)), 4) == 0.0  # all tied: best-of-N is the policy
+    big = np.random.default_rng(0).normal(size=(20, 4096))
+    assert bon.empirical_kl(big, 8) == pytest.approx(bon.analytic_kl(8), abs=0.01)
+
+
+def test_feedme_keeps_the_rm_best_finished_response():
+    samples = {
+        "ids": [[5, 6], [7], [8, 9, 9], [4]],
+        "texts": ["a", "b", "c", "d"],
+        "rm": np.array([[0.2, 0.9], [0.5, 0.1]]),
+        "gold": np.array([[0.0, 1.0], [0.05, 0.0]]),
+        "finished": np.array([[True, False], [True, True]]),
+    }
+    examples, records = feedme.distillation_examples([[1, 2], [3]], samples, 2, end_id=99)
+    # prompt 0: the 0.9 response did not finish -> the 0.2 one; prompt 1: the 0.5 one
+    assert [r["text"] for r in records] == ["a", "c"]
+    ids, mask = examples[0]
+    assert ids.tolist() == [1, 2, 5, 6, 99] and mask.tolist() == [0, 0, 1, 1, 1]
+    assert examples[1][0].tolist() == [3, 8, 9, 9, 99]
+
+
+# -- the stages -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, data_dir):
+    return shared_tiny_workdir(tmp_path_factory, data_dir)
+
+
+def _fresh(tmp_path, workdir):
+    """A workdir sharing the shared run's finished stages (symlinks), so runs do not collide."""
+    for stage in ("tokenizer", "pretrain", "sft", "reward"):
+        (tmp_path / stage).symlink_to(workdir / stage)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_ppo_stage_then_resume_after_a_crash(workdir, tmp_path, monkeypatch):
+    (tmp_path / "straight").mkdir()
+    straight = _fresh(tmp_path / "straight", workdir)
+    summary = ppo.run(config_from_tests("ppo_test"), str(straight))
+    for key in ("sft", "ppo", "final_kl", "gold_gain", "beta_final", "rollout_batch",
+                "update_seconds_per_step", "wall_seconds"):
+        assert key in summary, key
+    assert summary["sft"]["kl"] == 0.0  # the SFT model against itself
+    assert summary["ppo"]["kl"] > 0.0 and summary["ppo"]["responses"] == 8
+    rows = read_metrics(straight / "ppo" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "eval_kl" in r] == [0, 2, 4]
+    train = {r["step"]: r for r in rows if "kl" in r}
+    assert sorted(train) == [1, 2, 3, 4] and train[1]["kl"] == 0.0
+    for key in ("rm_reward", "gold_reward", "entropy", "clip_frac", "approx_kl", "value_loss",
+                "explained_variance", "response_length", "beta"):
+        assert np.isfinite(train[4][key]), key
+    assert (straight / "ppo" / "reward_vs_kl.png").stat().st_size > 0
+    model_config, params = load_stage(straight, "ppo")  # the policy, as a GPT
+    assert set(params) >= {"wte", "ln_f"}
+    assert ppo.run(config_from_tests("ppo_test"), str(straight)) == summary  # done: skipped
+
+    # A crash after the step-2 checkpoint, then a resume: steps 3-4 are bitwise the same.
+    (tmp_path / "crashed").mkdir()
+    crashed = _fresh(tmp_path / "crashed", workdir)
+    from gpt_jax.train.ppo_trainer import PPOTrainer
+
+    real_step, calls = PPOTrainer.step, []
+
+    def crash_on_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(PPOTrainer, "step", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ppo.run(config_from_tests("ppo_test"), str(crashed))
+    monkeypatch.setattr(PPOTrainer, "step", real_step)
+    resumed = ppo.run(config_from_tests("ppo_test"), str(crashed))
+    a = {r["step"]: r for r in read_metrics(straight / "ppo" / "metrics.jsonl") if "kl" in r}
+    b = {r["step"]: r for r in read_metrics(crashed / "ppo" / "metrics.jsonl") if "kl" in r}
+    assert sorted(b) == [1, 2, 3, 4]
+    for step in (3, 4):
+        for key in ("loss", "kl", "rm_reward", "value_loss"):
+            assert a[step][key] == b[step][key], (step, key)
+    assert resumed["ppo"]["gold_reward"] == summary["ppo"]["gold_reward"]
+
+
+@pytest.mark.slow
+def test_bon_and_feedme_stages(workdir, tmp_path):
+    wd = _fresh(tmp_path, workdir)
+    s = bon.run(config_from_tests("bon_test"), str(wd))
+    assert [r["n"] for r in s["table"]] == [1, 2, 4]
+    assert s["table"][0]["kl_empirical"] == 0.0
+    rm = [r["rm_reward"] for r in s["table"]]
+    assert rm[0] <= rm[1] <= rm[2]  # the RM-best of more draws scores higher by construction
+    assert s["table"][2]["answers"] == 4 and len((wd / "bon" / "samples.jsonl").read_text())
+
+    f = feedme.run(config_from_tests("feedme_test"), str(wd))
+    assert f["sft"]["kl"] == 0.0 and f["kl"] > 0.0
+    assert f["distilled"] == len((wd / "feedme" / "best.jsonl").read_text().splitlines())
+    assert f["ppo_at_similar_kl"] is None  # no ppo/ in this workdir
+    _, params = load_stage(wd, "feedme")
+    assert set(params) >= {"wte", "ln_f"}
+    shutil.rmtree(wd / "feedme" / "checkpoints")  # best.jsonl is reused on a re-run
+    (wd / "feedme" / "summary.json").unlink()
+    again = feedme.run(config_from_tests("feedme_test"), str(wd))
+    assert again["distilled"] == f["distilled"]
+    assert json.loads((wd / "feedme" / "summary.json").read_text())["stage"] == "feedme"
+    jax.clear_caches()
