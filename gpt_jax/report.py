@@ -389,11 +389,17 @@ def ppo_section(run: RunFiles, fig_dir: Path) -> list[str]:
          f"{fmt(s.get('rollout_seconds_per_step'), 2)} / "
          f"{fmt(s.get('update_seconds_per_step'), 2)}"],
     ])]
-    per_seed = [r for r in (s.get("per_seed") or []) if isinstance(r, dict)]
+    seeds = run.summary("ppo_seeds") or {}  # the multi-seed acceptance run, when it was made
+    per_seed = [r for r in (s.get("per_seed") or seeds.get("per_seed") or [])
+                if isinstance(r, dict)]
     if per_seed:
-        lines += ["", *table(["seed", "SFT gold", "PPO gold", "KL"], [
+        lines += ["", "Over seeds (`ppo_seeds`): worst PPO seed vs best SFT seed, held-out gold "
+                  f"{fmt(seeds.get('ppo_gold_min'))} vs {fmt(seeds.get('sft_gold_max'))}: "
+                  f"{'passed' if seeds.get('passed') else 'not passed'}.", ""]
+        lines += table(["seed", "SFT gold", "PPO gold", "SFT RM", "PPO RM", "KL"], [
             [fmt(r.get("seed")), fmt(r.get("sft_gold_reward")), fmt(r.get("ppo_gold_reward")),
-             fmt(r.get("kl"))] for r in per_seed])]
+             fmt(r.get("sft_rm_reward")), fmt(r.get("ppo_rm_reward")), fmt(r.get("kl"))]
+            for r in per_seed])
     rows = run.metrics("ppo")
     ys = {"gold_reward": "gold reward", "rm_reward": "RM reward"}
     held_out = {"eval_gold_reward": "gold reward, held-out", "eval_rm_reward": "RM reward, held-out"}

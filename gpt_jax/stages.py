@@ -12,6 +12,7 @@ STAGES = {
     "sft": "gpt_jax.train.sft",
     "reward": "gpt_jax.train.reward",
     "ppo": "gpt_jax.train.ppo",
+    "ppo_seeds": "gpt_jax.train.ppo_seeds",
     "bon": "gpt_jax.train.bon",
     "feedme": "gpt_jax.train.feedme",
     "compare": "gpt_jax.compare",

@@ -19,10 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.model = reward.model  # the SFT model's (policy, reference and value trunk)
     config.mesh = configs.mesh_config()
-    config.optim = configs.optim_config(learning_rate=3e-5, warmup_steps=4, weight_decay=0.0)
+    config.optim = configs.optim_config(learning_rate=1e-4, warmup_steps=4, weight_decay=0.0)
     # batch_size = prompts per PPO step (one sampled response each); seq_len = prompt + response.
-    config.train = configs.train_config(batch_size=32, seq_len=88, total_steps=60, log_every=5,
-                                        eval_every=20, checkpoint_every=20)
+    config.train = configs.train_config(batch_size=16, seq_len=88, total_steps=40, log_every=5,
+                                        eval_every=10, checkpoint_every=10)
     config.distributed = configs.distributed_config()
     configs.attach_data(config)  # PPO-ptx reads the pretraining mixture when ppo.ptx_coef > 0
     config.tasks = reward.tasks
