@@ -62,7 +62,12 @@ def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
     path = Path(path)
     if not path.exists():
         return
-    rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    write_jsonl(path, [r for r in read_metrics(path) if r.get("step", 0) <= step])
+
+
+def write_jsonl(path: str | os.PathLike, rows) -> None:
+    """One JSON object per line, written atomically (a temp file renamed over `path`)."""
+    path = Path(path)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     os.replace(tmp, path)

@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from gpt_jax.metrics import write_summary
+from gpt_jax.metrics import write_jsonl, write_summary
 from gpt_jax.stages import begin_stage
 
 STAGE = "feedme"
@@ -90,9 +90,7 @@ def _load_or_sample(stage_dir: Path, sampler, task, problems, fc, seed: int):
     end_id = sampler.tokenizer.token_id("assistant_end")
     examples, records = distillation_examples(sampler.prompt_ids(task, problems), samples,
                                               int(fc.n), end_id)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    tmp.replace(path)
+    write_jsonl(path, records)
     return examples, records
 
 

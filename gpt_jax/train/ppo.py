@@ -99,7 +99,9 @@ class Scorer:
     def __init__(self, trainer: PPOTrainer, tokenizer, rm_config, rm_params):
         from gpt_jax.heads import score
 
-        self.trainer, self.tokenizer, self.rm_params = trainer, tokenizer, rm_params
+        self.trainer, self.tokenizer = trainer, tokenizer
+        # on the mesh like the value model (the same params tree), next to the batch-sharded rows
+        self.rm_params = jax.device_put(rm_params, trainer.shardings.params["value"])
         self._rm = jax.jit(lambda p, tokens, valid: score(p, rm_config, tokens, valid=valid))
 
     def texts(self, gen) -> list[str]:
@@ -314,14 +316,7 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
                 data = {"beta": beta, "sft_eval": sft_eval}
                 if ptx_iter is not None:
                     data["ptx"] = ptx_iter.get_state()
-                ckpt.save(step, state, data, {"stage": stage},
-                          wait=last_step or step == tcfg.kill_at_step)
-            if tcfg.kill_at_step and step == tcfg.kill_at_step:
-                import os
-                import signal
-
-                writer.close()
-                os.kill(os.getpid(), signal.SIGKILL)  # testing hook: a hard crash
+                ckpt.save(step, state, data, {"stage": stage}, wait=last_step)
     finally:
         bar.close()
         writer.close()

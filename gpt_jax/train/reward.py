@@ -41,7 +41,7 @@ from gpt_jax.checkpoint import Checkpointer, load_stage, restore_params
 from gpt_jax.data import ranking as R
 from gpt_jax.flops import train_flops_per_token
 from gpt_jax.heads import RewardModel, ranking_loss, score
-from gpt_jax.metrics import write_summary
+from gpt_jax.metrics import write_jsonl, write_summary
 from gpt_jax.stages import begin_stage
 from gpt_jax.model import GPTConfig
 from gpt_jax.train.loop import Loop
@@ -231,10 +231,7 @@ def _load_or_sample(stage_dir, params, model_config, tokenizer, task, config, k,
                                         labeler, seed)
         for r in out[split]:
             r["split"] = split
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
-                           for s in ("train", "heldout") for r in out[s]))
-    tmp.replace(path)
+    write_jsonl(path, [r for s in ("train", "heldout") for r in out[s]])
     return out, time.perf_counter() - t0
 
 

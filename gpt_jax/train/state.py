@@ -63,6 +63,8 @@ def state_from_params(params, tx, shardings):
     def build(p):
         return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
 
+    # params restored onto one device (checkpoint.load_stage) move onto the mesh first
+    params = jax.device_put(params, shardings.params)
     return jax.jit(build, out_shardings=shardings)(params)
 
 
