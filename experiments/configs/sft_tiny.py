@@ -19,9 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = load_experiment("pretrain_tiny").model  # must equal the parent's
     config.mesh = configs.mesh_config()
     config.optim = configs.optim_config(learning_rate=5e-4, warmup_steps=20)
-    config.train = configs.train_config(batch_size=8, seq_len=256, total_steps=100,
-                                        log_every=10, eval_every=50, eval_batches=4,
-                                        checkpoint_every=50)
+    config.train = configs.train_config(batch_size=8, seq_len=256, total_steps=120,
+                                        log_every=10, eval_every=60, eval_batches=4,
+                                        checkpoint_every=60)
     config.distributed = configs.distributed_config()
     configs.attach_data(config)
     # Small numbers for the tiny model: 1-2 operations on 1-2 digit numbers.
