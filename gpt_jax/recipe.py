@@ -5,7 +5,7 @@ config (the same ConfigDict its own experiment file gives). A stage whose summar
 skipped, and an interrupted stage resumes from its checkpoint, so re-running continues the recipe
 where it stopped. Progress: one line per stage ("[recipe 3/8] sft", elapsed time) above the
 stage's own bar. At the end `<workdir>/recipe_summary.json` records each stage's seconds (a
-skipped stage keeps the seconds of the run that did it) and, unless `config.report` is False,
+skipped stage keeps the seconds of the run that did it, else its summary's wall_seconds) and, unless `config.report` is False,
 `gpt_jax.report` writes `<workdir>/REPORT.md`.
 """
 from __future__ import annotations
@@ -50,7 +50,10 @@ def run(config, workdir: str) -> dict:
               f"(elapsed {_clock(time.perf_counter() - t_start)})", flush=True)
         t0 = time.perf_counter()
         summaries[stage] = stage_module(config[stage].stage).run(config[stage], workdir)
-        timings[stage] = previous.get(stage, 0.0) if done else time.perf_counter() - t0
+        if done:  # the seconds of the run that did it: an earlier recipe's, or the stage's own
+            timings[stage] = previous.get(stage) or summaries[stage].get("wall_seconds") or 0.0
+        else:
+            timings[stage] = time.perf_counter() - t0
     out = {"stages": stages, "seconds": timings, "total_seconds": sum(timings.values())}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=2) + "\n")
