@@ -406,8 +406,9 @@ def ppo_section(run: RunFiles, fig_dir: Path) -> list[str]:
     by_step = plots.plot_lines(fig_dir / "ppo_reward_vs_step.png", rows, "step",
                                {**ys, **held_out}, "PPO: reward vs step (rollouts, held-out)",
                                "step", "reward")
-    by_kl = plots.plot_lines(fig_dir / "ppo_reward_vs_kl.png", rows, "kl", ys,
-                             "PPO: reward vs KL(policy || SFT)", "KL (nats)", "reward",
+    evals = [r for r in rows if "eval_kl" in r]  # held-out evaluations, in step order
+    by_kl = plots.plot_lines(fig_dir / "ppo_reward_vs_kl.png", evals, "eval_kl", held_out,
+                             "PPO: held-out reward vs KL(policy || SFT)", "KL (nats)", "reward",
                              marker="o")
     return (lines + [""] + image(by_step, "PPO reward vs step", run.workdir)
             + image(by_kl, "PPO reward vs KL", run.workdir))
