@@ -322,7 +322,7 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
         writer.close()
         ckpt.close()
 
-    if start == tcfg.total_steps or last_eval is sft_eval:  # resumed after the last step
+    if last_eval is sft_eval:  # no step ran here (resumed after the last one): evaluate now
         last_eval, _ = run_eval(state.params["policy"])
     final = Checkpointer(stage_dir / "final", max_to_keep=1, async_save=False)
     final.save(0, {"params": jax.device_get(state.params["policy"])}, meta={"stage": stage})
