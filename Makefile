@@ -1,23 +1,34 @@
 # The two set-up commands of the README: `make run` (the tiny recipe on shipped data) and
-# `make test` (the test suite). Each creates/reuses .venv and installs the pinned package first.
+# `make test` (the test suite). Each creates/reuses .venv and installs the pinned package first:
+# `run` the package alone, `test` with its test and reference extras (pytest, notebooks, torch +
+# transformers), which take most of the install time.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.installed-run-stamp
 WORKDIR ?= runs/tiny
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-fast bench clean
 
-$(STAMP): setup.py
+# $(call venv_install,<pip target>): create the venv if missing, install, touch the stamp ($@).
+define venv_install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,hf]'
-	touch $(STAMP)
+	$(PY) -m pip install -q -e $(1)
+	touch $@
+endef
+
+$(STAMP): setup.py
+	$(call venv_install,'.[test,hf]')
+
+$(RUN_STAMP): setup.py
+	$(call venv_install,.)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) -m gpt_jax.main --config=experiments/configs/recipe_tiny.py --workdir=$(WORKDIR)
 
 test: $(STAMP)
