@@ -163,3 +163,22 @@ def test_ppo_over_seeds(workdir, tmp_path):
     assert s["passed"] == (min(r["ppo_gold_reward"] for r in s["per_seed"])
                            > max(r["sft_gold_reward"] for r in s["per_seed"]))
     assert (wd / "ppo_seeds" / "reward_vs_kl.png").stat().st_size > 0
+
+
+def test_ppo_seeds_reuses_the_finished_ppo_stage_only_when_configs_match(tmp_path):
+    import ml_collections
+
+    from gpt_jax.metrics import save_stage_config, write_summary
+    from gpt_jax.train.ppo_seeds import reuse_finished_ppo
+
+    config = ml_collections.ConfigDict({"stage": "ppo", "seed": 0, "ppo": {"kl_coef": 0.05}})
+    other = ml_collections.ConfigDict({"stage": "ppo", "seed": 1, "ppo": {"kl_coef": 0.05}})
+    assert not reuse_finished_ppo(config, tmp_path, "ppo_seed0")  # no ppo stage yet
+    save_stage_config(tmp_path / "ppo", config)
+    assert not reuse_finished_ppo(config, tmp_path, "ppo_seed0")  # ppo not finished
+    write_summary(tmp_path / "ppo", {"stage": "ppo"})
+    assert not reuse_finished_ppo(other, tmp_path, "ppo_seed1")
+    assert not (tmp_path / "ppo_seed1").exists()
+    assert reuse_finished_ppo(config, tmp_path, "ppo_seed0")
+    assert (tmp_path / "ppo_seed0").resolve() == (tmp_path / "ppo").resolve()
+    assert not reuse_finished_ppo(config, tmp_path, "ppo_seed0")  # already there: left alone

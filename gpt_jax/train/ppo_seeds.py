@@ -7,9 +7,14 @@ evaluation samples), then writes `<workdir>/ppo_seeds/summary.json`:
   per_seed: [{seed, sft_gold_reward, ppo_gold_reward, sft_rm_reward, ppo_rm_reward, kl}],
   sft_gold_max, ppo_gold_min, passed (ppo_gold_min > sft_gold_max), means,
 and `reward_vs_kl.png` with every seed's held-out evaluations (gold and RM reward against KL).
+
+A finished `<workdir>/ppo` stage whose saved config equals a seed's config (the recipe's PPO run
+is seed 0 of `ppo_seeds_tiny`) is reused: `ppo_seed<s>` becomes a symlink to it instead of a
+second identical run.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,19 @@ def plot_seeds(workdir: Path, stages: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def reuse_finished_ppo(config, workdir: Path, stage: str) -> bool:
+    """Links <workdir>/<stage> -> ppo when ppo finished with exactly this config; True if linked."""
+    source, target = workdir / "ppo", workdir / stage
+    if target.exists() or target.is_symlink() or read_summary(source) is None:
+        return False
+    saved = source / "config.json"
+    if not saved.exists() or json.loads(saved.read_text()) != json.loads(
+            config.to_json_best_effort()):
+        return False
+    target.symlink_to("ppo", target_is_directory=True)
+    return True
+
+
 def run(config, workdir: str) -> dict[str, Any]:
     from gpt_jax.metrics import save_stage_config
     from gpt_jax.train import ppo
@@ -63,6 +81,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         c.stage, c.seed = "ppo", seed
         del c["ppo_seeds"]
         stage = f"ppo_seed{seed}"
+        if reuse_finished_ppo(c, Path(workdir), stage):
+            print(f"{stage}: the finished ppo stage has this config; linked {stage} -> ppo")
         s = ppo.run(c, workdir, stage=stage)
         stages.append(stage)
         per_seed.append({"seed": seed, "sft_gold_reward": s["sft"]["gold_reward"],
