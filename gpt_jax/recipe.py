@@ -19,6 +19,21 @@ from gpt_jax.paths import REPO_ROOT
 from gpt_jax.stages import stage_module
 
 
+RECIPE_STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare")
+
+
+def pipeline_config(stages=RECIPE_STAGES, report: bool = True):
+    """The top of a recipe config: stage "recipe", the stage list, whether to write REPORT.md; the
+    caller adds one section per stage (`config.<stage>` = that stage's config)."""
+    import ml_collections
+
+    config = ml_collections.ConfigDict()
+    config.stage = "recipe"
+    config.stages = ",".join(stages)
+    config.report = report
+    return config
+
+
 def load_experiment(name: str):
     """get_config() of experiments/configs/<name>.py."""
     path = REPO_ROOT / "experiments" / "configs" / f"{name}.py"

@@ -13,9 +13,8 @@ Any entry is overridable, e.g. --config.pretrain.train.total_steps=5000.
 import ml_collections
 
 from gpt_jax import configs
-from gpt_jax.recipe import load_experiment
+from gpt_jax.recipe import load_experiment, pipeline_config
 
-STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare")
 VOCAB_SIZE = 32_768  # a multiple of 128: the tied embedding / logits matmul tiles cleanly
 MODEL = dict(family="gpt2", vocab_size=VOCAB_SIZE, max_seq_len=1024, n_layers=12, d_model=768,
              n_heads=12, dtype="bfloat16", param_dtype="float32", scan_layers=True)
@@ -33,10 +32,7 @@ def _scaled(name: str, *, optim=None, **train):
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.stage = "recipe"
-    c.stages = ",".join(STAGES)
-    c.report = True
+    c = pipeline_config()
     c.tokenizer = load_experiment("tokenizer_tiny")
     c.tokenizer.tokenizer.update(vocab_size=VOCAB_SIZE, train_chars=30_000_000)
     c.pretrain = _scaled("pretrain", optim=dict(learning_rate=6e-4, warmup_steps=200),

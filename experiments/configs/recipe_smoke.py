@@ -7,9 +7,8 @@ python -m gpt_jax.main --config=experiments/configs/recipe_smoke.py --workdir=ru
 """
 import ml_collections
 
-from gpt_jax.recipe import load_experiment
+from gpt_jax.recipe import load_experiment, pipeline_config
 
-STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare")
 MODEL = dict(vocab_size=1024, max_seq_len=128, n_layers=2, d_model=64, n_heads=4)
 
 
@@ -27,10 +26,7 @@ def _small(config, **train):
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.stage = "recipe"
-    c.stages = ",".join(STAGES)
-    c.report = True
+    c = pipeline_config()
     c.tokenizer = load_experiment("tokenizer_tiny")
     c.tokenizer.tokenizer.update(vocab_size=1024, train_chars=300_000, eval_chars=20_000)
     c.tokenizer.data.pretrain_weights = {"tiny_shakespeare": 0.5, "chinese_poetry": 0.5}

@@ -7,16 +7,11 @@ Each stage's section is that stage's own tiny config, overridable as
 """
 import ml_collections
 
-from gpt_jax.recipe import load_experiment
-
-STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare")
+from gpt_jax.recipe import RECIPE_STAGES, load_experiment, pipeline_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.stage = "recipe"
-    config.stages = ",".join(STAGES)
-    config.report = True
-    for stage in STAGES:
+    config = pipeline_config(RECIPE_STAGES)
+    for stage in RECIPE_STAGES:
         config[stage] = load_experiment(f"{stage}_tiny")
     return config
