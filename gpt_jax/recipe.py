@@ -5,8 +5,10 @@ config (the same ConfigDict its own experiment file gives). A stage whose summar
 skipped, and an interrupted stage resumes from its checkpoint, so re-running continues the recipe
 where it stopped. Progress: one line per stage ("[recipe 3/8] sft", elapsed time) above the
 stage's own bar. At the end `<workdir>/recipe_summary.json` records each stage's seconds (a
-skipped stage keeps the seconds of the run that did it, else its summary's wall_seconds) and, unless `config.report` is False,
-`gpt_jax.report` writes `<workdir>/REPORT.md`.
+skipped stage keeps the seconds of the run that did it, else its summary's wall_seconds), the
+float32 matmul peak measured before and after the stages (GFLOP/s: wall times on shared CPUs only
+compare at a known peak) and, unless `config.report` is False, `gpt_jax.report` writes
+`<workdir>/REPORT.md`.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ def _clock(seconds: float) -> str:
 
 
 def run(config, workdir: str) -> dict:
+    from gpt_jax.flops import measure_matmul_peak
     from gpt_jax.metrics import read_summary
 
     stages = [s.strip() for s in config.stages.split(",") if s.strip()]
@@ -58,6 +61,7 @@ def run(config, workdir: str) -> dict:
     path = Path(workdir) / "recipe_summary.json"
     previous = json.loads(path.read_text()).get("seconds", {}) if path.exists() else {}
     summaries, timings = {}, {}
+    peak_start = measure_matmul_peak(repeats=3) / 1e9
     t_start = time.perf_counter()
     for i, stage in enumerate(stages, 1):
         done = read_summary(Path(workdir) / stage) is not None
@@ -69,7 +73,9 @@ def run(config, workdir: str) -> dict:
             timings[stage] = previous.get(stage) or summaries[stage].get("wall_seconds") or 0.0
         else:
             timings[stage] = time.perf_counter() - t0
-    out = {"stages": stages, "seconds": timings, "total_seconds": sum(timings.values())}
+    out = {"stages": stages, "seconds": timings, "total_seconds": sum(timings.values()),
+           "matmul_peak_gflops": {"start": peak_start,
+                                  "end": measure_matmul_peak(repeats=3) / 1e9}}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=2) + "\n")
     tmp.replace(path)

@@ -185,6 +185,14 @@ def param_count(run: RunFiles, stage: str) -> int | None:
         return None
 
 
+def matmul_peaks(run: RunFiles) -> str:
+    """The recipe's measured matmul peaks (the speed the wall times were taken at), or n/a."""
+    peaks = get(run.recipe_summary(), "matmul_peak_gflops", {}) or {}
+    if not all(isinstance(peaks.get(k), (int, float)) for k in ("start", "end")):
+        return "n/a"
+    return f"{peaks['start']:.1f} / {peaks['end']:.1f} GFLOP/s"
+
+
 def environment(run: RunFiles, fig_dir: Path) -> list[str]:
     del fig_dir
     from gpt_jax.flops import cpu_name
@@ -197,6 +205,7 @@ def environment(run: RunFiles, fig_dir: Path) -> list[str]:
         ["mesh (pretrain)", fmt(get(run.summary("pretrain"), "mesh"))],
         ["parameters (pretrain model)", fmt(param_count(run, "pretrain"))],
         ["wall time, all stages", f"{total:,.1f} s"],
+        ["float32 matmul peak, recipe start / end", matmul_peaks(run)],
     ])
     rows = []
     for stage in STAGE_ORDER:

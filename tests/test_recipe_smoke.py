@@ -25,6 +25,7 @@ def test_recipe_runs_every_stage_and_writes_the_report(smoke_run):
     assert out["stages"] == STAGES
     saved = json.loads((workdir / "recipe_summary.json").read_text())
     assert list(saved["seconds"]) == STAGES and all(s > 0 for s in saved["seconds"].values())
+    assert saved["matmul_peak_gflops"]["start"] > 0 and saved["matmul_peak_gflops"]["end"] > 0
     for stage in STAGES:
         assert json.loads((workdir / stage / "summary.json").read_text()) == \
             json.loads(json.dumps(out["summaries"][stage]))
@@ -32,6 +33,8 @@ def test_recipe_runs_every_stage_and_writes_the_report(smoke_run):
     assert out["summaries"]["compare"]["missing"] == []  # base, SFT, PPO and FeedME all compared
     report = (workdir / "REPORT.md").read_text()
     assert "not run" not in report
+    peaks = saved["matmul_peak_gflops"]
+    assert f"| {peaks['start']:.1f} / {peaks['end']:.1f} GFLOP/s |" in report
     for png in ("ppo_reward_vs_kl.png", "bon_reward_vs_kl.png"):
         assert (workdir / "report" / png).stat().st_size > 0
 
