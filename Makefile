@@ -20,8 +20,11 @@ define venv_install
 	touch $@
 endef
 
+# A variable, because a literal comma would split $(call)'s arguments.
+FULL_INSTALL := '.[test,hf]'
+
 $(STAMP): setup.py
-	$(call venv_install,'.[test,hf]')
+	$(call venv_install,$(FULL_INSTALL))
 
 $(RUN_STAMP): setup.py
 	$(call venv_install,.)
