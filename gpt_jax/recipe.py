@@ -6,8 +6,8 @@ skipped, and an interrupted stage resumes from its checkpoint, so re-running con
 where it stopped. Progress: one line per stage ("[recipe 3/8] sft", elapsed time) above the
 stage's own bar. At the end `<workdir>/recipe_summary.json` records each stage's seconds (a
 skipped stage keeps the seconds of the run that did it, else its summary's wall_seconds), the
-float32 matmul peak measured before and after the stages (GFLOP/s: wall times on shared CPUs only
-compare at a known peak) and, unless `config.report` is False, `gpt_jax.report` writes
+float32 matmul peak measured before and after the stages that ran (GFLOP/s: wall times on shared
+CPUs only compare at a known peak; a run that only skips keeps the earlier peaks) and, unless `config.report` is False, `gpt_jax.report` writes
 `<workdir>/REPORT.md`.
 """
 from __future__ import annotations
@@ -59,23 +59,27 @@ def run(config, workdir: str) -> dict:
             raise KeyError(f"recipe stage {stage!r} has no config section config.{stage}")
     Path(workdir).mkdir(parents=True, exist_ok=True)
     path = Path(workdir) / "recipe_summary.json"
-    previous = json.loads(path.read_text()).get("seconds", {}) if path.exists() else {}
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    pending = [s for s in stages if read_summary(Path(workdir) / s) is None]
     summaries, timings = {}, {}
-    peak_start = measure_matmul_peak(repeats=3) / 1e9
+    peak_start = measure_matmul_peak(repeats=3) / 1e9 if pending else None
     t_start = time.perf_counter()
     for i, stage in enumerate(stages, 1):
-        done = read_summary(Path(workdir) / stage) is not None
+        done = stage not in pending
         print(f"[recipe {i}/{len(stages)}] {stage}{' (done, skipped)' if done else ''} "
               f"(elapsed {_clock(time.perf_counter() - t_start)})", flush=True)
         t0 = time.perf_counter()
         summaries[stage] = stage_module(config[stage].stage).run(config[stage], workdir)
         if done:  # the seconds of the run that did it: an earlier recipe's, or the stage's own
-            timings[stage] = previous.get(stage) or summaries[stage].get("wall_seconds") or 0.0
+            timings[stage] = (previous.get("seconds", {}).get(stage)
+                              or summaries[stage].get("wall_seconds") or 0.0)
         else:
             timings[stage] = time.perf_counter() - t0
+    # the peaks belong with the seconds: a run that only skipped keeps those of the run that timed
+    peaks = ({"start": peak_start, "end": measure_matmul_peak(repeats=3) / 1e9} if pending
+             else previous.get("matmul_peak_gflops"))
     out = {"stages": stages, "seconds": timings, "total_seconds": sum(timings.values()),
-           "matmul_peak_gflops": {"start": peak_start,
-                                  "end": measure_matmul_peak(repeats=3) / 1e9}}
+           "matmul_peak_gflops": peaks}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=2) + "\n")
     tmp.replace(path)

@@ -27,7 +27,7 @@ def _scaled(name: str, *, optim=None, **train):
     if optim:
         config.optim.update(optim)
     if train:
-        config.train.update(progress_bar=True, **train)
+        config.train.update(**train)
     return config
 
 

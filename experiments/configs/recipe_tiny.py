@@ -11,7 +11,7 @@ from gpt_jax.recipe import RECIPE_STAGES, load_experiment, pipeline_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = pipeline_config(RECIPE_STAGES)
+    config = pipeline_config()
     for stage in RECIPE_STAGES:
         config[stage] = load_experiment(f"{stage}_tiny")
     return config
