@@ -219,7 +219,7 @@ class Attention(nn.Module):
         def project(name, heads, heads_axis):
             w = self.param(name, _init(cfg.init_std, ("embed", heads_axis, "head_dim")),
                            (d, heads, hd), cfg.weight_dtype)
-            y = (x @ w.reshape(d, heads * hd).astype(dt)).reshape(*x.shape[:2], heads, hd)
+            y = jnp.einsum("btd,dnh->btnh", x, w.astype(dt))
             if cfg.use_bias:
                 y = y + self.param(f"{name}_bias", _zeros((heads_axis, "head_dim")),
                                    (heads, hd), cfg.weight_dtype).astype(dt)
@@ -246,7 +246,7 @@ class Attention(nn.Module):
         out = constrain(out, ("act_batch", "act_length", "act_heads", None), self.mesh)
         wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")), (h, hd, d),
                         cfg.weight_dtype)
-        y = out.reshape(*out.shape[:2], h * hd) @ wo.reshape(h * hd, d).astype(dt)
+        y = jnp.einsum("btnh,nhd->btd", out, wo.astype(dt))
         if cfg.use_bias:
             y = y + self.param("o_bias", _zeros(("embed",)), (d,), cfg.weight_dtype).astype(dt)
         return y, new_cache
