@@ -4,7 +4,10 @@ Same weights (a random-init HF GPT2LMHeadModel converted with gpt_jax/hf.py), sa
 tokens, repeated per row), greedy, exactly 128 new tokens (no eos stop), float32, CPU, batch 1 and
 16. Per engine: new tokens/s (median over >= 3 timed runs after a warm-up/compile run) and
 time-to-first-token (median time of a 1-new-token generate: prefill + first sample). Also checks
-that both produce the same greedy tokens. Last line: `ratio_b1=<x> ratio_b16=<y>` (ours / HF).
+that both produce the same greedy tokens, and prints each batch size's hardware bound measured in
+the same run: at batch 1 a step must stream every weight from memory (float32 bytes / the
+measured matrix-vector bandwidth), at batch 16 it must do 2 FLOPs per weight per row (/ the
+measured matmul peak). Last line: `ratio_b1=<x> ratio_b16=<y>` (ours / HF).
 
     .venv/bin/python benchmarks/decode_throughput.py [--runs 3]
 """
@@ -21,7 +24,7 @@ import torch
 import transformers
 
 from gpt_jax import hf, sampling
-from gpt_jax.flops import cpu_name
+from gpt_jax.flops import cpu_name, measure_matmul_peak, measure_matvec_bandwidth
 from gpt_jax.sampling import SamplingConfig
 
 SHAPE = dict(vocab_size=8192, n_positions=256, n_embd=384, n_layer=6, n_head=6)
@@ -76,14 +79,22 @@ def main() -> None:
           f"load avg {os.getloadavg()[0]:.1f}")
     print(f"model: gpt2 6 layers d=384 vocab 8192; prompt {PROMPT_LEN} tokens, {NEW} new tokens, "
           f"greedy, float32; median of {args.runs} runs after warm-up")
-    ratios = {}
+    results = {}
     for batch in (1, 16):
-        r = bench(batch, args.runs, hf_model, config, params, prompt)
-        ratios[batch] = r["ours"] / r["hf"]
+        r = results[batch] = bench(batch, args.runs, hf_model, config, params, prompt)
         print(f"batch {batch:2d}: ours {r['ours']:8.1f} tok/s  TTFT {r['ttft_ours'] * 1e3:6.1f} ms | "
               f"HF {r['hf']:8.1f} tok/s  TTFT {r['ttft_hf'] * 1e3:6.1f} ms | "
-              f"ratio {ratios[batch]:.2f}x  same greedy tokens {r['agree']:.1%}", flush=True)
-    print(f"ratio_b1={ratios[1]:.2f} ratio_b16={ratios[16]:.2f}")
+              f"ratio {r['ours'] / r['hf']:.2f}x  same greedy tokens {r['agree']:.1%}", flush=True)
+    weights = config.num_params(include_pos=False)
+    bandwidth, peak = measure_matvec_bandwidth(), measure_matmul_peak()
+    bounds = {1: bandwidth / (4 * weights), 16: peak / (2 * weights)}
+    for batch, why in ((1, f"weights streamed at {bandwidth / 1e9:.1f} GB/s"),
+                       (16, f"matmuls at the {peak / 1e9:.0f} GFLOP/s peak")):
+        r = results[batch]
+        print(f"batch {batch:2d} bound ({why}): {bounds[batch]:8.1f} tok/s = "
+              f"{bounds[batch] / r['hf']:.2f}x HF; ours at {r['ours'] / bounds[batch]:.0%} of it")
+    print(f"ratio_b1={results[1]['ours'] / results[1]['hf']:.2f} "
+          f"ratio_b16={results[16]['ours'] / results[16]['hf']:.2f}")
 
 
 if __name__ == "__main__":
