@@ -7,8 +7,8 @@ where it stopped. Progress: one line per stage ("[recipe 3/8] sft", elapsed time
 stage's own bar. At the end `<workdir>/recipe_summary.json` records each stage's seconds (a
 skipped stage keeps the seconds of the run that did it, else its summary's wall_seconds), the
 float32 matmul peak measured before and after the stages that ran (GFLOP/s: wall times on shared
-CPUs only compare at a known peak; a run that only skips keeps the earlier peaks) and, unless `config.report` is False, `gpt_jax.report` writes
-`<workdir>/REPORT.md`.
+CPUs only compare at a known peak; a run that only skips keeps the earlier peaks) and, unless
+`config.report` is False, `gpt_jax.report` writes `<workdir>/REPORT.md`.
 """
 from __future__ import annotations
 
