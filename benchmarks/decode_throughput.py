@@ -7,7 +7,9 @@ time-to-first-token (median time of a 1-new-token generate: prefill + first samp
 that both produce the same greedy tokens, and prints each batch size's hardware bound measured in
 the same run: at batch 1 a step must stream every weight from memory (float32 bytes / the
 measured matrix-vector bandwidth), at batch 16 it must do 2 FLOPs per weight per row (/ the
-measured matmul peak). Last line: `ratio_b1=<x> ratio_b16=<y>` (ours / HF).
+measured matmul peak), and each batch size's floor for this engine: the model's weight matmuls alone
+(no attention, norms or sampling) chained in a jit'd loop, i.e. the fastest any XLA decode loop
+over these weights can go on this host. Last line: `ratio_b1=<x> ratio_b16=<y>` (ours / HF).
 
     .venv/bin/python benchmarks/decode_throughput.py [--runs 3]
 """
@@ -19,6 +21,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
@@ -39,6 +42,28 @@ def timed(fn, runs: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+def matmul_floor(config, params, batch: int, runs: int) -> float:
+    """tok/s of a jit'd loop of NEW steps doing only the model's weight matmuls on `batch` rows:
+    per layer q, k, v, o, fc, proj as 2-D matmuls, then the tied head (gpt2 family)."""
+    d = config.d_model
+    layers = [(b["attn"]["q"].reshape(d, -1), b["attn"]["k"].reshape(d, -1),
+               b["attn"]["v"].reshape(d, -1), b["attn"]["o"].reshape(-1, d), b["mlp"]["fc"],
+               b["mlp"]["proj"]) for b in (params[f"block_{i}"] for i in range(config.n_layers))]
+
+    @jax.jit
+    def loop(layers, head, x):
+        def step(_, x):
+            for q, k, v, o, fc, proj in layers:
+                x = x + jnp.tanh(x @ q + x @ k + x @ v) @ o
+                x = x + jnp.tanh(x @ fc) @ proj
+            return x + 1e-3 * (x @ head.T)[:, :d]
+        return jax.lax.fori_loop(0, NEW, step, x)
+
+    x = jnp.ones((batch, d), jnp.float32)
+    seconds, _ = timed(lambda: loop(layers, params["wte"], x).block_until_ready(), runs)
+    return batch * NEW / seconds
 
 
 def bench(batch: int, runs: int, hf_model, config, params, prompt) -> dict:
@@ -92,8 +117,11 @@ def main() -> None:
     for batch, why in ((1, f"weights streamed at {bandwidth / 1e9:.1f} GB/s"),
                        (16, f"matmuls at the {peak / 1e9:.0f} GFLOP/s peak")):
         r = results[batch]
+        floor = matmul_floor(config, params, batch, args.runs)
         print(f"batch {batch:2d} bound ({why}): {bounds[batch]:8.1f} tok/s = "
               f"{bounds[batch] / r['hf']:.2f}x HF; ours at {r['ours'] / bounds[batch]:.0%} of it")
+        print(f"batch {batch:2d} floor (the model's matmuls alone in a jit'd loop): {floor:8.1f} "
+              f"tok/s = {floor / r['hf']:.2f}x HF; ours at {r['ours'] / floor:.0%} of it")
     print(f"ratio_b1={ratios[1]:.2f} ratio_b16={ratios[16]:.2f}")
 
 
