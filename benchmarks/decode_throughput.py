@@ -2,14 +2,16 @@
 
 Same weights (a random-init HF GPT2LMHeadModel converted with gpt_jax/hf.py), same prompt (32
 tokens, repeated per row), greedy, exactly 128 new tokens (no eos stop), float32, CPU, batch 1 and
-16. Per engine: new tokens/s (median over >= 3 timed runs after a warm-up/compile run) and
-time-to-first-token (median time of a 1-new-token generate: prefill + first sample). Also checks
-that both produce the same greedy tokens, and prints each batch size's hardware bound measured in
-the same run: at batch 1 a step must stream every weight from memory (float32 bytes / the
-measured matrix-vector bandwidth), at batch 16 it must do 2 FLOPs per weight per row (/ the
-measured matmul peak), and each batch size's floor for this engine: the model's weight matmuls alone
-(no attention, norms or sampling) chained in a jit'd loop, i.e. the fastest any XLA decode loop
-over these weights can go on this host. Last line: `ratio_b1=<x> ratio_b16=<y>` (ours / HF).
+16. Per engine: new tokens/s (median over >= 3 timed runs after a warm-up/compile run, the
+engines' runs interleaved so a drifting host slows both alike) and time-to-first-token (median
+time of a 1-new-token generate: prefill + first sample). Also checks that both produce the same
+greedy tokens, and prints per batch size, measured in the same run:
+- the hardware bound: at batch 1 a step must stream every weight from memory (float32 bytes / the
+  measured matrix-vector bandwidth), at batch 16 it must do 2 FLOPs per weight per row (/ the
+  measured matmul peak);
+- the floor for any XLA decode loop over these weights: the model's weight matmuls alone (no
+  attention, norms or sampling) chained in a jit'd loop, timed interleaved with the two engines.
+Last line: `ratio_b1=<x> ratio_b16=<y>` (ours / HF).
 
     .venv/bin/python benchmarks/decode_throughput.py [--runs 3]
 """
@@ -34,19 +36,22 @@ SHAPE = dict(vocab_size=8192, n_positions=256, n_embd=384, n_layer=6, n_head=6)
 PROMPT_LEN, NEW = 32, 128
 
 
-def timed(fn, runs: int) -> tuple[float, object]:
-    out = fn()  # warm-up (compiles ours)
-    times = []
+def timed(fns: list, runs: int) -> list[tuple[float, object]]:
+    """Median seconds and last output of each fn, the fns' runs interleaved (a, b, a, b, ...) after
+    one warm-up each (compiles ours), so a host whose speed drifts slows them all alike."""
+    outs = [fn() for fn in fns]
+    times = [[] for _ in fns]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return [(statistics.median(t), out) for t, out in zip(times, outs)]
 
 
-def matmul_floor(config, params, batch: int, runs: int) -> float:
-    """tok/s of a jit'd loop of NEW steps doing only the model's weight matmuls on `batch` rows:
-    per layer q, k, v, o, fc, proj as 2-D matmuls, then the tied head (gpt2 family)."""
+def matmul_floor(config, params, batch: int):
+    """A jit'd loop of NEW steps doing only the model's weight matmuls on `batch` rows: per layer
+    q, k, v, o, fc, proj as 2-D matmuls, then the tied head (gpt2 family). Returns a thunk."""
     d = config.d_model
     layers = [(b["attn"]["q"].reshape(d, -1), b["attn"]["k"].reshape(d, -1),
                b["attn"]["v"].reshape(d, -1), b["attn"]["o"].reshape(-1, d), b["mlp"]["fc"],
@@ -62,8 +67,7 @@ def matmul_floor(config, params, batch: int, runs: int) -> float:
         return jax.lax.fori_loop(0, NEW, step, x)
 
     x = jnp.ones((batch, d), jnp.float32)
-    seconds, _ = timed(lambda: loop(layers, params["wte"], x).block_until_ready(), runs)
-    return batch * NEW / seconds
+    return lambda: loop(layers, params["wte"], x).block_until_ready()
 
 
 def bench(batch: int, runs: int, hf_model, config, params, prompt) -> dict:
@@ -79,13 +83,12 @@ def bench(batch: int, runs: int, hf_model, config, params, prompt) -> dict:
         return sampling.generate(params, config, [prompt] * batch,
                                  SamplingConfig(temperature=0, max_new_tokens=n)).tokens
 
-    t_ours, ours = timed(lambda: our_gen(NEW), runs)
-    t_hf, theirs = timed(lambda: hf_gen(NEW), runs)
+    (t_ours, ours), (t_hf, theirs), (t_floor, _) = timed(
+        [lambda: our_gen(NEW), lambda: hf_gen(NEW), matmul_floor(config, params, batch)], runs)
     assert ours.shape == theirs.shape == (batch, NEW), (ours.shape, theirs.shape)
-    ttft_ours, _ = timed(lambda: our_gen(1), runs)
-    ttft_hf, _ = timed(lambda: hf_gen(1), runs)
-    return {"ours": batch * NEW / t_ours, "hf": batch * NEW / t_hf, "ttft_ours": ttft_ours,
-            "ttft_hf": ttft_hf, "agree": float((ours == theirs).mean())}
+    (ttft_ours, _), (ttft_hf, _) = timed([lambda: our_gen(1), lambda: hf_gen(1)], runs)
+    return {"ours": batch * NEW / t_ours, "hf": batch * NEW / t_hf, "floor": batch * NEW / t_floor,
+            "ttft_ours": ttft_ours, "ttft_hf": ttft_hf, "agree": float((ours == theirs).mean())}
 
 
 def main() -> None:
@@ -117,7 +120,7 @@ def main() -> None:
     for batch, why in ((1, f"weights streamed at {bandwidth / 1e9:.1f} GB/s"),
                        (16, f"matmuls at the {peak / 1e9:.0f} GFLOP/s peak")):
         r = results[batch]
-        floor = matmul_floor(config, params, batch, args.runs)
+        floor = r["floor"]
         print(f"batch {batch:2d} bound ({why}): {bounds[batch]:8.1f} tok/s = "
               f"{bounds[batch] / r['hf']:.2f}x HF; ours at {r['ours'] / bounds[batch]:.0%} of it")
         print(f"batch {batch:2d} floor (the model's matmuls alone in a jit'd loop): {floor:8.1f} "
