@@ -15,8 +15,8 @@ Design choices:
   softmax and logits are float32.
 - Every parameter carries logical axis names (see `sharding.RULES`); activations are constrained by
   name when the module is given a mesh.
-- The KV cache is an explicit pytree passed in and returned: {"k","v": [L, B, kv_heads, S, head_dim],
-  "valid": [B, S] bool, "index": int32 slot of the next write}. All rows write the same slots;
+- The KV cache is an explicit pytree passed in and returned: {"k","v": [L, B * kv_heads, head_dim,
+  S] (slots minor, see `attend_cached`), "valid": [B, S] bool, "index": int32 slot of the next write}. All rows write the same slots;
   each row has its own positions, so left-padded prompts of different lengths decode correctly.
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ class GPTConfig:
 def init_cache(config: GPTConfig, batch_size: int, max_len: int, dtype=None) -> dict[str, Any]:
     """An empty KV cache pytree for `batch_size` rows of up to `max_len` slots."""
     dtype = dtype or config.compute_dtype
-    shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.head_dim)
+    shape = (config.n_layers, batch_size * config.kv_heads, config.head_dim, max_len)
     return {
         "k": jnp.zeros(shape, dtype),
         "v": jnp.zeros(shape, dtype),
@@ -191,8 +191,7 @@ def attend(q, k, v, mask):
     """Grouped-query attention. q [B,T,H,D], k/v [B,K,S,D] (heads-major), mask [B,T,S] -> [B,T,H,D].
 
     Heads-major k/v make both matmuls plain batched GEMMs (about 2x faster on XLA:CPU than
-    token-major operands) and let a decode step write the cache in place and read it without a
-    transpose. The mask enters as an additive float bias, which fuses into the softmax (a boolean
+    token-major operands). The mask enters as an additive float bias, which fuses into the softmax (a boolean
     select over [B,H,T,S] costs several times more on CPU).
     """
     b, t, h, d = q.shape
@@ -203,6 +202,22 @@ def attend(q, k, v, mask):
     probs = jax.nn.softmax(scores * (d**-0.5) + bias, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def attend_cached(q, k, v, mask):
+    """`attend` over a KV cache in its own layout: k/v [B*K, D, S] (slots minor), the layout
+    XLA:CPU's batched dots want for both q.k and p.v; stored any other way, the decode loop
+    transposes the whole cache of every layer at every step."""
+    b, t, h, d = q.shape
+    n, s = k.shape[0], k.shape[-1]
+    kv = n // b
+    bias = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :, :]
+    q = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4).reshape(n, h // kv * t, d)
+    scores = jnp.einsum("nmd,nds->nms", q, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv, h // kv, t, s) * (d**-0.5) + bias
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(n, h // kv * t, s)
+    out = jnp.einsum("nms,nds->nmd", probs, v).reshape(b, kv, h // kv, t, d)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 class Attention(nn.Module):
@@ -232,17 +247,16 @@ class Attention(nn.Module):
             q = rotary(q, positions, cfg.rope_theta)
             k = rotary(k, positions, cfg.rope_theta)
 
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
-        new_cache = None
-        if layer_cache is not None:  # write slots [index, index + T) of every row, in place
-            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
-                                             (0, 0, cache_index, 0))
-            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
-                                             (0, 0, cache_index, 0))
-            new_cache = {"k": k, "v": v}
-            k, v = k.astype(dt), v.astype(dt)
-
-        out = attend(q, k, v, mask)
+        if layer_cache is None:
+            out, new_cache = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask), None
+        else:  # write slots [index, index + T) of every row, in place
+            def write(name, new):  # [B, T, K, D] -> [B*K, D, T] -> slots of the cache
+                new = new.transpose(0, 2, 3, 1).reshape(-1, hd, new.shape[1])
+                return jax.lax.dynamic_update_slice(layer_cache[name],
+                                                    new.astype(layer_cache[name].dtype),
+                                                    (0, 0, cache_index))
+            new_cache = {"k": write("k", k), "v": write("v", v)}
+            out = attend_cached(q, new_cache["k"].astype(dt), new_cache["v"].astype(dt), mask)
         out = constrain(out, ("act_batch", "act_length", "act_heads", None), self.mesh)
         wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")), (h, hd, d),
                         cfg.weight_dtype)

@@ -67,7 +67,7 @@ def test_prefill_and_decode_step_match_full_forward(model):
     config, params = model
     rows = [[3, 4, 5, 6, 7], [9, 10]]
     cache = sampling.init_cache(config, 2, 16)
-    assert cache["layers"][0]["k"].shape == (2, config.kv_heads, 16, config.head_dim)
+    assert cache["layers"][0]["k"].shape == (2 * config.kv_heads, config.head_dim, 16)
     tokens = np.array([[3, 4, 5, 6, 7], [0, 0, 0, 9, 10]], np.int32)
     valid = tokens != 0
     last, cache = sampling.prefill(params, config, tokens, cache, valid)
