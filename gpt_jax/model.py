@@ -191,8 +191,8 @@ def attend(q, k, v, mask):
     """Grouped-query attention. q [B,T,H,D], k/v [B,K,S,D] (heads-major), mask [B,T,S] -> [B,T,H,D].
 
     Heads-major k/v make both matmuls plain batched GEMMs (about 2x faster on XLA:CPU than
-    token-major operands). The mask enters as an additive float bias, which fuses into the softmax (a boolean
-    select over [B,H,T,S] costs several times more on CPU).
+    token-major operands). The mask enters as an additive float bias, which fuses into the
+    softmax (a boolean select over [B,H,T,S] costs several times more on CPU).
     """
     b, t, h, d = q.shape
     kv = k.shape[1]
