@@ -15,8 +15,8 @@ Design choices:
   softmax and logits are float32.
 - Every parameter carries logical axis names (see `sharding.RULES`); activations are constrained by
   name when the module is given a mesh.
-- The KV cache is an explicit pytree passed in and returned: {"k","v": [L, B * kv_heads, head_dim,
-  S] (slots minor, see `attend_cached`), "valid": [B, S] bool, "index": int32 slot of the next write}. All rows write the same slots;
+- The KV cache is an explicit pytree passed in and returned: {"k","v": [L, B, kv_heads, S, head_dim],
+  "valid": [B, S] bool, "index": int32 slot of the next write}. All rows write the same slots;
   each row has its own positions, so left-padded prompts of different lengths decode correctly.
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ class GPTConfig:
 def init_cache(config: GPTConfig, batch_size: int, max_len: int, dtype=None) -> dict[str, Any]:
     """An empty KV cache pytree for `batch_size` rows of up to `max_len` slots."""
     dtype = dtype or config.compute_dtype
-    shape = (config.n_layers, batch_size * config.kv_heads, config.head_dim, max_len)
+    shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.head_dim)
     return {
         "k": jnp.zeros(shape, dtype),
         "v": jnp.zeros(shape, dtype),
@@ -204,20 +204,32 @@ def attend(q, k, v, mask):
     return out.reshape(b, t, h, d)
 
 
-def attend_cached(q, k, v, mask):
-    """`attend` over a KV cache in its own layout: k/v [B*K, D, S] (slots minor), the layout
-    XLA:CPU's batched dots want for both q.k and p.v; stored any other way, the decode loop
-    transposes the whole cache of every layer at every step."""
-    b, t, h, d = q.shape
-    n, s = k.shape[0], k.shape[-1]
-    kv = n // b
-    bias = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :, :]
-    q = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4).reshape(n, h // kv * t, d)
-    scores = jnp.einsum("nmd,nds->nms", q, k, preferred_element_type=jnp.float32)
-    scores = scores.reshape(b, kv, h // kv, t, s) * (d**-0.5) + bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(n, h // kv * t, s)
-    out = jnp.einsum("nms,nds->nmd", probs, v).reshape(b, kv, h // kv, t, d)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+def attend_slots_minor(q, k, v, mask):
+    """`attend` with k/v [K, D, S] (batch 1, slots minor): the layout of `sampling`'s batch-1 cache.
+
+    At batch 1 XLA:CPU drops the unit batch dim and wants both attention dots in canonical form
+    (contracting dim of the cache minor for q.k, slots minor for p.v): a [K, S, D] cache is
+    transposed, K and V of every layer, at every decode step. At batch > 1 the dots take
+    [B, K, S, D] as it is, and slots-minor writes (one float per (head, dim) row) cost more.
+    """
+    t, h, d, s = q.shape[1], q.shape[2], q.shape[3], k.shape[-1]
+    kv = k.shape[0]
+    bias = jnp.where(mask[0], 0.0, NEG_INF).astype(jnp.float32)[None, None]  # [1, 1, T, S]
+    q = q[0].reshape(t, kv, h // kv, d).transpose(1, 2, 0, 3).reshape(kv, h // kv * t, d)
+    scores = jnp.einsum("kmd,kds->kms", q, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(kv, h // kv, t, s) * (d**-0.5) + bias
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(kv, h // kv * t, s)
+    out = jnp.einsum("kms,kds->kmd", probs, v).reshape(kv, h // kv, t, d)
+    return out.transpose(2, 0, 1, 3).reshape(1, t, h, d)
+
+
+def write_cache(cache, new, index):
+    """new keys/values [B, T, K, D] -> cache slots [index, index + T), in place. The cache is
+    [B, K, S, D], or [K, D, S] at batch 1 (see `attend_slots_minor`)."""
+    new = new.astype(cache.dtype)
+    if cache.ndim == 3:
+        return jax.lax.dynamic_update_slice(cache, new[0].transpose(1, 2, 0), (0, 0, index))
+    return jax.lax.dynamic_update_slice(cache, new.transpose(0, 2, 1, 3), (0, 0, index, 0))
 
 
 class Attention(nn.Module):
@@ -247,16 +259,14 @@ class Attention(nn.Module):
             q = rotary(q, positions, cfg.rope_theta)
             k = rotary(k, positions, cfg.rope_theta)
 
+        new_cache = None
         if layer_cache is None:
-            out, new_cache = attend(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask), None
-        else:  # write slots [index, index + T) of every row, in place
-            def write(name, new):  # [B, T, K, D] -> [B*K, D, T] -> slots of the cache
-                new = new.transpose(0, 2, 3, 1).reshape(-1, hd, new.shape[1])
-                return jax.lax.dynamic_update_slice(layer_cache[name],
-                                                    new.astype(layer_cache[name].dtype),
-                                                    (0, 0, cache_index))
-            new_cache = {"k": write("k", k), "v": write("v", v)}
-            out = attend_cached(q, new_cache["k"].astype(dt), new_cache["v"].astype(dt), mask)
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
+        else:
+            new_cache = {"k": write_cache(layer_cache["k"], k, cache_index),
+                         "v": write_cache(layer_cache["v"], v, cache_index)}
+            k, v = new_cache["k"].astype(dt), new_cache["v"].astype(dt)
+        out = (attend_slots_minor if k.ndim == 3 else attend)(q, k, v, mask)
         out = constrain(out, ("act_batch", "act_length", "act_heads", None), self.mesh)
         wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")), (h, hd, d),
                         cfg.weight_dtype)

@@ -23,7 +23,7 @@ def test_cache_chunks_equal_full_forward(family, scan):
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 1, cfg.vocab_size)
     full = model.apply({"params": params}, tokens)
     cache = init_cache(cfg, 2, 16)
-    assert cache["k"].shape == (cfg.n_layers, 2 * cfg.kv_heads, cfg.head_dim, 16)
+    assert cache["k"].shape == (cfg.n_layers, 2, cfg.kv_heads, 16, cfg.head_dim)
     outs = []
     for start, stop in [(0, 7), (7, 8), (8, 12)]:  # prefill, one decode step, another chunk
         logits, cache = model.apply({"params": params}, tokens[:, start:stop], cache=cache)
