@@ -191,9 +191,8 @@ def attend(q, k, v, mask):
     """Grouped-query attention. q [B,T,H,D], k/v [B,K,S,D] (heads-major), mask [B,T,S] -> [B,T,H,D].
 
     Heads-major k/v make both matmuls plain batched GEMMs (about 2x faster on XLA:CPU than
-    token-major operands) and let a decode step write the cache in place and read it without a
-    transpose. The mask enters as an additive float bias, which fuses into the softmax (a boolean
-    select over [B,H,T,S] costs several times more on CPU).
+    token-major operands). The mask enters as an additive float bias, which fuses into the
+    softmax (a boolean select over [B,H,T,S] costs several times more on CPU).
     """
     b, t, h, d = q.shape
     kv = k.shape[1]
@@ -203,6 +202,34 @@ def attend(q, k, v, mask):
     probs = jax.nn.softmax(scores * (d**-0.5) + bias, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def attend_slots_minor(q, k, v, mask):
+    """`attend` with k/v [K, D, S] (batch 1, slots minor): the layout of `sampling`'s batch-1 cache.
+
+    At batch 1 XLA:CPU drops the unit batch dim and wants both attention dots in canonical form
+    (contracting dim of the cache minor for q.k, slots minor for p.v): a [K, S, D] cache is
+    transposed, K and V of every layer, at every decode step. At batch > 1 the dots take
+    [B, K, S, D] as it is, and slots-minor writes (one float per (head, dim) row) cost more.
+    """
+    t, h, d, s = q.shape[1], q.shape[2], q.shape[3], k.shape[-1]
+    kv = k.shape[0]
+    bias = jnp.where(mask[0], 0.0, NEG_INF).astype(jnp.float32)[None, None]  # [1, 1, T, S]
+    q = q[0].reshape(t, kv, h // kv, d).transpose(1, 2, 0, 3).reshape(kv, h // kv * t, d)
+    scores = jnp.einsum("kmd,kds->kms", q, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(kv, h // kv, t, s) * (d**-0.5) + bias
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(kv, h // kv * t, s)
+    out = jnp.einsum("kms,kds->kmd", probs, v).reshape(kv, h // kv, t, d)
+    return out.transpose(2, 0, 1, 3).reshape(1, t, h, d)
+
+
+def write_cache(cache, new, index):
+    """new keys/values [B, T, K, D] -> cache slots [index, index + T), in place. The cache is
+    [B, K, S, D], or [K, D, S] at batch 1 (see `attend_slots_minor`)."""
+    new = new.astype(cache.dtype)
+    if cache.ndim == 3:
+        return jax.lax.dynamic_update_slice(cache, new[0].transpose(1, 2, 0), (0, 0, index))
+    return jax.lax.dynamic_update_slice(cache, new.transpose(0, 2, 1, 3), (0, 0, index, 0))
 
 
 class Attention(nn.Module):
@@ -232,17 +259,14 @@ class Attention(nn.Module):
             q = rotary(q, positions, cfg.rope_theta)
             k = rotary(k, positions, cfg.rope_theta)
 
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
         new_cache = None
-        if layer_cache is not None:  # write slots [index, index + T) of every row, in place
-            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype),
-                                             (0, 0, cache_index, 0))
-            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype),
-                                             (0, 0, cache_index, 0))
-            new_cache = {"k": k, "v": v}
-            k, v = k.astype(dt), v.astype(dt)
-
-        out = attend(q, k, v, mask)
+        if layer_cache is None:
+            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
+        else:
+            new_cache = {"k": write_cache(layer_cache["k"], k, cache_index),
+                         "v": write_cache(layer_cache["v"], v, cache_index)}
+            k, v = new_cache["k"].astype(dt), new_cache["v"].astype(dt)
+        out = (attend_slots_minor if k.ndim == 3 else attend)(q, k, v, mask)
         out = constrain(out, ("act_batch", "act_length", "act_heads", None), self.mesh)
         wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")), (h, hd, d),
                         cfg.weight_dtype)

@@ -12,9 +12,10 @@ Three ways in, all built from the same two jit'd pure functions over an explicit
 Why not `GPT.apply(..., cache=...)` directly: its cache is one stacked [L, B, K, S, D] array
 threaded through the layer scan, and XLA:CPU copies the whole cache per step (slice out a layer,
 update, stack back): 3-5x slower at batch 16. Here the cache holds one {"k","v"} [B, K, S, D]
-buffer per layer, updated in place by dynamic_update_slice, and each layer is the model's own
-`Block` on the model's params (one attention implementation for training and decoding); tests
-check token-for-token equality with full recompute through `GPT.apply`, for both families.
+buffer per layer ([K, D, S] at batch 1, see `model.attend_slots_minor`), updated in place by
+dynamic_update_slice, and each layer is the model's own `Block` on the model's params (one
+attention implementation for training and decoding); tests check token-for-token equality with
+full recompute through `GPT.apply`, for both families and at batch 1 and > 1.
 
 Padding: prompts are left-padded; each row's positions count only its real tokens and padded slots
 are masked out, so a prompt decodes to the same tokens alone or in a batch of mixed lengths.
@@ -78,8 +79,11 @@ LogitProcessor = Callable[[jax.Array, ProcessorState], jax.Array]
 
 # -- cache and forward --------------------------------------------------------------------------
 def init_cache(config: GPTConfig, batch_size: int, max_len: int) -> dict[str, Any]:
-    """Empty cache: per-layer {"k","v"} [B, n_kv_heads, S, head_dim], valid [B, S], index."""
+    """Empty cache: per-layer {"k","v"} [B, n_kv_heads, S, head_dim] ([n_kv_heads, head_dim, S] when
+    B == 1), valid [B, S], index."""
     shape = (batch_size, config.kv_heads, max_len, config.head_dim)
+    if batch_size == 1:  # slots minor: what XLA:CPU's batch-1 attention dots want
+        shape = (config.kv_heads, config.head_dim, max_len)
     zeros = lambda: jnp.zeros(shape, config.compute_dtype)  # noqa: E731
     return {
         "layers": [{"k": zeros(), "v": zeros()} for _ in range(config.n_layers)],

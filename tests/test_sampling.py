@@ -68,6 +68,8 @@ def test_prefill_and_decode_step_match_full_forward(model):
     rows = [[3, 4, 5, 6, 7], [9, 10]]
     cache = sampling.init_cache(config, 2, 16)
     assert cache["layers"][0]["k"].shape == (2, config.kv_heads, 16, config.head_dim)
+    one = sampling.init_cache(config, 1, 16)["layers"][0]["k"]  # batch 1: slots minor
+    assert one.shape == (config.kv_heads, config.head_dim, 16)
     tokens = np.array([[3, 4, 5, 6, 7], [0, 0, 0, 9, 10]], np.int32)
     valid = tokens != 0
     last, cache = sampling.prefill(params, config, tokens, cache, valid)
@@ -94,6 +96,9 @@ def test_greedy_cache_equals_full_recompute_mixed_lengths(model):
             padded[0, : len(seq)] = seq
             seq.append(int(np.argmax(fwd(params, padded)[0, len(seq) - 1])))
         assert gen.row(i) == seq[len(prompt):], f"row {i}"
+        alone = sampling.generate(params, config, [prompt], SamplingConfig(temperature=0,
+                                                                           max_new_tokens=n))
+        assert alone.row(0) == seq[len(prompt):], f"row {i} alone (batch-1 cache layout)"
     # Greedy log-probs are the model's log-probs of the chosen tokens.
     lp, mask = scoring.logprobs(params, config, PROMPTS, [gen.row(i) for i in range(3)])
     assert mask.all()
