@@ -187,6 +187,12 @@ def rotary(x, positions, theta: float):
 NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
 
 
+def _masked_softmax(scores, mask, head_dim: int):
+    """Raw q.k scores [B, K, G, T, S] (float32), mask [B, T, S] -> attention probabilities."""
+    bias = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :, :]
+    return jax.nn.softmax(scores * (head_dim**-0.5) + bias, axis=-1)
+
+
 def attend(q, k, v, mask):
     """Grouped-query attention. q [B,T,H,D], k/v [B,K,S,D] (heads-major), mask [B,T,S] -> [B,T,H,D].
 
@@ -196,10 +202,9 @@ def attend(q, k, v, mask):
     """
     b, t, h, d = q.shape
     kv = k.shape[1]
-    bias = jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :, :]
     q = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
     scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(scores * (d**-0.5) + bias, axis=-1).astype(v.dtype)
+    probs = _masked_softmax(scores, mask, d).astype(v.dtype)
     out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
 
@@ -214,11 +219,10 @@ def attend_slots_minor(q, k, v, mask):
     """
     t, h, d, s = q.shape[1], q.shape[2], q.shape[3], k.shape[-1]
     kv = k.shape[0]
-    bias = jnp.where(mask[0], 0.0, NEG_INF).astype(jnp.float32)[None, None]  # [1, 1, T, S]
     q = q[0].reshape(t, kv, h // kv, d).transpose(1, 2, 0, 3).reshape(kv, h // kv * t, d)
     scores = jnp.einsum("kmd,kds->kms", q, k, preferred_element_type=jnp.float32)
-    scores = scores.reshape(kv, h // kv, t, s) * (d**-0.5) + bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(kv, h // kv * t, s)
+    probs = _masked_softmax(scores.reshape(1, kv, h // kv, t, s), mask, d)
+    probs = probs.astype(v.dtype).reshape(kv, h // kv * t, s)
     out = jnp.einsum("kms,kds->kmd", probs, v).reshape(kv, h // kv, t, d)
     return out.transpose(2, 0, 1, 3).reshape(1, t, h, d)
 
