@@ -44,10 +44,17 @@ def test_hash_is_stable_and_content_based(tok, tmp_path, data_dir):
     assert other.hash != tok.hash
 
 
-def test_digits_split_in_groups_of_at_most_two(tok):
-    for piece in tok.encode("1234567 and 89"):
-        text = tok.decode([piece])
-        assert sum(c.isdigit() for c in text) <= 2
+def test_every_digit_is_its_own_token(tok):
+    """No token holds two digits: not in encoded English or Chinese text, not in the vocab."""
+    for text in ("1234567 and 89", "47+38=85, 93 - 58 = 35.", "小明有123个苹果，又买了45个。",
+                 "第2024年3月15日", "x=０１２３ ²³"):
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        for piece in ids:
+            assert sum(c.isdigit() or c in "²³" for c in tok.decode([piece])) <= 1, text
+    for i in range(tok.vocab_size):
+        if not tok.is_special(i):
+            assert sum(c.isdigit() for c in tok.token_bytes(i).decode("utf-8", "ignore")) <= 1
 
 
 @settings(max_examples=300, deadline=None)
