@@ -1,15 +1,16 @@
 """A programmatic labeler: the stand-in for InstructGPT's human rankers, on verifiable tasks.
 
-Gold score (`gold_score(problem, completion)`), the rubric, from most to least important:
+Gold score (`gold_score(problem, completion)`), correctness first:
 
     +1.00  correct final answer: the last "The answer is N" (or "#### N") equals the answer
-    +0.25  well-formed reasoning: (correct - wrong "a op b = c" lines) / reference lines, in [0, 1]
-    +0.05  format: a final answer is stated in the parseable form at all
-    -0.05  length: x min(1, extra characters beyond 1.5x the reference solution / reference length)
+    +0.10  format: a final answer is stated in the parseable form at all
+    -0.10  length: x min(1, extra characters beyond 2x the reference reply / reference length)
 
-so a correct answer always outranks any reasoning (0.25 + 0.05 < 1), reasoning outranks format and
-length, and two completions tie only when they are equally good on every count. The score is
-deterministic: use it as the PPO/eval metric ("gold reward"); `is_correct` gives plain accuracy.
+so a correct answer always outranks any incorrect one (1 - 0.1 > 0.1), whatever its length; among
+answers equally right or wrong, a stated answer beats none, and only a reply more than twice the
+reference's length loses anything. The score is deterministic: use it as the PPO/eval metric
+("gold reward"); `is_correct` gives plain accuracy. (Scoring the written steps as well made the
+rubric's small terms dominate while no answer was ever right: a policy then gained by length.)
 
 Noisy rankings (`Labeler.rank`): the labeler compares every pair of the K completions by gold
 score, flips each non-tied comparison with probability `flip_rate`, and orders the completions by
@@ -28,10 +29,11 @@ from typing import Sequence
 
 import numpy as np
 
-from gpt_jax.tasks.base import Problem, check_equations, parse_answer
+from gpt_jax.tasks.base import Problem, parse_answer
 
 DEFAULT_AGREEMENT = 0.73
-W_CORRECT, W_REASONING, W_FORMAT, W_LENGTH = 1.0, 0.25, 0.05, 0.05
+W_CORRECT, W_FORMAT, W_LENGTH = 1.0, 0.1, 0.1
+LENGTH_ALLOWANCE = 2.0  # no length penalty up to this multiple of the reference reply
 
 
 def _fields(problem) -> tuple[str, str]:
@@ -48,14 +50,11 @@ def is_correct(problem, completion: str) -> bool:
 
 def score_parts(problem, completion: str) -> dict[str, float]:
     """The rubric's terms for one completion (weights applied in `gold_score`)."""
-    answer, solution = _fields(problem)
-    ref_lines = max(1, sum(check_equations(solution)))
-    ok, bad = check_equations(completion)
+    _, solution = _fields(problem)
     ref_len = max(1, len(solution))
-    extra = max(0.0, len(completion) - 1.5 * ref_len) / ref_len
+    extra = max(0.0, len(completion) - LENGTH_ALLOWANCE * ref_len) / ref_len
     return {
         "correct": float(is_correct(problem, completion)),
-        "reasoning": float(np.clip((ok - bad) / ref_lines, 0.0, 1.0)),
         "format": float(parse_answer(completion) is not None),
         "length": float(min(1.0, extra)),
     }
@@ -65,8 +64,7 @@ def gold_score(problem, completion: str) -> float:
     """The noise-free reward of `completion` (assistant text) for `problem` (Problem or dict with
     "answer" and "solution")."""
     p = score_parts(problem, completion)
-    return (W_CORRECT * p["correct"] + W_REASONING * p["reasoning"] + W_FORMAT * p["format"]
-            - W_LENGTH * p["length"])
+    return W_CORRECT * p["correct"] + W_FORMAT * p["format"] - W_LENGTH * p["length"]
 
 
 def gold_scores(problems: Sequence, completions: Sequence[str]) -> np.ndarray:

@@ -116,13 +116,16 @@ def side_by_side(workdir: str | Path, n_prompts: int = 3, max_new_tokens: int = 
     reward stage). rows: [{"prompt", "reference", "answers": {model: {...}}}]."""
     from gpt_jax import compare, labeler
     from gpt_jax.data import tasks_data
+    from gpt_jax.eval.arith import PolicyEval, eval_config
     from gpt_jax.tokenizer import Tokenizer
 
     workdir = str(workdir)
     config = task_config(workdir)
+    c = eval_config(max_new_tokens=max_new_tokens, few_shot=few_shot, n_per_level=1,
+                    gen_batch=64)
     tokenizer = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
-    task, problems = tasks_data.task_problems(config, "heldout", workdir, n=n_prompts)
-    _, demos = tasks_data.task_problems(config, "train", workdir, n=max(1, few_shot))
+    task, problems = tasks_data.rl_problems(config, "heldout", workdir, n=n_prompts)
+    _, _, demos = compare.eval_sets(config, workdir, c)
     present, missing = compare.available_models(workdir, list(models))
     score_rm = compare.rm_scorer(workdir, tokenizer, task, rows=16)
     rows = [{"prompt": p.question, "reference": p.answer, "answers": {}} for p in problems]
@@ -131,13 +134,8 @@ def side_by_side(workdir: str | Path, n_prompts: int = 3, max_new_tokens: int = 
         if isinstance(loaded, str):
             missing[name] = loaded
             continue
-        model_config, params = loaded
-        room = model_config.max_seq_len - max_new_tokens
-        prompts, stops = compare.model_prompts(name, tokenizer, task, problems,
-                                               demos[:few_shot], room)
-        texts, _, _ = compare.complete(params, model_config, tokenizer, prompts, temperature=0.0,
-                                       max_new_tokens=max_new_tokens, seed=0, batch_rows=64,
-                                       **stops)
+        policy = PolicyEval(name, *loaded, tokenizer, demos, c)
+        texts = [a[0] for a in policy.answer(problems, tool=False, temperature=0.0)]
         rm = score_rm(problems, texts) if score_rm is not None else [None] * len(texts)
         for row, p, text, r in zip(rows, problems, texts, rm):
             row["answers"][name] = {"text": text, "gold": labeler.gold_score(p, text),

@@ -219,12 +219,23 @@ def environment(run: RunFiles, fig_dir: Path) -> list[str]:
 
 
 # -- the report card -----------------------------------------------------------------------------
+def cot_accuracy(model: dict):
+    """Mean greedy cot accuracy over the levels of a compare model entry (None if absent)."""
+    table_ = model.get("accuracy")
+    if not isinstance(table_, dict):
+        return table_
+    values = [get(row, "cot") for row in table_.values()]
+    values = [v for v in values if isinstance(v, (int, float))]
+    return sum(values) / len(values) if values else None
+
+
 def policy_columns(run: RunFiles) -> dict[str, dict]:
     """{policy: {"gold_reward", "rm_reward", "accuracy", "kl", "source"}} from each stage's own
     evaluation (base from compare; SFT from PPO's baseline, else compare, else SFT's eval)."""
     compare = get(run.summary("compare"), "models", {}) or {}
     ppo, bon, feedme, sft = (run.summary(s) for s in ("ppo", "bon", "feedme", "sft"))
     cols = {}
+    compare = {name: {**m, "accuracy": cot_accuracy(m)} for name, m in compare.items()}
     if "base" in compare:
         cols["base"] = {**compare["base"], "kl": None, "source": "compare"}
     if get(ppo, "sft") is not None:
@@ -274,8 +285,9 @@ def headline(run: RunFiles) -> list[list[str]]:
                 f"{fmt(bon_best.get('gold_reward'))} ({fmt(bon_best.get('kl_analytic'))})"),
         "feedme": ("gold reward (KL)",
                    f"{fmt(get(s['feedme'], 'gold_reward'))} ({fmt(get(s['feedme'], 'kl'))})"),
-        "compare": ("gold reward " + " / ".join(m for m in COMPARE_MODELS if m in models),
-                    " / ".join(fmt(get(models, f"{m}.gold_reward")) for m in COMPARE_MODELS
+        "compare": ("cot accuracy (mean of L1-L3) " + " / ".join(
+                        m for m in COMPARE_MODELS if m in models),
+                    " / ".join(fmt(cot_accuracy(models[m])) for m in COMPARE_MODELS
                                if m in models) or "n/a"),
     }
     return [[stage, rows[stage][0], rows[stage][1] if s[stage] is not None else "not run"]
@@ -455,23 +467,44 @@ def feedme_section(run: RunFiles, fig_dir: Path) -> list[str]:
 def compare_section(run: RunFiles, fig_dir: Path) -> list[str]:
     s = run.summary("compare")
     models = s.get("models") if isinstance(s.get("models"), dict) else {}
-    keys = ("gold_reward", "accuracy", "rm_reward", "response_length", "distinct_1",
+    modes = ("direct", "cot", "calc", "calc_off")
+    lines = [f"Greedy accuracy on {fmt(s.get('problems_per_level'))} held-out problems per level, "
+             "the same problems in every mode (calc: the calculator runs inside decoding; "
+             "calc_off: the same prompt with no tool attached).", ""]
+    rows = [[name, level, *[fmt(get(m, f"accuracy.{level}.{mode}")) for mode in modes]]
+            for name, m in models.items() for level in ("L1", "L2", "L3")]
+    lines += table(["model", "level", *modes], rows or [["n/a"] * 6])
+    ks = sorted({k for m in models.values() for k in (get(m, "pass_at_k") or {})}, key=int)
+    keys = ("format_valid", "gold_reward", "rm_reward", "response_length", "distinct_1",
             "distinct_2", "sample_entropy")
-    lines = [f"{fmt(s.get('prompts'))} held-out prompts, greedy answers; diversity over "
-             f"{fmt(s.get('samples_per_prompt'))} temperature-1 samples per prompt "
-             f"(sample_entropy: mean -log p of sampled tokens, nats).", ""]
-    lines += table(["model", *keys], [[name, *[fmt(get(m, k)) for k in keys]]
-                                      for name, m in models.items()] or [["n/a"] * 8])
+    lines += ["", f"pass@k over {fmt(s.get('pass_k_samples'))} temperature-1 samples of "
+              f"{fmt(s.get('pass_k_problems'))} problems ({s.get('pass_k_mode')} mode); gold and "
+              "RM reward and length over the greedy cot answers (sample_entropy: mean -log p of "
+              "the sampled tokens, nats).", ""]
+    lines += table(["model", *[f"pass@{k}" for k in ks], *keys], [
+        [name, *[fmt(get(m, f"pass_at_k.{k}")) for k in ks], *[fmt(get(m, k)) for k in keys]]
+        for name, m in models.items()] or [["n/a"]])
     missing = s.get("missing") or []
     lines += ["", f"Missing models: {', '.join(missing) if missing else 'none'}.", ""]
-    png = plots.plot_bars(fig_dir / "compare_rewards.png",
-                          {n: {"gold reward": get(m, "gold_reward"), "RM reward": get(m, "rm_reward"),
-                               "accuracy": get(m, "accuracy")} for n, m in models.items()},
-                          "models on the same held-out prompts", "value")
-    lines += image(png, "compare rewards", run.workdir)
+    cells = {f"{lv} {mode}": {name: get(m, f"accuracy.{lv}.{mode}") for name, m in models.items()}
+             for lv in ("L1", "L2", "L3") for mode in modes}
+    png = plots.plot_bars(fig_dir / "compare_accuracy.png", cells,
+                          "greedy accuracy by level and mode", "accuracy", figsize=(12, 4))
+    lines += image(png, "compare accuracy", run.workdir)
+    for name, m in models.items():
+        examples = get(m, "examples") or {}
+        if examples:
+            lines += ["", f"**{name}: one answer per cell** (a calculator call reads "
+                      "`expr = result`).", ""]
+            lines += table(["cell", "question", "answer", "correct"], [
+                [cell, escape_cell(str(get(e, "question", "")), 160),
+                 escape_cell(str(get(e, "reply", ""))), fmt(get(e, "correct"))]
+                for cell, e in examples.items()])
+    lines.append("")
     for i, row in enumerate(run.samples("compare")[:SIDE_BY_SIDE_PROMPTS], 1):
         answers = row.get("answers") if isinstance(row.get("answers"), dict) else {}
-        lines += [f"**Prompt {i}.** {escape_cell(str(row.get('prompt', '')), 400)} "
+        lines += [f"**Prompt {i}** ({row.get('level')}, cot). "
+                  f"{escape_cell(str(row.get('prompt', '')), 400)} "
                   f"(reference answer: {fmt(row.get('reference'))})", ""]
         lines += table(["model", "gold", "RM", "answer"], [
             [name, fmt(get(a, "gold")), fmt(get(a, "rm")), escape_cell(str(get(a, "text", "")))]

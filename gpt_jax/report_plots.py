@@ -62,7 +62,7 @@ def plot_loss_curves(path: Path, rows: list[dict], title: str) -> Path | None:
 
 
 def plot_bars(path: Path, groups: dict[str, dict[str, float]], title: str,
-              ylabel: str) -> Path | None:
+              ylabel: str, figsize: tuple[float, float] = (6, 3.6)) -> Path | None:
     """Grouped bars: {group (e.g. model): {metric: value}}; missing/None values are left out."""
     groups = {g: {k: v for k, v in m.items() if _finite(v)} for g, m in groups.items()}
     groups = {g: m for g, m in groups.items() if m}
@@ -70,7 +70,7 @@ def plot_bars(path: Path, groups: dict[str, dict[str, float]], title: str,
         return None
     metrics = list(dict.fromkeys(k for m in groups.values() for k in m))  # first-seen order
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=figsize)
     width = 0.8 / max(len(metrics), 1)
     for j, metric in enumerate(metrics):
         xs = [i + j * width for i in range(len(groups))]

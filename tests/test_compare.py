@@ -1,48 +1,53 @@
-"""The compare stage: prompt building, stop strings and diversity metrics on hand-made inputs (fast),
-then the stage end to end on a tiny real workdir (tokenizer + pretrain + SFT + an untrained reward
-model): summary keys, missing models, and every stored score recomputed independently."""
+"""The compare stage and the arithmetic evaluation behind it: pass@k, format checks, prompt fitting
+and reply decoding on hand-made inputs (fast), then the stage end to end on a tiny real workdir
+(tokenizer + pretrain + SFT + an untrained reward model): the accuracy table's shape, every stored
+score recomputed independently, and per-row sampling keys that make a draw batch-independent."""
 import json
+import math
 
 import jax
 import numpy as np
 import pytest
 
 from gpt_jax import compare, labeler
-from gpt_jax.tasks import Problem
-from tiny_workdir import shared_tiny_workdir, config_from_tests
+from gpt_jax.eval import arith
+from gpt_jax.tasks import ArithmeticTask
+from tiny_workdir import config_from_tests, shared_tiny_workdir
 
-DEMO = Problem("d1", "Ava has 1 book. She gets 2 more. How many books does Ava have now?", "3",
-               "1 + 2 = 3.\nThe answer is 3.")
-
-
-class CharTokenizer:
-    """One id per character; eos = 1 (enough for the prompt-fitting logic)."""
-
-    eos_id = 1
-
-    def encode(self, text):
-        return [ord(c) for c in text]
+TASK = ArithmeticTask()
 
 
-def test_few_shot_prompt_format():
-    assert compare.few_shot_prompt([DEMO, DEMO], "Q?") == (
-        f"Question: {DEMO.question}\nAnswer: 1 + 2 = 3.\nThe answer is 3.\n\n" * 2
-        + "Question: Q?\nAnswer:")
+def _problem(mode: str, level: str = "L2"):
+    return TASK.with_mode(TASK.problems("train", 1, level=level)[0], mode)
 
 
-def test_base_prompt_drops_the_oldest_demonstrations_to_fit():
-    tok = CharTokenizer()
-    one = len(compare.few_shot_prompt([DEMO], "Q?")) + 1
-    ids = compare.base_prompt_ids(tok, [DEMO, DEMO, DEMO], "Q?", room=one + 5)
-    assert ids == [1, *tok.encode(compare.few_shot_prompt([DEMO], "Q?"))]
-    assert len(compare.base_prompt_ids(tok, [DEMO], "Q?" * 50, room=20)) == 20
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert arith.pass_at_k(8, 0, 1) == 0.0 and arith.pass_at_k(8, 8, 8) == 1.0
+    assert arith.pass_at_k(8, 2, 1) == pytest.approx(0.25)
+    assert arith.pass_at_k(8, 2, 2) == pytest.approx(1 - 15 / 28)  # 1 - C(6,2)/C(8,2)
+    assert arith.pass_at_k(8, 1, 8) == 1.0  # n - c < k
+    assert arith.pass_at_k(8, 3, 4) == pytest.approx(1 - math.comb(5, 4) / math.comb(8, 4))
 
 
-def test_cut_at_stops():
-    stops = compare.BASE_STOP_STRINGS
-    assert compare.cut_at_stops("2 + 2 = 4.\n\nQuestion: x", stops) == "2 + 2 = 4."
-    assert compare.cut_at_stops("The answer is 4.\nQuestion: y\n\n", stops) == "The answer is 4."
-    assert compare.cut_at_stops("no stop", stops) == "no stop"
+def test_format_ok_per_mode():
+    cot = _problem("cot")
+    assert arith.format_ok(cot, cot.solution, used_tool=False)
+    assert not arith.format_ok(cot, f"The answer is {cot.answer}.", used_tool=False)
+    direct = _problem("direct")
+    assert arith.format_ok(direct, direct.solution, used_tool=False)
+    assert not arith.format_ok(direct, cot.solution, used_tool=False)
+    assert not arith.format_ok(direct, "The answer is", used_tool=False)
+    calc = _problem("calc")
+    assert arith.format_ok(calc, calc.solution, used_tool=True)
+    assert not arith.format_ok(calc, calc.solution, used_tool=False)  # must call the tool
+    wrong = calc.solution.replace(" = ", " = 1")  # wrong results still have the shape
+    assert arith.format_ok(calc, wrong, used_tool=True)
+
+
+def test_row_ids_are_stable_and_distinct():
+    assert arith.row_id("arith-1:cot", 3) == arith.row_id("arith-1:cot", 3)
+    ids = {arith.row_id(f"arith-{i}", s) for i in range(200) for s in range(8)}
+    assert len(ids) == 1600 and all(0 <= i < 2**31 for i in ids)
 
 
 def test_distinct_n_and_diversity():
@@ -83,61 +88,106 @@ def compared(tmp_path_factory, data_dir):
     return workdir, summary
 
 
-@pytest.mark.slow  # builds the tiny workdir (~60 s) unless another module already did
-def test_compare_stage_end_to_end(compared):
-    from gpt_jax.checkpoint import load_stage
-    from gpt_jax.data import tasks_data
-    from gpt_jax.heads import score
+@pytest.fixture(scope="module")
+def tok_and_sets(compared):
     from gpt_jax.tokenizer import Tokenizer
-    from gpt_jax.train import reward, sft
+
+    workdir, _ = compared
+    config = config_from_tests("compare_test")
+    tok = Tokenizer.load(str(workdir / "tokenizer" / "tokenizer.json"))
+    return tok, config, compare.eval_sets(config, str(workdir), config.compare)
+
+
+@pytest.mark.slow  # builds the tiny workdir (~60 s) unless another module already did
+def test_compare_stage_end_to_end(compared, tok_and_sets):
+    from gpt_jax.checkpoint import load_stage
+    from gpt_jax.heads import score
+    from gpt_jax.train import reward
 
     workdir, summary = compared
-    config = config_from_tests("compare_test")
-    assert summary["stage"] == "compare" and summary["prompts"] == 4
+    tok, config, (task, sets, demos) = tok_and_sets
+    c = config.compare
+    assert summary["stage"] == "compare" and summary["problems_per_level"] == 4
     assert summary["missing"] == ["ppo", "feedme"]
     assert list(summary["models"]) == ["base", "sft"]
     assert json.loads((workdir / "compare" / "summary.json").read_text()) == summary
-
-    task, problems = tasks_data.task_problems(config, "heldout", str(workdir), n=4)
     rows = [json.loads(x) for x in (workdir / "compare" / "samples.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows] == [p.id for p in problems]
-    assert [r["prompt"] for r in rows] == [p.question for p in problems]
+    cot = [task.with_mode(p, "cot") for lv in ("L1", "L2", "L3") for p in sets[lv]]
+    assert [r["id"] for r in rows] == [p.id for p in cot]
+    assert [r["level"] for r in rows] == ["L1"] * 4 + ["L2"] * 4 + ["L3"] * 4
 
-    tok = Tokenizer.load(str(workdir / "tokenizer" / "tokenizer.json"))
     rm_config, rm_params = reward.load_reward_model(str(workdir))
     score_rows = jax.jit(score, static_argnums=1)
     for name, m in summary["models"].items():
-        assert set(m) == {"gold_reward", "accuracy", "rm_reward", "response_length",
-                          "distinct_1", "distinct_2", "sample_entropy"}
+        assert set(m["accuracy"]) == {"L1", "L2", "L3"}
+        assert all(set(row) == set(arith.EVAL_MODES) for row in m["accuracy"].values())
+        assert set(m["pass_at_k"]) == {"1", "2"} and 0 <= m["format_valid"] <= 1
+        assert set(m["examples"]) == {f"{lv}/{mode}" for lv in ("L1", "L2", "L3")
+                                      for mode in arith.EVAL_MODES}
         answers = [r["answers"][name] for r in rows]
-        gold = [labeler.gold_score(p, a["text"]) for p, a in zip(problems, answers)]
+        gold = [labeler.gold_score(p, a["text"]) for p, a in zip(cot, answers)]
         assert [a["gold"] for a in answers] == gold
         assert m["gold_reward"] == pytest.approx(np.mean(gold), abs=1e-12)
-        assert m["accuracy"] == np.mean([labeler.is_correct(p, a["text"])
-                                         for p, a in zip(problems, answers)])
-        # The reward model's score of each answer, recomputed: prompt + answer + end token,
-        # right-padded rows with their lengths.
+        for lv in ("L1", "L2", "L3"):  # the cot cell of the table, from the stored answers
+            right = [labeler.is_correct(p, a["text"]) for p, a in zip(cot, answers) if p.level == lv]
+            assert m["accuracy"][lv]["cot"] == np.mean(right)
+        # The reward model's score of each answer, recomputed: prompt + answer + end token.
         rows_ids = [tok.render_for_completion(task.prompt_messages(p)) + tok.encode(a["text"])
-                    + [tok.token_id("assistant_end")] for p, a in zip(problems, answers)]
+                    + [tok.token_id("assistant_end")] for p, a in zip(cot, answers)]
         tokens = np.full((len(rows_ids), rm_config.max_seq_len), tok.pad_id, np.int32)
         for i, ids in enumerate(rows_ids):
-            tokens[i, :len(ids)] = ids
-        expect = score_rows(rm_params, rm_config, tokens, np.asarray([len(x) for x in rows_ids]))
+            tokens[i, :len(ids)] = ids[:rm_config.max_seq_len]
+        lengths = np.asarray([min(len(x), rm_config.max_seq_len) for x in rows_ids])
+        expect = score_rows(rm_params, rm_config, tokens, lengths)
         assert [a["rm"] for a in answers] == pytest.approx(np.asarray(expect), abs=1e-4, rel=1e-4)
-        assert m["rm_reward"] == pytest.approx(np.mean([a["rm"] for a in answers]), rel=1e-6)
         assert 0 < m["response_length"] <= 12
-        assert 0 <= m["distinct_2"] <= 1 and 0 < m["distinct_1"] <= 1
         assert np.isfinite(m["sample_entropy"]) and m["sample_entropy"] > 0
     for a in (r["answers"]["base"] for r in rows):
         assert "\n\n" not in a["text"] and "\nQuestion:" not in a["text"]
 
-    # The chat model's greedy answers are exactly SFT's own replies to the task prompts.
+    # Re-asking gives the same table: greedy answers and the per-row sampling keys are fixed.
     model_config, params = load_stage(workdir, "sft")
-    texts, _ = sft.generate_replies(params, model_config, tok,
-                                    [task.prompt_messages(p) for p in problems], 12)
-    assert [r["answers"]["sft"]["text"] for r in rows] == texts
-
+    policy = arith.PolicyEval("sft", model_config, params, tok, demos, c)
+    again = arith.evaluate(policy, sets, c)
+    assert again["accuracy"] == summary["models"]["sft"]["accuracy"]
+    assert again["pass_at_k"] == summary["models"]["sft"]["pass_at_k"]
     assert compare.run(config, str(workdir)) == summary  # done: skipped
+
+
+@pytest.mark.slow
+def test_a_rows_answer_does_not_depend_on_its_batch(compared, tok_and_sets):
+    """Greedy and temperature-1 answers of a problem alone equal its answers inside the batch."""
+    from gpt_jax.checkpoint import load_stage
+
+    workdir, _ = compared
+    tok, config, (task, sets, demos) = tok_and_sets
+    model_config, params = load_stage(workdir, "sft")
+    policy = arith.PolicyEval("sft", model_config, params, tok, demos, config.compare)
+    problems = [task.with_mode(p, "cot") for p in sets["L1"] + sets["L2"]]
+    for temperature, samples in ((0.0, 1), (1.0, 3)):
+        batch = policy.answer(problems, tool=False, temperature=temperature, samples=samples)
+        for i in (0, 5):
+            alone = policy.answer(problems[i:i + 1], tool=False, temperature=temperature,
+                                  samples=samples)
+            assert [a[2] for a in alone] == [a[2] for a in batch[i * samples:(i + 1) * samples]]
+
+
+def test_visible_text_and_demo_ids(tmp_path, data_dir):
+    from gpt_jax.tokenizer import train_bpe
+
+    text = (data_dir / "sft/lima/lima.json").read_text()[:20_000]
+    tok = train_bpe([text[i: i + 2000] for i in range(0, len(text), 2000)], vocab_size=400)
+    calc = _problem("calc")
+    ids = arith.demo_reply_ids(tok, calc)
+    sid = tok.special_ids
+    assert ids.count(sid["tool_call_start"]) == 2 and ids.count(sid["tool_result_end"]) == 2
+    assert arith.visible_text(tok, ids) == (calc.solution, True)
+    cot = _problem("cot")
+    assert arith.visible_text(tok, arith.demo_reply_ids(tok, cot)) == (cot.solution, False)
+    prompt = arith.base_prompt_ids(tok, [cot, cot, cot], cot, room=10_000)
+    assert tok.decode(prompt[1:]).count("Question:") == 4
+    one = len(arith.base_prompt_ids(tok, [cot], cot, room=10_000))
+    assert len(arith.base_prompt_ids(tok, [cot, cot, cot], cot, room=one)) == one
 
 
 @pytest.mark.slow
@@ -146,7 +196,8 @@ def test_report_shows_the_compare_stage(compared):
 
     workdir, summary = compared
     text = write_report(workdir).read_text()
-    base = summary["models"]["base"]
-    assert (f"| base | {fmt(base['gold_reward'])} | {fmt(base['accuracy'])} | "
-            f"{fmt(base['rm_reward'])} | {fmt(base['response_length'])} |") in text
+    sft = summary["models"]["sft"]
+    cells = " | ".join(fmt(sft["accuracy"]["L2"][m]) for m in arith.EVAL_MODES)
+    assert f"| sft | L2 | {cells} |" in text
     assert "Missing models: ppo, feedme." in text
+    assert "compare_accuracy.png" in text

@@ -8,28 +8,36 @@ from gpt_jax.tasks import ArithmeticTask
 
 @pytest.fixture(scope="module")
 def problem():
-    return ArithmeticTask(min_ops=2, max_ops=2, max_digits=2).problems("train", 1)[0]
+    task = ArithmeticTask()
+    return task.with_mode(task.problems("train", 1, level="L2")[0], "cot")
 
 
-def test_gold_score_rubric_order(problem):
+def test_gold_score_is_correctness_first(problem):
     lines = problem.solution.splitlines()
     wrong = str(int(problem.answer) + 1)
-    correct_terse = f"The answer is {problem.answer}."
     full = problem.solution
-    reasoning_wrong_answer = "\n".join(lines[:-1] + [f"The answer is {wrong}."])
-    format_only = f"The answer is {wrong}."
-    garbage = "blah blah"
-    rambling = full + " and also" * 200
     s = {k: labeler.gold_score(problem, v) for k, v in dict(
-        full=full, correct_terse=correct_terse, reasoning=reasoning_wrong_answer,
-        format_only=format_only, garbage=garbage, rambling=rambling).items()}
-    assert s["full"] == pytest.approx(1.3)
-    assert s["full"] > s["correct_terse"] > s["reasoning"] > s["format_only"] > s["garbage"]
-    assert s["correct_terse"] == pytest.approx(1.05)  # a correct answer beats any reasoning
+        full=full,
+        correct_terse=f"The answer is {problem.answer}.",
+        reasoning_wrong_answer="\n".join(lines[:-1] + [f"The answer is {wrong}."]),
+        format_only=f"The answer is {wrong}.",
+        garbage="blah blah",
+        twice=full + " " * (len(full) + 1),    # 2x + 1 char: almost no penalty
+        rambling=full + " and also" * 200,     # far beyond 2x: the whole length penalty
+        rambling_wrong=format_only_long(wrong, len(full))).items()}
+    assert s["full"] == s["correct_terse"] == pytest.approx(1.1)
+    assert s["reasoning_wrong_answer"] == s["format_only"] == pytest.approx(0.1)
     assert s["garbage"] == 0.0
-    assert s["full"] - 0.05 <= s["rambling"] < s["full"]  # length only penalizes, by <= 0.05
-    assert labeler.is_correct(problem, correct_terse) and not labeler.is_correct(problem, garbage)
+    assert s["twice"] == pytest.approx(1.1 - 0.1 / len(full))
+    assert s["rambling"] == pytest.approx(1.0)  # a long right answer still beats any wrong one
+    assert s["rambling"] > s["format_only"] > s["rambling_wrong"]
+    assert s["rambling_wrong"] == pytest.approx(0.0)
+    assert labeler.is_correct(problem, full) and not labeler.is_correct(problem, "blah")
     assert labeler.gold_score(problem.to_dict(), full) == s["full"]  # dicts work too
+
+
+def format_only_long(wrong: str, ref_len: int) -> str:
+    return f"The answer is {wrong}." + "x" * (3 * ref_len)
 
 
 @pytest.mark.parametrize("k", [2, 4, 7])
@@ -47,7 +55,7 @@ def test_default_agreement_is_73_percent(k):
 
 def test_noise_free_ranking_and_ties(problem):
     lab = labeler.Labeler(flip_rate=0.0, seed=0)
-    comps = ["blah", problem.solution, f"The answer is {problem.answer}.", "blah"]
+    comps = ["blah", problem.solution, f"The answer is {int(problem.answer) + 1}.", "blah"]
     r = lab.rank(problem, comps)
     assert r.order[:2] == [1, 2] and sorted(r.order[2:]) == [0, 3]
     assert r.groups[2] == r.groups[3] and len(set(r.groups[:3])) == 3  # the two "blah" are tied

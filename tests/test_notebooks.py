@@ -97,7 +97,7 @@ def test_compare_models(tmp_path, monkeypatch, tmp_path_factory, data_dir):
     # The helper behind it: gold scores are the labeler's on the shown texts, RM scores present.
     rows, missing = nu.side_by_side(workdir, n_prompts=2, max_new_tokens=8)
     assert missing == ["ppo"]
-    _, problems = tasks_data.task_problems(nu.task_config(workdir), "heldout", str(workdir), n=2)
+    _, problems = tasks_data.rl_problems(nu.task_config(workdir), "heldout", str(workdir), n=2)
     for row, p in zip(rows, problems):
         assert row["prompt"] == p.question and set(row["answers"]) == {"base", "sft"}
         for a in row["answers"].values():

@@ -2,8 +2,18 @@
 GSM8K behind the same interface."""
 import pytest
 
-from gpt_jax.tasks import ArithmeticTask, check_equations, get_task, parse_answer
+from gpt_jax.tasks import ArithmeticTask, check_equations, drills, get_task, parse_answer
+from gpt_jax.tasks.arithmetic import LEVELS, MODES, SYSTEM_PROMPTS, apply_op, pair_is_heldout
 from gpt_jax.tasks.gsm8k import clean_solution
+
+
+def _chain(p):
+    """[(op, a, b, c)] of a problem's worked solution."""
+    out = []
+    for line in p.chain.splitlines()[:-1]:
+        a, op, b, _, c = line.rstrip(".").split(" ")
+        out.append((op, int(a), int(b), int(c)))
+    return out
 
 
 def test_arithmetic_is_seeded_and_splits_are_disjoint():
@@ -12,28 +22,86 @@ def test_arithmetic_is_seeded_and_splits_are_disjoint():
     assert a == b and len({p.id for p in a}) == 300
     assert task.problems("train", 50, seed=4) != a[:50]
     held = task.problems("heldout", 300, seed=3)
-    assert not {p.id for p in held} & {p.id for p in a + task.problems("train", 2000, seed=9)}
-    for p in held:  # the split is a function of the arithmetic itself
-        start = int(p.solution.split(" ", 1)[0])
-        steps = tuple((op, int(n)) for _, op, n, _ in
-                      (line.rstrip(".").split(" ", 3) for line in p.solution.splitlines()[:-1]))
-        assert task.split_of(start, steps) == "heldout"
+    train_more = a + task.problems("train", 3000, seed=9)
+    base = lambda p: p.id.split(":")[0]  # noqa: E731
+    assert not {base(p) for p in held} & {base(p) for p in train_more}
+    # held-out problems use at least one held-out operand pair; train problems none
+    for p in held:
+        assert any(pair_is_heldout(op, x, y) for op, x, y, _ in _chain(p))
+    for p in train_more:
+        assert not any(pair_is_heldout(op, x, y) for op, x, y, _ in _chain(p))
+    # some held-out phrasings are never trained on
+    for phrase in ("starts out with", "is given", "picks up", "drops", "trades away",
+                   "end up with", "bags holds"):
+        assert not any(phrase in p.question for p in train_more), phrase
+        assert any(phrase in p.question for p in held), phrase
 
 
-def test_arithmetic_demonstrations_check_out():
-    task = ArithmeticTask(min_ops=1, max_ops=3, max_digits=3)
-    for p in task.problems("train", 200):
-        n_ops = len(p.solution.splitlines()) - 1
-        assert 1 <= n_ops <= 3
-        assert check_equations(p.solution) == (n_ops, 0)
-        assert parse_answer(p.solution) == p.answer and int(p.answer) >= 0
-        assert p.question.endswith("have now?")
-        msgs = task.demonstration(p)
-        assert [m["role"] for m in msgs] == ["user", "assistant"]
-        assert msgs[1]["content"] == p.solution
-        assert task.prompt_messages(p) == msgs[:1]
-    small = ArithmeticTask(max_ops=1, max_digits=1).problems("train", 20)
-    assert all(len(p.solution.splitlines()) == 2 for p in small)
+def test_levels_and_modes():
+    task = ArithmeticTask()
+    for level, n_steps in (("L1", 1), ("L2", 2), ("L3", 1)):
+        problems = task.problems("heldout", 200, seed=0, level=level)
+        assert {p.level for p in problems} == {level}
+        for p in problems:
+            chain = _chain(p)
+            assert len(chain) == n_steps and all(c >= 0 for *_, c in chain)
+            if level == "L3":
+                op, x, y, _ = chain[0]
+                assert 100 <= x <= 999 and (op, len(str(y))) in (("*", 2), ("+", 3))
+            else:
+                assert all(op in "+-" and 1 <= y <= 99 for op, _, y, _ in chain)
+        # the same questions in every mode
+        for mode in MODES:
+            again = [ArithmeticTask.with_mode(p, mode) for p in problems]
+            assert [q.question for q in again] == [p.question for p in problems]
+            assert all(parse_answer(q.solution) == q.answer for q in again)
+    p = ArithmeticTask.with_mode(task.problems("train", 1, level="L2")[0], "direct")
+    assert p.solution == f"The answer is {p.answer}." and p.id.endswith(":direct")
+    msgs = ArithmeticTask.demonstration(p)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+    assert msgs[0]["content"] == SYSTEM_PROMPTS["direct"]
+    cot = ArithmeticTask.with_mode(p, "cot")
+    assert cot.solution == cot.chain and check_equations(cot.solution) == (2, 0)
+    calc = ArithmeticTask.with_mode(p, "calc")
+    parts = ArithmeticTask.demonstration(calc)[-1]["content"]
+    (op1, a1, b1, c1), (op2, a2, b2, c2) = _chain(p)
+    assert parts == [
+        {"type": "tool_call", "text": f"{a1} {op1} {b1}"}, {"type": "tool_result", "text": str(c1)},
+        {"type": "text", "text": ".\n"},
+        {"type": "tool_call", "text": f"{a2} {op2} {b2}"}, {"type": "tool_result", "text": str(c2)},
+        {"type": "text", "text": f".\nThe answer is {p.answer}."}]
+    mix = task.problems("train", 3000)
+    assert {p.level for p in mix} == set(LEVELS) and {p.mode for p in mix} == set(MODES)
+    with pytest.raises(ValueError, match="unknown 'L9'"):
+        ArithmeticTask(levels="L1,L9")
+
+
+def test_drills_are_balanced_and_skip_heldout_pairs():
+    docs = drills.drill_documents("train", 40)
+    lines = [ln for d in docs for ln in d.splitlines()]
+    assert len(lines) == 40 * drills.LINES_PER_DOC
+    by_carries = {"+": {}, "-": {}}
+    for ln in lines:
+        a, op, b, eq, c = ln.split(" ")
+        a, b, c = int(a), int(b), int(c)
+        assert eq == "=" and c == apply_op(op, a, b) and c >= 0
+        assert not pair_is_heldout(op, a, b)
+        if op in "+-" and len(str(a)) == len(str(b)) == 2:
+            counts = by_carries[op]
+            counts[drills.carries(op, a, b)] = counts.get(drills.carries(op, a, b), 0) + 1
+    # 2-digit pairs: 0/1/2 carries about a third each (a uniform draw has 2 in ~10%), 0/1 borrows
+    # about half each
+    for op, possible in (("+", (0, 1, 2)), ("-", (0, 1))):
+        total = sum(by_carries[op].values())
+        share = 1 / len(possible)
+        assert set(by_carries[op]) == set(possible)
+        assert all(abs(by_carries[op][k] / total - share) < 0.1 for k in possible), by_carries
+    held = [ln.split(" ") for d in drills.drill_documents("heldout", 5) for ln in d.splitlines()]
+    assert all(pair_is_heldout(op, int(a), int(b)) for a, op, b, _, _ in held)
+    assert drills.carries("+", 95, 7) == 2 and drills.carries("-", 100, 1) == 2
+    assert drills.carries("+", 12, 34) == 0 and drills.carries("-", 52, 7) == 1
+    probe = drills.probe_pairs(50)
+    assert len(set(probe)) == 50 and all(pair_is_heldout(*q) for q in probe)
 
 
 def test_parse_answer_and_equations():

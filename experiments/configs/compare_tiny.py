@@ -1,6 +1,6 @@
-"""Compare, tiny preset: base (few-shot) / SFT / PPO / FeedME on 32 held-out arithmetic prompts,
-greedy answers scored by the gold labeler and the reward model; 4 samples on each of the first 16
-prompts for diversity (distinct-n, sample entropy).
+"""Compare, tiny preset: base (few-shot) / SFT / PPO / FeedME on 200 held-out arithmetic problems
+per level, each asked in every mode (direct, cot, calc, calc_off), greedy; pass@1/2/4/8 over 8
+temperature-1 samples of 100 problems; cot answers also scored by the gold labeler and the RM.
 
 python -m gpt_jax.main --config=experiments/configs/compare_tiny.py --workdir=runs/x
   (uses whichever of runs/x/{pretrain,sft,ppo,feedme} exist; runs/x/reward if present)
@@ -20,7 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = sft.model  # informational: each model is loaded with its own saved config
     configs.attach_data(config)
     config.tasks = sft.tasks
-    # 2 demonstrations: 3 would overflow the 256-token context with the 48 new tokens.
-    config.compare = compare_config(n_prompts=32, samples_per_prompt=4, sample_prompts=16,
-                                    max_new_tokens=48, few_shot=2, seed=0)
+    config.compare = compare_config(n_per_level=200, pass_k="1,2,4,8", pass_k_problems=100,
+                                    pass_k_samples=8, max_new_tokens=64, few_shot=2, seed=0)
     return config

@@ -1,9 +1,11 @@
 """Pretraining text builders (record type `text`): English books, NLTK corpora, web/wiki demos,
-Tiny Shakespeare, and classical Chinese poetry. Formats: ../shared/data/README.md."""
+Tiny Shakespeare, classical Chinese poetry, and generated arithmetic drills. Formats: ../shared/data/README.md."""
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+
+import tensorflow_datasets as tfds
 
 from gpt_jax.data.builder_base import SourceBuilder
 from gpt_jax.data.readers import BadRecordError, field, iter_jsonl, iter_text_lines, iter_zip_members
@@ -161,3 +163,20 @@ class ChinesePoetry(SourceBuilder):
             name = self.FILES[i].rsplit("/", 1)[1].split(".")[0]
             for loc, thunk in iter_jsonl(self.file(i)):
                 yield None, loc, (lambda t=thunk, s=name: {"text": poem_text(t()), "source": s})
+
+
+class ArithmeticDrills(SourceBuilder):
+    """Synthetic arithmetic drills ("47 + 38 = 85" lines, gpt_jax/tasks/drills.py): no file, a pure
+    function of the seed; "train" never uses an operand pair held out for evaluation, "heldout"
+    only those. Bump VERSION when the drill generator changes (it is the cache key)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    TRAIN_DOCS = 4000  # x 48 lines: ~2.5M tokens, more than any tiny preset reads
+    HELDOUT_DOCS = 250  # >= 5% of the records, as every builder's held-out split
+
+    def _records(self):
+        from gpt_jax.tasks.drills import drill_documents
+
+        for split, n in (("train", self.TRAIN_DOCS), ("heldout", self.HELDOUT_DOCS)):
+            for k, text in enumerate(drill_documents(split, n, seed=0)):
+                yield split, f"drills/{split}:{k}", (lambda t=text: {"text": t})

@@ -17,6 +17,10 @@ PRETRAIN_WEIGHTS = {
     "chinese_poetry": 0.30,
 }
 
+# Arithmetic drills (gpt_jax/tasks/drills.py) in the pretraining mixture, relative to the text
+# weights above (which sum to 1): 0.25 makes them 20% of pretraining tokens.
+DRILL_WEIGHT = 0.25
+
 # SFT mixture over conversation datasets (English ~0.7, Chinese ~0.3).
 SFT_WEIGHTS = {
     "lima": 0.20,
@@ -36,7 +40,8 @@ def data_config() -> ml_collections.ConfigDict:
         "dir": "",                # "" = $GPT_JAX_DATA or <repo>/../shared/data
         "cache_dir": "",          # "" = <workdir>/data_cache (TFDS files + token shards)
         "skip_bad_records": False,  # True: count + log malformed records instead of failing
-        "pretrain_weights": dict(PRETRAIN_WEIGHTS),
+        # + generated arithmetic drills: 0.25 / 1.25 = 20% of pretraining tokens
+        "pretrain_weights": {**PRETRAIN_WEIGHTS, "arithmetic_drills": DRILL_WEIGHT},
         "sft_weights": dict(SFT_WEIGHTS),
         "identity": {"name": "gpt_jax", "author": "the gpt_jax authors"},
         "encode_threads": 2,      # tiktoken threads for the token cache

@@ -18,7 +18,7 @@ from gpt_jax.data.builder_base import SourceBuilder
 
 _CLASSES = [
     builders_text.TinyShakespeare, builders_text.GutenbergEn, builders_text.NltkEn,
-    builders_text.WebDemoEn, builders_text.ChinesePoetry,
+    builders_text.WebDemoEn, builders_text.ChinesePoetry, builders_text.ArithmeticDrills,
     builders_sft.Lima, builders_sft.AlpacaEnDemo, builders_sft.AlpacaZhDemo,
     builders_sft.OasstSftZh, builders_sft.CodeAlpaca, builders_sft.Gpteacher,
     builders_sft.AlpacaSeedTasks, builders_sft.SharegptZh, builders_sft.Identity,
@@ -35,6 +35,7 @@ EXPECTED_COUNTS = {
     "nltk_en": 500 + 2000 + 65 + 59 + 2 + 8,
     "web_demo_en": 300 + 30,
     "chinese_poetry": 57_607 + 50_002 + 21_053 + 11_057 + 1_641,
+    "arithmetic_drills": 4000 + 250,  # generated, not shipped
     "lima": 1029,
     "alpaca_en_demo": 999,
     "alpaca_zh_demo": 1000,

@@ -22,25 +22,38 @@ def tasks_config(name: str = "arithmetic", demo_weight: float = 0.3,
         "demo_weight": demo_weight,   # share of task demonstrations in the SFT mix (relative)
         "train_problems": 20000,      # demonstrations drawn for SFT (arithmetic; gsm8k: all)
         "heldout_problems": 500,      # held-out problems (SFT eval loss, sampling, RM, PPO eval)
-        "arithmetic": {"min_ops": 1, "max_ops": 3, "max_digits": 3, "heldout_percent": 10},
+        # level and answer-mode mixtures of the SFT demonstrations (gpt_jax/tasks/arithmetic.py)
+        "arithmetic": {"levels": "L1:0.4,L2:0.35,L3:0.25",
+                       "modes": "direct:0.25,cot:0.4,calc:0.35"},
+        # the modes of the prompts the reward model, RL stages and SFT's own eval sample on
+        "rl_modes": "cot",
     })
     for key, value in task.items():  # top-level keys here, the rest are the task's own
         (cfg if key in cfg else cfg.arithmetic)[key] = value
     return cfg
 
 
-def make_task(tasks_cfg, config=None, workdir: str | None = None):
+def make_task(tasks_cfg, config=None, workdir: str | None = None, modes: str | None = None):
+    """The configured task; `modes` replaces the arithmetic task's mode mixture."""
     if tasks_cfg.name == "arithmetic":
-        return get_task("arithmetic", **tasks_cfg.arithmetic.to_dict())
+        fields = tasks_cfg.arithmetic.to_dict()
+        return get_task("arithmetic", **{**fields, **({"modes": modes} if modes else {})})
     root = pipeline.resolve_cache_dir(config, workdir, None)
     return get_task(tasks_cfg.name, data_dir=config.data.dir or None, cache_dir=str(root))
 
 
-def task_problems(config, split: str, workdir: str | None = None, n: int | None = None):
+def task_problems(config, split: str, workdir: str | None = None, n: int | None = None,
+                  modes: str | None = None):
     t = config.tasks
-    task = make_task(t, config, workdir)
+    task = make_task(t, config, workdir, modes)
     n = n or (t.train_problems if split == "train" else t.heldout_problems)
     return task, task.problems(split, n, seed=config.seed)
+
+
+def rl_problems(config, split: str, workdir: str | None = None, n: int | None = None):
+    """(task, problems) asked in `config.tasks.rl_modes`: what the reward model is trained on and
+    the RL stages sample (the SFT mixture covers every mode)."""
+    return task_problems(config, split, workdir, n, modes=config.tasks.get("rl_modes") or None)
 
 
 def render_demos(tokenizer, task, problems, max_len: int) -> list:
@@ -94,7 +107,7 @@ def sft_demonstrations(config, workdir: str | None, n: int) -> list[tuple[list, 
     half the last assistant reply of held-out conversations, round-robin over the SFT sets."""
     out = []
     if config.tasks.demo_weight > 0:
-        task, problems = task_problems(config, "heldout", workdir, n=max(1, n // 2))
+        task, problems = rl_problems(config, "heldout", workdir, n=max(1, n // 2))
         out += [(task.prompt_messages(p), p.solution) for p in problems]
     _, _, builders = _conversation_sources(config, workdir, "heldout", None, 0)
     per_source = []

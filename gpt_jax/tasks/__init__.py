@@ -1,6 +1,6 @@
 """Verifiable tasks: problems with checkable answers, as chat prompts and SFT demonstrations.
 
-    task = get_task("arithmetic", max_digits=2)
+    task = get_task("arithmetic", levels="L1:0.5,L2:0.5")
     train = task.problems("train", 1000, seed=0)     # disjoint from task.problems("heldout", ...)
     messages = task.prompt_messages(train[0])          # [{"role": "user", ...}] for sampling
     demo = task.demonstration(train[0])                 # + {"role": "assistant", chain of thought}
@@ -11,6 +11,7 @@ data, gpt_jax/tasks/gsm8k.py; pass cache_dir=).
 """
 from __future__ import annotations
 
+from gpt_jax.tasks import drills
 from gpt_jax.tasks.arithmetic import ArithmeticTask
 from gpt_jax.tasks.base import (Problem, check_equations, demonstration, parse_answer,
                                 prompt_messages)
@@ -25,5 +26,5 @@ def get_task(name: str, **kwargs):
     return TASKS[name](**kwargs)
 
 
-__all__ = ["TASKS", "ArithmeticTask", "Gsm8kTask", "Problem", "check_equations", "demonstration",
+__all__ = ["TASKS", "ArithmeticTask", "Gsm8kTask", "Problem", "check_equations", "demonstration", "drills",
            "get_task", "parse_answer", "prompt_messages"]

@@ -25,8 +25,11 @@ class Problem:
     id: str
     question: str
     answer: str
-    solution: str  # the demonstration reply (chain of thought ending "The answer is N.")
+    solution: str  # the demonstration reply as text (ending "The answer is N.")
     source: str = ""
+    level: str = ""  # the task's difficulty level, if it has levels ("L1", ...)
+    mode: str = ""  # the answer mode the prompt asks for, if the task has modes ("cot", ...)
+    chain: str = ""  # the full worked solution, whatever the mode's reply shows of it
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -151,7 +151,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     bc = config.bon
     sampler = Sampler(config, workdir, config.parent, bc.reward_stage, bc.max_prompt_len,
                       bc.max_new_tokens, bc.temperature, bc.gen_batch)
-    task, problems = tasks_data.task_problems(config, "heldout", workdir,
+    task, problems = tasks_data.rl_problems(config, "heldout", workdir,
                                               n=int(bc.heldout_prompts))
     s = sampler.sample(task, problems, int(bc.n_max), seed=config.seed * 7919 + 31)
     table = best_of_n_table(s["rm"], s["gold"], s["correct"], list(bc.n_values))

@@ -108,7 +108,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     fc, tcfg = config.feedme, config.train
     sampler = Sampler(config, workdir, config.parent, fc.reward_stage, fc.max_prompt_len,
                       fc.max_new_tokens, fc.temperature, fc.gen_batch)
-    task, problems = tasks_data.task_problems(config, "train", workdir, n=int(fc.train_prompts))
+    task, problems = tasks_data.rl_problems(config, "train", workdir, n=int(fc.train_prompts))
     examples, records = _load_or_sample(stage_dir, sampler, task, problems, fc,
                                         seed=config.seed * 7919 + 77)
     if not examples:
@@ -121,7 +121,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     result = sft.train_from_parent(config, workdir, stage_dir, STAGE, train_iter)
 
     t_eval = time.perf_counter()
-    _, held = tasks_data.task_problems(config, "heldout", workdir, n=int(fc.heldout_prompts))
+    _, held = tasks_data.rl_problems(config, "heldout", workdir, n=int(fc.heldout_prompts))
     held_prompts = sampler.prompt_ids(task, held)
     ref = sampler.engine.place_reference(sampler.params)
     eval_seed = config.seed * 7919 + 104_729  # the PPO stage's: the same draws for the SFT model

@@ -220,9 +220,9 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
                          tokenizer.pad_id, stop, tokenizer.vocab_size, seed=config.seed)
     scorer = Scorer(trainer, tokenizer, rm_config, rm_params)
 
-    task, train_problems = tasks_data.task_problems(config, "train", workdir,
+    task, train_problems = tasks_data.rl_problems(config, "train", workdir,
                                                     n=int(pc.train_prompts))
-    _, held_problems = tasks_data.task_problems(config, "heldout", workdir,
+    _, held_problems = tasks_data.rl_problems(config, "heldout", workdir,
                                                 n=int(pc.heldout_prompts))
 
     def prompt_ids(problems):

@@ -124,6 +124,14 @@ def _data_iterators(config, workdir: str, model_config: GPTConfig):
     return train, (lambda: make("heldout", config.seed)), getattr(probe, "bytes_per_token", None)
 
 
+def _drill_probe(params, model_config: GPTConfig, workdir: str) -> dict:
+    from gpt_jax.tasks.drills import drill_probe
+    from gpt_jax.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
+    return drill_probe(params, model_config, tokenizer)
+
+
 def initialize_distributed(config) -> None:
     d = config.distributed
     if not d.initialize:
@@ -143,6 +151,8 @@ def run(config, workdir: str) -> dict[str, Any]:
     built = build(config, mesh)
     tcfg = config.train
     train_iter, make_eval_iter, bytes_per_token = _data_iterators(config, workdir, built.model_config)
+    uses_drills = (tcfg.data_source == "pipeline"
+                   and float(config.data.pretrain_weights.get("arithmetic_drills", 0)) > 0)
     tokens_per_step = tcfg.batch_size * tcfg.seq_len
     rng = jax.random.key(config.seed)
 
@@ -176,6 +186,9 @@ def run(config, workdir: str) -> dict[str, Any]:
         "steps": tcfg.total_steps,
         "mesh": dict(mesh.shape),
         "tokens_by_source": dict(getattr(train_iter, "tokens_by_source", {})),
+        # greedy exact match on held-out 2-digit "a + b =" / "a - b =" drills
+        "drill_probe": _drill_probe(result.state.params, built.model_config, workdir)
+        if uses_drills else None,
     }
     write_summary(stage_dir, summary)
     return summary

@@ -225,7 +225,7 @@ def _load_or_sample(stage_dir, params, model_config, tokenizer, task, config, k,
     t0 = time.perf_counter()
     out = {}
     for split, n in (("train", rcfg.train_prompts), ("heldout", rcfg.heldout_prompts)):
-        _, problems = tasks_data.task_problems(config, split, str(stage_dir.parent), n=n)
+        _, problems = tasks_data.rl_problems(config, split, str(stage_dir.parent), n=n)
         seed = config.seed * 7919 + (0 if split == "train" else 1_000_000)
         out[split] = sample_comparisons(params, model_config, tokenizer, task, problems, k, rcfg,
                                         labeler, seed)

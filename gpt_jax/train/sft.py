@@ -173,7 +173,7 @@ def run(config, workdir: str) -> dict[str, Any]:
                                                     tcfg.seq_len, config.seed, workdir=workdir)
 
     train_iter = make("train")
-    task, problems = tasks_data.task_problems(config, "heldout", workdir)
+    task, problems = tasks_data.rl_problems(config, "heldout", workdir)
     eval_problems = problems[: config.samples.eval_problems]
     result = train_from_parent(
         config, workdir, stage_dir, STAGE, train_iter, make_eval_iter=lambda: make("heldout"),

@@ -1,5 +1,5 @@
-"""A seconds-long compare config for the stage tests: 4 held-out prompts of sft_test.py's task,
-2 samples each, 12 new tokens (the workdir needs tokenizer/, pretrain/ and sft/)."""
+"""A seconds-long compare config for the stage tests: 4 held-out problems per level of
+sft_test.py's task in every mode, pass@1/2 over 2 samples of 3 problems, 12 new tokens (the workdir needs tokenizer/, pretrain/ and sft/)."""
 import sys
 from pathlib import Path
 
@@ -20,6 +20,7 @@ def get_config():
     config.seed = sft.seed
     configs.attach_data(config)
     config.tasks = sft.tasks
-    config.compare = compare_config(n_prompts=4, samples_per_prompt=2, max_new_tokens=12,
-                                    few_shot=2, gen_batch=64, score_batch=8)
+    config.compare = compare_config(n_per_level=4, pass_k="1,2", pass_k_problems=3,
+                                    pass_k_samples=2, max_new_tokens=12, few_shot=2, gen_batch=64,
+                                    score_batch=8)
     return config

@@ -20,7 +20,7 @@ def get_config():
     config.model.max_seq_len = 128
     configs.attach_data(config)
     config.data.sft_weights = {"identity": 1.0}
-    config.tasks = tasks_config("arithmetic", demo_weight=1.0, max_ops=1, max_digits=2,
+    config.tasks = tasks_config("arithmetic", demo_weight=1.0, levels="L1", modes="cot",
                                 train_problems=200, heldout_problems=20)
     config.samples = samples_config(prompts=["Who are you?"], max_new_tokens=8, eval_problems=4)
     return config
