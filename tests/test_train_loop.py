@@ -65,6 +65,30 @@ def test_completed_stage_is_skipped(tmp_path):
     assert json.loads(proc.stdout[proc.stdout.index("{"):])["steps"] == 2
 
 
+def test_changed_config_is_refused_and_rerun_moves_the_old_stage_aside(tmp_path):
+    _main(tmp_path, "--config.train.total_steps=2")
+    first = json.loads((tmp_path / "pretrain" / "summary.json").read_text())
+    proc = _main(tmp_path, "--config.train.total_steps=3", check=False)
+    assert proc.returncode != 0
+    assert "StageConfigMismatch" in proc.stderr and "train.total_steps: 2 -> 3" in proc.stderr
+    assert "--rerun=pretrain" in proc.stderr
+    assert json.loads((tmp_path / "pretrain" / "summary.json").read_text()) == first
+    _main(tmp_path, "--config.train.total_steps=3", "--rerun=pretrain")
+    assert json.loads((tmp_path / "pretrain" / "summary.json").read_text())["steps"] == 3
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("pretrain.old-")]
+    assert len(aside) == 1 and json.loads((aside[0] / "summary.json").read_text()) == first
+
+
+def test_resumed_stage_refuses_changed_hyperparameters(tmp_path):
+    killed = _main(tmp_path, "--config.train.kill_at_step=5", check=False)
+    assert killed.returncode == -signal.SIGKILL
+    proc = _main(tmp_path, "--config.optim.learning_rate=0.5", check=False)
+    assert proc.returncode != 0 and "interrupted" in proc.stderr
+    assert "optim.learning_rate" in proc.stderr
+    _main(tmp_path)  # the original config resumes and finishes
+    assert sorted(_losses(tmp_path)) == list(range(1, 21))
+
+
 def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     # A huge learning rate makes the loss blow up; the error must name the step.
     proc = _main(tmp_path, "--config.optim.learning_rate=1e12", "--config.optim.grad_clip=0",
