@@ -36,9 +36,14 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (crashed / "pretrain" / "summary.json").exists()
     assert max(_losses(crashed)) == 10
+    with open(crashed / "pretrain" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 11, "loss": 3.')  # a row torn by a kill mid-write
     _main(crashed)  # resumes from the step-10 checkpoint
     a, b = _losses(straight), _losses(crashed)
     assert sorted(b) == list(range(1, 21))
+    lines = (crashed / "pretrain" / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # the torn row is gone, nothing duplicated
+    assert len(lines) == len((straight / "pretrain" / "metrics.jsonl").read_text().splitlines())
     for step in range(11, 21):
         assert a[step] == b[step], (step, a[step], b[step])  # bitwise on CPU
 

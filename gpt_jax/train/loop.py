@@ -87,6 +87,7 @@ class Loop:
             writer.truncate_after(start)
         else:
             start, state = 0, init_state()
+            writer.truncate_after(0)  # rows of an attempt killed before its first checkpoint
 
         pending: list[tuple[int, dict]] = []
         last_train: dict[str, float] = {}

@@ -252,6 +252,8 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
         truncate_jsonl(stage_dir / "samples.jsonl", start)
     else:
         start, beta = 0, float(pc.kl_coef)
+        writer.truncate_after(-1)  # rows of an attempt killed before its first checkpoint
+        truncate_jsonl(stage_dir / "samples.jsonl", -1)
         value_params = _value_params(pc, sft_params, rm_config, rm_params, model_config,
                                      config.seed)
         state = trainer.init_state(sft_params, value_params)
