@@ -95,18 +95,64 @@ def test_resumed_stage_refuses_changed_hyperparameters(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-    # A huge learning rate makes the loss blow up; the error must name the step.
+    # A huge learning rate makes the loss blow up; the error must name the steps, and no
+    # checkpoint of a state that failed is left to resume from.
+    import re
+
     proc = _main(tmp_path, "--config.optim.learning_rate=1e12", "--config.optim.grad_clip=0",
                  "--config.optim.warmup_steps=0", "--config.train.checkpoint_every=1",
                  check=False)
     assert proc.returncode != 0
-    assert "non-finite loss" in proc.stderr
-    import re
-
-    step = int(re.search(r"non-finite loss \S+ at step (\d+)", proc.stderr).group(1))
+    assert "non-finite loss" in proc.stderr and "consecutive non-finite steps" in proc.stderr
+    found = re.search(r"non-finite loss \S+ at step (\d+).*steps (\d+)-(\d+)", proc.stderr)
+    step, first = int(found.group(1)), int(found.group(2))
+    assert step - first + 1 == 3  # train.max_nonfinite_steps
     ckpts = sorted(int(p.name) for p in (tmp_path / "pretrain" / "checkpoints").iterdir()
                    if p.name.isdigit())
-    assert ckpts and max(ckpts) == step - 1
+    assert all(k < first - 1 for k in ckpts)  # the state that failed is not resumable
+    assert (tmp_path / "pretrain" / "checkpoints_nonfinite" / str(first - 1)).is_dir()
+
+
+def test_injected_inf_never_reaches_params_and_the_kept_checkpoint_resumes_finite(
+        tmp_path, monkeypatch):
+    """From step 8 on the learning rate is inf: each update would make the params inf, so it is
+    skipped; the run stops after 3 such steps, the newest checkpoint holds finite params and the
+    resume from it (normal lr) trains on with finite losses."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import pytest
+
+    from gpt_jax.checkpoint import load_stage
+    from gpt_jax.stages import stage_module
+    from gpt_jax.train import optim
+    from gpt_jax.train.loop import NonFiniteLossError
+    from tiny_workdir import config_from_tests
+
+    config = config_from_tests("pretrain_test")
+    real = optim.learning_rate_schedule
+
+    def poisoned(cfg, total_steps):
+        base = real(cfg, total_steps)
+        return lambda step: jnp.where(step >= 7, jnp.inf, base(step))  # 0-based: step 8 on
+
+    monkeypatch.setattr(optim, "learning_rate_schedule", poisoned)
+    pretrain = stage_module("pretrain")
+    with pytest.raises(NonFiniteLossError, match="steps 8-10"):
+        pretrain.run(config, str(tmp_path))
+    rows = read_metrics(tmp_path / "pretrain" / "metrics.jsonl")
+    assert [r["nonfinite"] for r in rows if "loss" in r][6:] == [0.0, 1.0, 1.0, 1.0]
+    _, params = load_stage(tmp_path, "pretrain")  # the newest checkpoint: step 5
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+    assert sorted(int(p.name) for p in (tmp_path / "pretrain" / "checkpoints").iterdir()
+                  if p.name.isdigit())[-1] == 5
+
+    monkeypatch.setattr(optim, "learning_rate_schedule", real)
+    summary = pretrain.run(config, str(tmp_path))  # resumes from step 5
+    losses = _losses(tmp_path)
+    assert sorted(losses) == list(range(1, 21))
+    assert all(np.isfinite(losses[s]) for s in range(6, 21))
+    assert np.isfinite(summary["final_train_loss"])
 
 
 def test_unknown_config_key_is_rejected_by_name(tmp_path):

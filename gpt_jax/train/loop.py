@@ -5,9 +5,13 @@ It owns everything around the pure `train_step`: automatic resume from the lates
 JSONL + TensorBoard, checkpoints, and the non-finite-loss guard.
 
 Metrics stay on device between log steps (no per-step host sync); they are fetched at log,
-eval and checkpoint steps, and every fetched loss is checked: a non-finite one stops the run
-with its step number, before any checkpoint of that state can be written, so the last good
-checkpoint stays the newest.
+eval and checkpoint steps. Non-finite values: the train step skips any update whose loss,
+gradients or new params are not all finite (`step.py`), so params stay finite; a checkpoint is
+not written at a skipped step (except the last); after `train.max_nonfinite_steps` skipped steps
+in a row the run stops with NonFiniteLossError naming the steps. The state before that streak
+failed on several batches, so its checkpoint (the newest, if one was saved after the last good
+step) is moved to `<stage_dir>/checkpoints_nonfinite/` and a resume starts from the one before it
+(at least two are kept), which is followed by a finite step.
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ from tqdm.auto import tqdm
 from gpt_jax.checkpoint import Checkpointer, abstract_with_shardings
 from gpt_jax.flops import measure_matmul_peak
 from gpt_jax.metrics import MetricsWriter
+
+
+QUARANTINE = "checkpoints_nonfinite"  # <stage_dir>/ subdir for checkpoints that failed
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,7 +84,10 @@ class Loop:
         t_start = time.perf_counter()
         if self.flops_per_step and not self.peak_flops:
             self.peak_flops = measure_matmul_peak()
-        ckpt = Checkpointer(Path(self.stage_dir) / "checkpoints", max_to_keep=cfg.max_to_keep)
+        # at least 2 kept: when the newest turns out bad (see below), an older good one remains
+        ckpt = Checkpointer(Path(self.stage_dir) / "checkpoints",
+                            max_to_keep=max(int(cfg.max_to_keep), 2))
+        max_nonfinite = int(cfg.get("max_nonfinite_steps", 3))
         writer = MetricsWriter(self.stage_dir, tensorboard=cfg.tensorboard)
         start = ckpt.latest_step()
         if start is not None:
@@ -95,15 +105,38 @@ class Loop:
         window_start, window_steps = None, 0
         compile_seconds, tokens_per_sec, mfu = 0.0, 0.0, 0.0
 
+        streak = {"first": 0, "count": 0}  # the current run of skipped (non-finite) steps
+        bad_checkpoints: list[int] = []  # moved aside once the checkpointer is closed
+
         def flush() -> list[tuple[int, dict]]:
             rows = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in pending]
             pending.clear()
             for s, m in rows:
-                if not np.isfinite(m["loss"]):
-                    raise NonFiniteLossError(
-                        f"non-finite loss {m['loss']} at step {s} in {self.stage_dir}; "
-                        f"the last good checkpoint is step {ckpt.latest_step()}")
+                if m.get("nonfinite", 0.0) or not np.isfinite(m["loss"]):
+                    streak["first"] = streak["first"] if streak["count"] else s
+                    streak["count"] += 1
+                    if streak["count"] >= max_nonfinite:
+                        stop_nonfinite(s, m)
+                else:
+                    streak["count"] = 0
             return rows
+
+        def stop_nonfinite(s: int, m: dict):
+            # the state before the streak gave non-finite steps on `count` batches: a checkpoint
+            # of it (the newest, saved before the streak) would resume into the same failure
+            writer.write(s, m)  # the step that stopped the run is in metrics.jsonl too
+            ckpt.wait()
+            steps = sorted(ckpt.manager.all_steps())
+            bad_checkpoints.extend(k for k in steps if k >= streak["first"] - 1)
+            good = [k for k in steps if k < streak["first"] - 1]
+            moved = (f"; checkpoint(s) {bad_checkpoints} of that state moved to "
+                     f"{QUARANTINE}/" if bad_checkpoints else "")
+            raise NonFiniteLossError(
+                f"non-finite loss {m['loss']} at step {s} in {self.stage_dir} (grad_norm "
+                f"{m.get('grad_norm')}): {streak['count']} consecutive non-finite steps "
+                f"{streak['first']}-{s}, their updates skipped (train.max_nonfinite_steps="
+                f"{max_nonfinite}); the last good checkpoint is step "
+                f"{good[-1] if good else 'none (a resume starts at step 0)'}{moved}")
 
         bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps,
                    desc=self.desc, dynamic_ncols=True, disable=not cfg.progress_bar)
@@ -149,7 +182,8 @@ class Loop:
                         last_eval.update(self.eval_hook(state.params, step))
                     writer.write(step, last_eval)
                     window_start = time.perf_counter()
-                if ckpt_now:
+                if ckpt_now and (streak["count"] == 0 or last_step):
+                    # never at a skipped step (its state just failed), but always the final one
                     ckpt.save(step, state, self.train_iter.get_state(), self.meta,
                               wait=last_step or step == cfg.kill_at_step)
                 if cfg.kill_at_step and step == cfg.kill_at_step:
@@ -159,6 +193,10 @@ class Loop:
             bar.close()
             writer.close()
             ckpt.close()
+            for k in bad_checkpoints:
+                dst = Path(self.stage_dir) / QUARANTINE / str(k)
+                dst.parent.mkdir(exist_ok=True)
+                os.replace(Path(ckpt.directory) / str(k), dst)
         return LoopResult(
             state=state, last_train=last_train, last_eval=last_eval,
             steps_run=cfg.total_steps - start, tokens_per_sec=tokens_per_sec, mfu=mfu,
