@@ -155,6 +155,20 @@ def test_injected_inf_never_reaches_params_and_the_kept_checkpoint_resumes_finit
     assert np.isfinite(summary["final_train_loss"])
 
 
+def test_non_tty_progress_is_one_plain_line_per_log_step(tmp_path):
+    env_progress = os.environ.pop("GPT_JAX_PROGRESS", None)
+    try:
+        proc = _main(tmp_path, "--config.train.progress_bar=True",
+                     "--config.train.total_steps=6", "--config.train.log_every=2")
+    finally:
+        if env_progress is not None:
+            os.environ["GPT_JAX_PROGRESS"] = env_progress
+    assert "\r" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("pretrain step ")]
+    assert [line.split()[2] for line in lines] == ["2/6", "4/6", "6/6"], proc.stderr[-2000:]
+    assert all("loss=" in line and "lr=" in line and "tok_s=" in line for line in lines)
+
+
 def test_unknown_config_key_is_rejected_by_name(tmp_path):
     proc = _main(tmp_path, "--config.train.no_such_key=3", check=False)
     assert proc.returncode != 0

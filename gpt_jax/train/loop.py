@@ -1,7 +1,8 @@
 """The one training loop every stage shares.
 
 It owns everything around the pure `train_step`: automatic resume from the latest checkpoint
-(train state + data-iterator state), periodic eval, a tqdm bar (loss, tokens/s, MFU), metrics to
+(train state + data-iterator state), periodic eval, progress (`gpt_jax.progress`: a bar on a TTY,
+one line per log step otherwise: loss, lr, tokens/s, MFU), metrics to
 JSONL + TensorBoard, checkpoints, and the non-finite-loss guard.
 
 Metrics stay on device between log steps (no per-step host sync); they are fetched at log,
@@ -24,11 +25,11 @@ from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from gpt_jax.checkpoint import Checkpointer, abstract_with_shardings
 from gpt_jax.flops import measure_matmul_peak
 from gpt_jax.metrics import MetricsWriter
+from gpt_jax.progress import progress
 
 
 QUARANTINE = "checkpoints_nonfinite"  # <stage_dir>/ subdir for checkpoints that failed
@@ -138,8 +139,8 @@ class Loop:
                 f"{max_nonfinite}); the last good checkpoint is step "
                 f"{good[-1] if good else 'none (a resume starts at step 0)'}{moved}")
 
-        bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps,
-                   desc=self.desc, dynamic_ncols=True, disable=not cfg.progress_bar)
+        bar = progress(range(start, cfg.total_steps), initial=start, total=cfg.total_steps,
+                       desc=self.desc, enabled=cfg.progress_bar)
         try:
             for i in bar:
                 step = i + 1
@@ -174,7 +175,8 @@ class Loop:
                     for s, m in rows if cfg.log_every == 1 else rows[-1:]:
                         writer.write(s, {**m, "tokens_per_sec": tokens_per_sec, "mfu": mfu, **extra})
                     last_train = rows[-1][1]
-                    bar.set_postfix(loss=f"{last_train['loss']:.4f}",
+                    lr = {"lr": f"{last_train['lr']:.3g}"} if "lr" in last_train else {}
+                    bar.set_postfix(loss=f"{last_train['loss']:.4f}", **lr,
                                     tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.2f}")
                 if eval_now:
                     last_eval = self.evaluate(state.params)
