@@ -1,8 +1,8 @@
 """Metrics out of a run: JSONL rows + TensorBoard scalars, and the per-stage summary.json.
 
 `<stage_dir>/metrics.jsonl` holds one JSON object per logged step (`step`, `loss`, ...; eval rows
-carry `eval_loss`). On resume, rows past the restored step are dropped first, so the file reads
-as one uninterrupted run. `<stage_dir>/summary.json` is written once, when the stage completes;
+carry `eval_loss`). On resume, rows past the restored step (all rows when no checkpoint was
+reached) and a torn last line are dropped first, so the file reads as one uninterrupted run. `<stage_dir>/summary.json` is written once, when the stage completes;
 its keys are documented in the README and read by later stages and the report.
 """
 from __future__ import annotations
@@ -74,8 +74,21 @@ def write_jsonl(path: str | os.PathLike, rows) -> None:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSONL file. A torn last line (no newline, not valid JSON: a process killed
+    mid-write) is dropped; any other unreadable line raises ValueError naming file:line."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.readlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not line.endswith("\n"):
+                break  # torn by a kill mid-write; a resume rewrites the file without it
+            raise ValueError(f"{path}:{number}: not a JSON row ({e}): {line[:200]!r}") from e
+    return rows
 
 
 def write_summary(stage_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:

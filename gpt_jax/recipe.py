@@ -1,10 +1,12 @@
 """The recipe: run the stages of a pipeline config in order on one workdir, then the report card.
 
 `config.stages` is a comma-separated list of stage names; `config.<stage>` is that stage's full
-config (the same ConfigDict its own experiment file gives). A stage whose summary.json exists is
-skipped, and an interrupted stage resumes from its checkpoint, so re-running continues the recipe
-where it stopped. Progress: one line per stage ("[recipe 3/8] sft", elapsed time) above the
-stage's own bar. At the end `<workdir>/recipe_summary.json` records each stage's seconds (a
+config (the same ConfigDict its own experiment file gives). A finished stage is skipped and an
+interrupted one resumes from its checkpoint when its saved config matches (else
+`gpt_jax.stages.StageConfigMismatch`), so re-running continues the recipe where it stopped.
+`--rerun=X` moves X's directory aside and reruns it, and with it every later recipe stage that
+reads X directly or indirectly (`rerun_closure`; docs/stages.md).
+Progress: one line per stage ("[recipe 3/8] sft", elapsed time) above the stage's own bar. At the end `<workdir>/recipe_summary.json` records each stage's seconds (a
 skipped stage keeps the seconds of the run that did it, else its summary's wall_seconds), the
 float32 matmul peak measured before and after the stages that ran (GFLOP/s: wall times on shared
 CPUs only compare at a known peak; a run that only skips keeps the earlier peaks) and, unless
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 from gpt_jax.paths import REPO_ROOT
-from gpt_jax.stages import stage_module
+from gpt_jax.stages import move_aside, stage_module
 
 
 RECIPE_STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare")
@@ -45,6 +47,24 @@ def load_experiment(name: str):
     return module.get_config()
 
 
+def rerun_closure(config, stages) -> list[str]:
+    """The recipe stages that --rerun asks for plus, in recipe order, every later stage that
+    reads one of them (directly or through another): their results are stale once it reruns.
+    Marks them rerun (the recipe moves their directories itself)."""
+    from gpt_jax.stages import mark_rerun, rerun_requested, upstream_stages
+
+    chosen: list[str] = []
+    for stage in stages:
+        ups = set(upstream_stages(config[stage], config[stage].stage))
+        if stage == "ppo_seeds":
+            ups.add("ppo")  # it links ppo_seed<n> -> ppo when the configs match
+        if rerun_requested(stage) or ups & set(chosen):
+            chosen.append(stage)
+    for stage in chosen:
+        mark_rerun(stage)
+    return chosen
+
+
 def _clock(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
@@ -58,6 +78,8 @@ def run(config, workdir: str) -> dict:
         if stage not in config:
             raise KeyError(f"recipe stage {stage!r} has no config section config.{stage}")
     Path(workdir).mkdir(parents=True, exist_ok=True)
+    for stage in rerun_closure(config, stages):  # --rerun=X: X and the recipe stages reading it
+        move_aside(workdir, stage)
     path = Path(workdir) / "recipe_summary.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     pending = [s for s in stages if read_summary(Path(workdir) / s) is None]

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from gpt_jax.data import registry
+from gpt_jax.progress import progress
 from gpt_jax.tokenizer import Tokenizer
 
 _DOCS_PER_CALL = 256
@@ -106,7 +106,8 @@ def _build(builder, split, tokenizer, path: Path, key: dict, threads: int, shard
     out, n_in_shard = None, 0
     n_tokens = n_docs = n_bytes = 0
     total = builder.info.splits[split].num_examples
-    bar = tqdm(total=total, desc=f"tokenize {builder.name}/{split}", unit="doc", leave=False)
+    bar = progress(total=total, desc=f"tokenize {builder.name}/{split}", unit="doc", leave=False,
+                   min_interval=30.0, final_line=True)  # lines: every 30 s at most, and at the end
 
     def write(arr: np.ndarray):
         nonlocal out, n_in_shard

@@ -3,7 +3,7 @@
 Writes `<workdir>/tokenizer/tokenizer.json` (HF format; `Tokenizer.load` reads it) and
 `summary.json` / `report.md`: vocab size, training time, sample composition, and bytes per token on
 held-out English and Chinese (the `heldout` splits, never seen in training). A completed stage
-(summary.json present) is reused as is.
+is reused only with an equal config (`gpt_jax.stages.begin_stage`; else --rerun=tokenizer).
 
 The sample is deterministic given `config.seed`: per source, documents in a seeded random order,
 each contributing a random window of at most `MAX_PIECE_CHARS` (so a few long books cannot crowd
@@ -70,11 +70,13 @@ def _prepare(name, cfg, cache_dir):
 
 
 def run(config, workdir: str) -> dict:
-    out_dir = Path(workdir) / "tokenizer"
+    from gpt_jax.stages import begin_stage
+
+    out_dir, done = begin_stage(config, workdir, "tokenizer")
     summary_file = out_dir / "summary.json"
-    if summary_file.is_file() and (out_dir / "tokenizer.json").is_file():
+    if done is not None and (out_dir / "tokenizer.json").is_file():
         logging.info("tokenizer stage already complete at %s", out_dir)
-        return json.loads(summary_file.read_text())
+        return done
     tcfg = config.tokenizer
     cache_dir = pipeline.resolve_cache_dir(config, workdir, None)
     rng = np.random.default_rng(config.seed)

@@ -1,13 +1,18 @@
 """The one training loop every stage shares.
 
 It owns everything around the pure `train_step`: automatic resume from the latest checkpoint
-(train state + data-iterator state), periodic eval, a tqdm bar (loss, tokens/s, MFU), metrics to
+(train state + data-iterator state), periodic eval, progress (`gpt_jax.progress`: a bar on a TTY,
+one line per log step otherwise: loss, lr, tokens/s, MFU), metrics to
 JSONL + TensorBoard, checkpoints, and the non-finite-loss guard.
 
 Metrics stay on device between log steps (no per-step host sync); they are fetched at log,
-eval and checkpoint steps, and every fetched loss is checked: a non-finite one stops the run
-with its step number, before any checkpoint of that state can be written, so the last good
-checkpoint stays the newest.
+eval and checkpoint steps. Non-finite values: the train step skips any update whose loss,
+gradients or new params are not all finite (`step.py`), so params stay finite; a checkpoint is
+not written at a skipped step (except the last); after `train.max_nonfinite_steps` skipped steps
+in a row the run stops with NonFiniteLossError naming the steps. The state before that streak
+failed on several batches, so its checkpoint (the newest, if one was saved after the last good
+step) is moved to `<stage_dir>/checkpoints_nonfinite/` and a resume starts from the one before it
+(at least two are kept), which is followed by a finite step.
 """
 from __future__ import annotations
 
@@ -20,11 +25,14 @@ from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from gpt_jax.checkpoint import Checkpointer, abstract_with_shardings
 from gpt_jax.flops import measure_matmul_peak
 from gpt_jax.metrics import MetricsWriter
+from gpt_jax.progress import progress
+
+
+QUARANTINE = "checkpoints_nonfinite"  # <stage_dir>/ subdir for checkpoints that failed
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,7 +85,10 @@ class Loop:
         t_start = time.perf_counter()
         if self.flops_per_step and not self.peak_flops:
             self.peak_flops = measure_matmul_peak()
-        ckpt = Checkpointer(Path(self.stage_dir) / "checkpoints", max_to_keep=cfg.max_to_keep)
+        # at least 2 kept: when the newest turns out bad (see below), an older good one remains
+        ckpt = Checkpointer(Path(self.stage_dir) / "checkpoints",
+                            max_to_keep=max(int(cfg.max_to_keep), 2))
+        max_nonfinite = int(cfg.get("max_nonfinite_steps", 3))
         writer = MetricsWriter(self.stage_dir, tensorboard=cfg.tensorboard)
         start = ckpt.latest_step()
         if start is not None:
@@ -87,6 +98,7 @@ class Loop:
             writer.truncate_after(start)
         else:
             start, state = 0, init_state()
+            writer.truncate_after(0)  # rows of an attempt killed before its first checkpoint
 
         pending: list[tuple[int, dict]] = []
         last_train: dict[str, float] = {}
@@ -94,18 +106,41 @@ class Loop:
         window_start, window_steps = None, 0
         compile_seconds, tokens_per_sec, mfu = 0.0, 0.0, 0.0
 
+        streak = {"first": 0, "count": 0}  # the current run of skipped (non-finite) steps
+        bad_checkpoints: list[int] = []  # moved aside once the checkpointer is closed
+
         def flush() -> list[tuple[int, dict]]:
             rows = [(s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in pending]
             pending.clear()
             for s, m in rows:
-                if not np.isfinite(m["loss"]):
-                    raise NonFiniteLossError(
-                        f"non-finite loss {m['loss']} at step {s} in {self.stage_dir}; "
-                        f"the last good checkpoint is step {ckpt.latest_step()}")
+                if m.get("nonfinite", 0.0) or not np.isfinite(m["loss"]):
+                    streak["first"] = streak["first"] if streak["count"] else s
+                    streak["count"] += 1
+                    if streak["count"] >= max_nonfinite:
+                        stop_nonfinite(s, m)
+                else:
+                    streak["count"] = 0
             return rows
 
-        bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps,
-                   desc=self.desc, dynamic_ncols=True, disable=not cfg.progress_bar)
+        def stop_nonfinite(s: int, m: dict):
+            # the state before the streak gave non-finite steps on `count` batches: a checkpoint
+            # of it (the newest, saved before the streak) would resume into the same failure
+            writer.write(s, m)  # the step that stopped the run is in metrics.jsonl too
+            ckpt.wait()
+            steps = sorted(ckpt.manager.all_steps())
+            bad_checkpoints.extend(k for k in steps if k >= streak["first"] - 1)
+            good = [k for k in steps if k < streak["first"] - 1]
+            moved = (f"; checkpoint(s) {bad_checkpoints} of that state moved to "
+                     f"{QUARANTINE}/" if bad_checkpoints else "")
+            raise NonFiniteLossError(
+                f"non-finite loss {m['loss']} at step {s} in {self.stage_dir} (grad_norm "
+                f"{m.get('grad_norm')}): {streak['count']} consecutive non-finite steps "
+                f"{streak['first']}-{s}, their updates skipped (train.max_nonfinite_steps="
+                f"{max_nonfinite}); the last good checkpoint is step "
+                f"{good[-1] if good else 'none (a resume starts at step 0)'}{moved}")
+
+        bar = progress(range(start, cfg.total_steps), initial=start, total=cfg.total_steps,
+                       desc=self.desc, enabled=cfg.progress_bar)
         try:
             for i in bar:
                 step = i + 1
@@ -140,7 +175,8 @@ class Loop:
                     for s, m in rows if cfg.log_every == 1 else rows[-1:]:
                         writer.write(s, {**m, "tokens_per_sec": tokens_per_sec, "mfu": mfu, **extra})
                     last_train = rows[-1][1]
-                    bar.set_postfix(loss=f"{last_train['loss']:.4f}",
+                    lr = {"lr": f"{last_train['lr']:.3g}"} if "lr" in last_train else {}
+                    bar.set_postfix(loss=f"{last_train['loss']:.4f}", **lr,
                                     tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.2f}")
                 if eval_now:
                     last_eval = self.evaluate(state.params)
@@ -148,7 +184,8 @@ class Loop:
                         last_eval.update(self.eval_hook(state.params, step))
                     writer.write(step, last_eval)
                     window_start = time.perf_counter()
-                if ckpt_now:
+                if ckpt_now and (streak["count"] == 0 or last_step):
+                    # never at a skipped step (its state just failed), but always the final one
                     ckpt.save(step, state, self.train_iter.get_state(), self.meta,
                               wait=last_step or step == cfg.kill_at_step)
                 if cfg.kill_at_step and step == cfg.kill_at_step:
@@ -158,6 +195,10 @@ class Loop:
             bar.close()
             writer.close()
             ckpt.close()
+            for k in bad_checkpoints:
+                dst = Path(self.stage_dir) / QUARANTINE / str(k)
+                dst.parent.mkdir(exist_ok=True)
+                os.replace(Path(ckpt.directory) / str(k), dst)
         return LoopResult(
             state=state, last_train=last_train, last_eval=last_eval,
             steps_run=cfg.total_steps - start, tokens_per_sec=tokens_per_sec, mfu=mfu,

@@ -37,12 +37,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from gpt_jax import labeler
 from gpt_jax import sharding as shd
 from gpt_jax.checkpoint import Checkpointer, abstract_with_shardings, load_stage
 from gpt_jax.metrics import MetricsWriter, truncate_jsonl, write_summary
+from gpt_jax.progress import progress
 from gpt_jax.stages import begin_stage
 from gpt_jax.train.loop import NonFiniteLossError
 from gpt_jax.train.ppo_trainer import PPOTrainer
@@ -252,6 +252,8 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
         truncate_jsonl(stage_dir / "samples.jsonl", start)
     else:
         start, beta = 0, float(pc.kl_coef)
+        writer.truncate_after(-1)  # rows of an attempt killed before its first checkpoint
+        truncate_jsonl(stage_dir / "samples.jsonl", -1)
         value_params = _value_params(pc, sft_params, rm_config, rm_params, model_config,
                                      config.seed)
         state = trainer.init_state(sft_params, value_params)
@@ -263,8 +265,8 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
     timing = {"rollout": 0.0, "update": 0.0, "eval": 0.0}
     first_update_seconds = 0.0
     last_eval = sft_eval
-    bar = tqdm(range(start, tcfg.total_steps), initial=start, total=tcfg.total_steps, desc=stage,
-               dynamic_ncols=True, disable=not tcfg.progress_bar)
+    bar = progress(range(start, tcfg.total_steps), initial=start, total=tcfg.total_steps,
+                   desc=stage, enabled=tcfg.progress_bar)
     try:
         for i in bar:
             step = i + 1
@@ -303,9 +305,10 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
                 _log_samples(stage_dir, step, "train", [
                     {"question": p.question, "response": t, "gold": float(g), "rm": float(r)}
                     for p, t, g, r in list(zip(problems, texts, gold, rm))[:pc.samples_logged]])
-            bar.set_postfix(rm=f"{row['rm_reward']:.3f}", gold=f"{row['gold_reward']:.3f}",
-                            kl=f"{row['kl']:.2f}")
             last_step = step == tcfg.total_steps
+            if step % max(tcfg.log_every, 1) == 0 or last_step:  # lines mode: one per log step
+                bar.set_postfix(loss=f"{row['loss']:.4f}", rm=f"{row['rm_reward']:.3f}",
+                                gold=f"{row['gold_reward']:.3f}", kl=f"{row['kl']:.2f}")
             if (tcfg.eval_every and step % tcfg.eval_every == 0) or last_step:
                 te = time.perf_counter()
                 last_eval, shown = run_eval(state.params["policy"])

@@ -55,23 +55,22 @@ def reuse_finished_ppo(config, workdir: Path, stage: str) -> bool:
     source, target = workdir / "ppo", workdir / stage
     if target.exists() or target.is_symlink() or read_summary(source) is None:
         return False
+    from gpt_jax.stages import config_diff, config_dict
+
     saved = source / "config.json"
-    if not saved.exists() or json.loads(saved.read_text()) != json.loads(
-            config.to_json_best_effort()):
+    if not saved.exists() or config_diff(json.loads(saved.read_text()), config_dict(config)):
         return False
     target.symlink_to("ppo", target_is_directory=True)
     return True
 
 
 def run(config, workdir: str) -> dict[str, Any]:
-    from gpt_jax.metrics import save_stage_config
+    from gpt_jax.stages import begin_stage, consume_rerun
     from gpt_jax.train import ppo
 
-    stage_dir = Path(workdir) / STAGE
-    done = read_summary(stage_dir)
+    stage_dir, done = begin_stage(config, workdir, STAGE)
     if done is not None:
         return done
-    save_stage_config(stage_dir, config)
     t0 = time.perf_counter()
     seeds = [int(s) for s in config.ppo_seeds.seeds]
     stages, per_seed = [], []
@@ -81,6 +80,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         c.stage, c.seed = "ppo", seed
         del c["ppo_seeds"]
         stage = f"ppo_seed{seed}"
+        consume_rerun(workdir, stage)  # --rerun=ppo_seeds reruns the seeds too
         if reuse_finished_ppo(c, Path(workdir), stage):
             print(f"{stage}: the finished ppo stage has this config; linked {stage} -> ppo")
         s = ppo.run(c, workdir, stage=stage)

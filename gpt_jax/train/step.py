@@ -5,6 +5,10 @@ where `loss_fn(params, batch, rng) -> (loss, aux)`. With `grad_accum_steps = n` 
 is split into n microbatches (interleaved rows, so each device keeps its own rows and no data
 moves) and gradients are accumulated in float32 under `lax.scan`, weighted by the tokens each
 microbatch counts (`aux["num_tokens"]`), so the result equals one big batch for token-mean losses.
+
+A step whose loss, gradient norm or updated params are not all finite is skipped inside the jit
+(params and optimizer state are kept; `metrics["nonfinite"]` is 1), so non-finite values never
+reach the params; the loop stops after `train.max_nonfinite_steps` such steps in a row.
 """
 from __future__ import annotations
 
@@ -24,6 +28,12 @@ def _split_microbatches(batch, n: int):
         return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
 
     return jax.tree.map(split, batch)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
@@ -61,7 +71,15 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
                 aux["num_tokens"] = weight
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        grad_norm = optax.global_norm(grads)
+        # a non-finite loss, gradient or updated param skips the update (params and optimizer
+        # state stay as they were; the step counter still advances); the loop counts the streak
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree.map(keep, params, state.params)
+        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, **aux,
+                   "nonfinite": 1.0 - finite.astype(jnp.float32)}
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
