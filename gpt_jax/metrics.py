@@ -3,7 +3,8 @@
 `<stage_dir>/metrics.jsonl` holds one JSON object per logged step (`step`, `loss`, ...; eval rows
 carry `eval_loss`). On resume, rows past the restored step (all rows when no checkpoint was
 reached) and a torn last line are dropped first, so the file reads as one uninterrupted run. `<stage_dir>/summary.json` is written once, when the stage completes;
-its keys are documented in the README and read by later stages and the report.
+its keys are documented in docs/configs_and_presets.md (and per stage in docs/) and read by later
+stages and the report.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 At this budget (1.2M tokens) a narrow model is the better use of the FLOPs: at step 100 of this
 schedule d=128 reaches held-out loss 6.90 with 0.36x the FLOPs of d=256 (6.68); d=192 reaches
-6.87 with 0.64x, and d=256 at half the batch 6.91 with 0.5x (README, "Choosing the tiny model").
+6.87 with 0.64x, and d=256 at half the batch 6.91 with 0.5x (docs/configs_and_presets.md,
+"Choosing the tiny model").
 
 python -m gpt_jax.main --config=experiments/configs/pretrain_tiny.py --workdir=runs/x
   (needs runs/x/tokenizer/tokenizer.json from tokenizer_tiny.py, or

@@ -25,7 +25,7 @@ rollout prompts and sampling seeds are functions of (seed, step), so a resumed r
 exactly where it stopped.
 
 Writes `<workdir>/<stage>/`: metrics.jsonl (+ TensorBoard), samples.jsonl, reward_vs_kl.png,
-final/ (the policy params, loadable with checkpoint.load_stage), summary.json (keys in README).
+final/ (the policy params, loadable with checkpoint.load_stage), summary.json (keys: docs/rlhf.md).
 """
 from __future__ import annotations
 
