@@ -3,6 +3,12 @@ report and notebook tests: each number below is asserted verbatim in tests/test_
 import json
 from pathlib import Path
 
+def _table(cot: float) -> dict:
+    """A compare accuracy table: `cot` in the cot column, fixed offsets elsewhere."""
+    return {lv: {"direct": cot / 2, "cot": cot, "calc": min(1.0, cot + 0.5), "calc_off": 0.0}
+            for lv in ("L1", "L2", "L3")}
+
+
 SUMMARIES = {
     "tokenizer": {"stage": "tokenizer", "vocab_size": 8192, "bytes_per_token_en": 3.1797,
                   "bytes_per_token_zh": 3.1222, "train_seconds": 8.89, "train_chars": 8000000,
@@ -51,27 +57,34 @@ SUMMARIES = {
     "feedme": {"stage": "feedme", "gold_reward": 0.3125, "rm_reward": 0.875, "accuracy": 0.25,
                "kl": 1.125, "n": 8, "distilled": 256, "distilled_gold_reward": 0.75,
                "wall_seconds": 90.0},
-    "compare": {"stage": "compare", "task": "arithmetic", "prompts": 2, "samples_per_prompt": 4,
+    "compare": {"stage": "compare", "task": "arithmetic", "problems_per_level": 2,
+                "pass_k_problems": 2, "pass_k_samples": 4, "pass_k_mode": "cot",
                 "models": {
-                    "base": {"gold_reward": -0.0043, "accuracy": 0.0, "rm_reward": 1.0366,
+                    "base": {"accuracy": _table(0.0), "pass_at_k": {"1": 0.0, "2": 0.0},
+                             "format_valid": 0.0, "gold_reward": -0.0043, "rm_reward": 1.0366,
                              "response_length": 48.0, "distinct_1": 0.7854, "distinct_2": 0.9814,
-                             "sample_entropy": 5.9984},
-                    "sft": {"gold_reward": 0.0041, "accuracy": 0.0, "rm_reward": 0.2668,
+                             "sample_entropy": 5.9984, "examples": {}},
+                    "sft": {"accuracy": _table(0.25), "pass_at_k": {"1": 0.25, "2": 0.4167},
+                            "format_valid": 0.96, "gold_reward": 0.0041, "rm_reward": 0.2668,
                             "response_length": 34.0625, "distinct_1": 0.3232,
-                            "distinct_2": 0.6821, "sample_entropy": 2.6677},
-                    "ppo": {"gold_reward": 0.6, "accuracy": 0.5, "rm_reward": 1.5,
+                            "distinct_2": 0.6821, "sample_entropy": 2.6677,
+                            "examples": {"L3/calc": {"question": "Tom has 12 boxes.",
+                                                     "reply": "123 * 12 = 1476.\nThe answer is "
+                                                              "1476.", "correct": True}}},
+                    "ppo": {"accuracy": _table(0.5), "pass_at_k": {"1": 0.5, "2": 0.75},
+                            "format_valid": 1.0, "gold_reward": 0.6, "rm_reward": 1.5,
                             "response_length": 20.5, "distinct_1": 0.21, "distinct_2": 0.33,
-                            "sample_entropy": 0.75}},
+                            "sample_entropy": 0.75, "examples": {}}},
                 "missing": ["feedme"], "wall_seconds": 35.4},
 }
 
 SAMPLES = [
-    {"id": "a", "prompt": "Mia has 3 shells. She loses 1. How many shells does Mia have now?",
+    {"id": "a", "level": "L1", "prompt": "Mia has 3 shells. She loses 1. How many shells does Mia have now?",
      "reference": "2", "answers": {
          "base": {"text": "2. 2. 2.", "gold": 0.0, "rm": 0.9},
          "sft": {"text": "3 - 1 = 2.\nThe answer is 2.", "gold": 1.3, "rm": 0.4},
          "ppo": {"text": "The answer is 2.", "gold": 1.05, "rm": 1.6}}},
-    {"id": "b", "prompt": "Tom has 5 coins. He finds 4 more. How many coins does Tom have now?",
+    {"id": "b", "level": "L1", "prompt": "Tom has 5 coins. He finds 4 more. How many coins does Tom have now?",
      "reference": "9", "answers": {
          "base": {"text": "a | b", "gold": 0.0, "rm": 1.1},
          "sft": {"text": "5 + 4 = 8.\nThe answer is 8.", "gold": 0.05, "rm": 0.1},

@@ -12,7 +12,7 @@ SECTIONS = ["## Report card", "## Environment", "## Tokenizer", "## Pretraining"
             "## Compare: the models side by side"]
 FIGURES = ["pretrain_loss.png", "sft_loss.png", "reward_loss.png", "ppo_reward_vs_step.png",
            "ppo_reward_vs_kl.png", "bon_reward_vs_kl.png", "feedme_loss.png",
-           "compare_rewards.png"]
+           "compare_accuracy.png"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_every_section_in_order_and_nothing_missing(full_report):
     "| ppo | gold reward SFT → PPO (KL) | 0.0100 → 0.5000 (3.2000) |",
     "| bon | gold reward at n=16 (KL analytic) | 0.2500 (1.8351) |",
     "| feedme | gold reward (KL) | 0.3125 (1.1250) |",
-    "| compare | gold reward base / sft / ppo | -0.0043 / 0.0041 / 0.6000 |",
+    "| compare | cot accuracy (mean of L1-L3) base / sft / ppo | 0.0000 / 0.2500 / 0.5000 |",
     "| metric | base | SFT | PPO | best-of-16 | FeedME |",
     "| gold_reward | -0.0043 | 0.0100 | 0.5000 | 0.2500 | 0.3125 |",
     "| kl | n/a | 0.0000 | 3.2000 | 1.8351 | 1.1250 |",
@@ -81,8 +81,11 @@ def test_every_section_in_order_and_nothing_missing(full_report):
     "| SFT on the best of n samples, n | 8 |",
     "| distilled gold / RM reward | 0.7500 / n/a |",
     # compare
-    "| base | -0.0043 | 0.0000 | 1.0366 | 48.0000 | 0.7854 | 0.9814 | 5.9984 |",
-    "| ppo | 0.6000 | 0.5000 | 1.5000 | 20.5000 | 0.2100 | 0.3300 | 0.7500 |",
+    "| sft | L2 | 0.1250 | 0.2500 | 0.7500 | 0.0000 |",
+    "| ppo | L3 | 0.2500 | 0.5000 | 1.0000 | 0.0000 |",
+    "| base | 0.0000 | 0.0000 | 0.0000 | -0.0043 | 1.0366 | 48.0000 | 0.7854 | 0.9814 | 5.9984 |",
+    "| sft | 0.2500 | 0.4167 | 0.9600 | 0.0041 | 0.2668 | 34.0625 | 0.3232 | 0.6821 | 2.6677 |",
+    "| L3/calc | Tom has 12 boxes. | 123 * 12 = 1476.<br>The answer is 1476. | yes |",
     "Missing models: feedme.",
     "| sft | 1.3000 | 0.4000 | 3 - 1 = 2.<br>The answer is 2. |",
     "| base | 0.0000 | 1.1000 | a \\| b |",
