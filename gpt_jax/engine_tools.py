@@ -24,7 +24,9 @@ Rules:
   on the batch it is decoded in. Logit processors see `state.step` as [B] (each row's own index k).
 - Schedules: "any" (default) stops the device loop as soon as any row pauses and services it at
   once; "all" lets the other rows run on until every live row is paused or done (fewer host round
-  trips, but paused rows idle). `benchmarks/tool_schedule.py` measures both.
+  trips, but paused rows idle); an int W: run on until every live row is paused or done, or a
+  paused row has waited W steps ("any" = 0, "all" = infinity). `benchmarks/tool_schedule.py`
+  measures them.
 - Cache slots are shared by the batch (one write index), so a chunk and the steps a paused row
   sits out use slots of every row; the cache is grown (new shape: one recompile) when it fills.
   Positions count only each row's real tokens, so the context limit is unchanged.
@@ -45,7 +47,7 @@ import numpy as np
 from gpt_jax import sampling as S
 from gpt_jax.model import GPTConfig
 
-SCHEDULES = ("any", "all")
+SCHEDULES = {"any": 0, "all": 2**30}  # name -> steps a paused row may wait
 
 
 class ToolIds(NamedTuple):
@@ -63,7 +65,7 @@ class ToolIds(NamedTuple):
 class _ToolStatic(NamedTuple):
     base: S._Static
     call_end: int
-    schedule: str
+    wait: int  # steps a paused row may wait for the others before the loop exits
 
 
 # -- host side: one tool call -------------------------------------------------------------------
@@ -170,41 +172,51 @@ def _run_jit(ts: _ToolStatic, params, logits, rows, cache, st, stop_ids, tempera
         return ~finished & ~paused & (lengths < n)
 
     def cond(c):
-        cache, st = c
+        cache, st, waited = c
         go = jnp.any(active(st)) & (cache["index"] < slots)
-        return go & ~jnp.any(st[4]) if ts.schedule == "any" else go
+        return go & ~(jnp.any(st[4]) & (waited >= ts.wait))
 
     def body(c):
-        cache, st = c
+        cache, st, waited = c
+        waited = waited + jnp.any(st[4]).astype(jnp.int32)
         act = active(st)
         pos = cache["valid"].sum(-1).astype(jnp.int32)  # real tokens already in the row's cache
         logits, cache = S._forward(params, config, st[0][:, None], pos[:, None], act[:, None],
                                    cache, layers)
-        return cache, _record(ts, logits[:, 0], act, st, *args)
+        return cache, _record(ts, logits[:, 0], act, st, *args), waited
 
-    return jax.lax.while_loop(cond, body, (cache, st))
+    cache, st, _ = jax.lax.while_loop(cond, body, (cache, st, jnp.int32(0)))
+    return cache, st
 
 
 # -- drivers ------------------------------------------------------------------------------------
-def _check(tokenizer, schedule: str = "any") -> ToolIds:
+def _check(tokenizer) -> ToolIds:
     if tokenizer is None:
         raise ValueError("a tool needs `tokenizer=` (to decode calls and encode results)")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"tool schedule {schedule!r}; expected one of {SCHEDULES}")
     return ToolIds.of(tokenizer)
+
+
+def _wait(schedule: str | int) -> int:
+    if isinstance(schedule, str) and schedule in SCHEDULES:
+        return SCHEDULES[schedule]
+    if isinstance(schedule, int) and not isinstance(schedule, bool) and schedule >= 0:
+        return min(schedule, SCHEDULES["all"])
+    raise ValueError(f"tool schedule {schedule!r}; expected 'any', 'all' or an int >= 0")
 
 
 def generate_with_tool(params, config: GPTConfig, prompts: Sequence[Sequence[int]],
                        sampling: S.SamplingConfig, tool: Callable[[str], str], tokenizer,
                        logit_processor: S.LogitProcessor | None = None,
                        processor_state: Any = None, pad_id: int = 0,
-                       row_ids: Sequence[int] | None = None, schedule: str = "any",
+                       row_ids: Sequence[int] | None = None, schedule: str | int = "any",
                        on_tool: Callable[[int, str, str], None] | None = None) -> S.Generation:
     """`sampling.generate` with tool calls run inside each row (see the module docstring).
     `on_tool(row, expr, result)` sees every call. Returns a Generation with `tool_mask`."""
-    tids = _check(tokenizer, schedule)
+    tids, wait = _check(tokenizer), _wait(schedule)
     n = sampling.max_new_tokens
     S._check_prompts(config, prompts, n)
+    # Sliced once here: every loop call and chunk prefill would otherwise slice stacked weights.
+    config, params = S.unstack_layers(config, params)
     k = len(prompts)
     b, p = S._bucket(k), S._bucket(max(len(x) for x in prompts), 8)
     tokens = np.full((b, p), pad_id, np.int32)
@@ -214,7 +226,7 @@ def generate_with_tool(params, config: GPTConfig, prompts: Sequence[Sequence[int
     valid[k:, -1] = True  # batch-padding rows: one dummy token, finished from the start
     live = np.arange(b) < k
     ids_arr = S._row_id_array(np.arange(k) if row_ids is None else row_ids, k, b)
-    ts = _ToolStatic(S._static(config, sampling, pad_id, logit_processor), tids.call_end, schedule)
+    ts = _ToolStatic(S._static(config, sampling, pad_id, logit_processor), tids.call_end, wait)
     temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
     args = (S._stop_array(sampling.stop_ids), temperature, jnp.float32(sampling.top_p),
             jax.random.key(sampling.seed), ids_arr, processor_state)

@@ -129,10 +129,11 @@ def test_batch_with_tool_calls_equals_each_row_alone(model, tok, monkeypatch):
     assert gen.row(7)[2] == t.result_start and gen.tool_mask[7, 2:].all()  # cut at N
     assert tok.decode(gen.row(7)[3:]).startswith("error: no tool call")
     assert grows, "the cache never filled: the growth path went untested"
-    # The other schedule gives the same tokens.
-    other = _gen(model, tok, prompts, forced, GREEDY, tool_schedule="all")
-    np.testing.assert_array_equal(other.tokens, gen.tokens)
-    np.testing.assert_array_equal(other.tool_mask, gen.tool_mask)
+    # The other schedules give the same tokens.
+    for schedule in ("all", 3):
+        other = _gen(model, tok, prompts, forced, GREEDY, tool_schedule=schedule)
+        np.testing.assert_array_equal(other.tokens, gen.tokens)
+        np.testing.assert_array_equal(other.tool_mask, gen.tool_mask)
 
 
 def test_rows_without_calls_match_generate_without_tool(model, tok):
@@ -201,6 +202,9 @@ def test_bad_tool_usage_is_a_clear_error(model, tok):
     with pytest.raises(ValueError, match="schedule"):
         sampling.generate(model, CONFIG, [[5, 6]], GREEDY, tool=calculate, tokenizer=tok,
                           tool_schedule="sometimes")
+    with pytest.raises(ValueError, match="schedule"):
+        sampling.generate(model, CONFIG, [[5, 6]], GREEDY, tool=calculate, tokenizer=tok,
+                          tool_schedule=-1)
     with pytest.raises(ValueError, match="row_ids"):
         sampling.generate(model, CONFIG, [[5, 6]], GREEDY, row_ids=[1, 2])
 
