@@ -22,11 +22,12 @@ Rules:
 - Sampling keys are per row: row b's k-th output token draws from
   fold_in(fold_in(key, row_ids[b]), k) (`row_ids` default arange), so a row's tokens do not depend
   on the batch it is decoded in. Logit processors see `state.step` as [B] (each row's own index k).
-- Schedules: "any" (default) stops the device loop as soon as any row pauses and services it at
-  once; "all" lets the other rows run on until every live row is paused or done (fewer host round
-  trips, but paused rows idle); an int W: run on until every live row is paused or done, or a
-  paused row has waited W steps ("any" = 0, "all" = infinity). `benchmarks/tool_schedule.py`
-  measures them.
+- Schedules: an int W (default 8): the other rows run on until every live row is paused or done,
+  or a paused row has waited W steps; then all paused rows are serviced together. "any" (= 0)
+  services a call as soon as any row pauses (most host round trips); "all" (= infinity) waits for
+  every live row (fewest round trips, but an early caller idles). `benchmarks/tool_schedule.py`
+  measures them (docs/tools.md): with every row calling, W = 8 was 12-19% slower than "all"; with
+  a quarter of the rows calling, it was the fastest; "any" and "all" each lost 1.5-2x on one.
 - Cache slots are shared by the batch (one write index), so a chunk and the steps a paused row
   sits out use slots of every row; the cache is grown (new shape: one recompile) when it fills.
   Positions count only each row's real tokens, so the context limit is unchanged.
@@ -48,6 +49,7 @@ from gpt_jax import sampling as S
 from gpt_jax.model import GPTConfig
 
 SCHEDULES = {"any": 0, "all": 2**30}  # name -> steps a paused row may wait
+DEFAULT_WAIT = 8
 
 
 class ToolIds(NamedTuple):
@@ -208,7 +210,7 @@ def generate_with_tool(params, config: GPTConfig, prompts: Sequence[Sequence[int
                        sampling: S.SamplingConfig, tool: Callable[[str], str], tokenizer,
                        logit_processor: S.LogitProcessor | None = None,
                        processor_state: Any = None, pad_id: int = 0,
-                       row_ids: Sequence[int] | None = None, schedule: str | int = "any",
+                       row_ids: Sequence[int] | None = None, schedule: str | int = DEFAULT_WAIT,
                        on_tool: Callable[[int, str, str], None] | None = None) -> S.Generation:
     """`sampling.generate` with tool calls run inside each row (see the module docstring).
     `on_tool(row, expr, result)` sees every call. Returns a Generation with `tool_mask`."""

@@ -308,7 +308,7 @@ def generate(params, config: GPTConfig, prompts: Sequence[Sequence[int]],
              sampling: SamplingConfig = SamplingConfig(), logit_processor: LogitProcessor | None = None,
              processor_state: Any = None, pad_id: int = 0, tokenizer=None,
              row_ids: Sequence[int] | None = None, tool: Callable[[str], str] | None = None,
-             tool_schedule: str | int = "any") -> Generation:
+             tool_schedule: str | int = 8) -> Generation:
     """Samples up to `max_new_tokens` after each prompt (lists of ids), all rows in one device loop.
 
     Compiles once per (batch bucket, prompt-length bucket, max_new_tokens, sampling mode).
