@@ -110,3 +110,18 @@ def test_render_parse_roundtrip_property(tok, segments, with_user):
         assert m == (0 if inside else 1)
         if i == sid["tool_result_end"]:
             inside = False
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_segment, max_size=5))
+def test_engine_visible_text_equals_assistant_text(tok, segments):
+    """What the engine streams for a generated turn == assistant_text of its parsed parts."""
+    from gpt_jax.engine_tools import visible_text
+
+    parts = [p for seg in segments for p in seg]
+    ids, _ = tok.render_chat([{"role": "assistant", "content": parts}])
+    body = ids[2:]  # after <|bos|> <|assistant_start|>, through <|assistant_end|>
+    end = tok.token_id("assistant_end")
+    assert visible_text(tok, body, skip={end}) == assistant_text(parts)
+    content, call, stop = parse_assistant(tok, body)
+    assert call is None and stop == len(body) - 1 and content == _merged(parts)
