@@ -134,7 +134,8 @@ def main():
         assert np.array_equal(outs["any"].tokens, outs[name].tokens), f"schedule {name} differs"
     n_calls = int((outs["any"].tokens == engine_tools.ToolIds.of(tok).call_end).sum())
     print(f"cpu: {cpu_name()}  jax {jax.__version__}  batch={args.batch} new={args.new} "
-          f"calls/row<={args.calls} callers={min(args.callers, args.batch)} (total {n_calls}), greedy, median of {args.runs}")
+          f"calls/row<={args.calls} callers={min(args.callers, args.batch)} (total {n_calls}), "
+          f"greedy, median of {args.runs}")
     for name in fns:
         sec = statistics.median(times[name])
         gen = outs[name]

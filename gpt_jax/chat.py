@@ -9,9 +9,10 @@ Two modes, picked from the stage (override with --mode):
 Replies stream to stdout as they decode (`sampling.stream`). With `--calculator` (chat mode) the
 reply may call the calculator in-line (<|tool_call_start|> expr <|tool_call_end|>, see
 `gpt_jax.engine_tools`): the engine inserts the result, the reply shows "expr = result", a notice
-"[calc] expr -> result" goes to stderr, and the history keeps the call and result as parts. Commands: /reset, /system <text>,
-/temp <x> (0 = greedy), /help, /quit. When the history no longer fits the model context with room
-for the reply, the oldest turns are dropped and a notice says so (notices go to stderr).
+"[calc] expr -> result" goes to stderr, and the history keeps the call and result as parts.
+Commands: /reset, /system <text>, /temp <x> (0 = greedy), /help, /quit. When the history no
+longer fits the model context with room for the reply, the oldest turns are dropped and a notice
+says so (notices go to stderr).
 With stdin not a terminal it reads one message per line and prints one reply per line, exiting 0
 at EOF, so it works in a pipe: `printf 'Hi\\nWhat is 2+2?\\n' | python -m gpt_jax.chat ...`.
 """

@@ -87,7 +87,9 @@ def run_tool(tool: Callable[[str], str], expr: str | None) -> str:
         return "error: no tool call open"
     try:
         result = tool(expr)
-        return result if isinstance(result, str) else f"error: tool returned {type(result).__name__}"
+        if isinstance(result, str):
+            return result
+        return f"error: tool returned {type(result).__name__}"
     except Exception as e:  # noqa: BLE001 - a tool must never crash generation
         return f"error: {type(e).__name__}: {e}"
 
@@ -126,7 +128,7 @@ def grow_cache(cache: dict, extra: int) -> dict:
         return jnp.pad(x, widths)
 
     batch = cache["valid"].shape[0]
-    axis = -1 if batch == 1 else 2  # see sampling.init_cache: [K, D, S] at batch 1, else [B, K, S, D]
+    axis = -1 if batch == 1 else 2  # sampling.init_cache: [K, D, S] at batch 1, else [B, K, S, D]
     layers = [{k: pad(v, axis) for k, v in layer.items()} for layer in cache["layers"]]
     return {"layers": layers, "valid": pad(cache["valid"], 1), "index": cache["index"]}
 

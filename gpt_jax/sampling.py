@@ -76,7 +76,7 @@ class Generation:
 class ProcessorState(NamedTuple):
     """What a logit processor sees each step (a pytree; all of it is traced)."""
 
-    step: jax.Array  # int32 scalar: index of the token being sampled
+    step: jax.Array  # int32 scalar: index of the token being sampled ([B], per row, with a tool)
     tokens: jax.Array  # [B, N] tokens generated so far (pad beyond `step`)
     finished: jax.Array  # [B] bool
     extra: Any  # the caller's `processor_state`, unchanged

@@ -27,8 +27,10 @@ def test_inline_tool_masks_are_exact(tok):
     prefix, _ = tok.render_chat(convo[:1])
     want = ([(i, 0) for i in prefix] + [(sid["assistant_start"], 0)]
             + [(i, 1) for i in tok.encode("Sure: ")]
-            + [(i, 1) for i in [sid["tool_call_start"], *tok.encode("23 + 45"), sid["tool_call_end"]]]
-            + [(i, 0) for i in [sid["tool_result_start"], *tok.encode("68"), sid["tool_result_end"]]]
+            + [(i, 1) for i in [sid["tool_call_start"], *tok.encode("23 + 45"),
+                                sid["tool_call_end"]]]
+            + [(i, 0) for i in [sid["tool_result_start"], *tok.encode("68"),
+                                sid["tool_result_end"]]]
             + [(i, 1) for i in tok.encode(", so 68.")] + [(sid["assistant_end"], 1)])
     assert list(zip(ids, mask)) == want
     assert tok.parse_chat(ids) == convo

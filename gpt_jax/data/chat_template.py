@@ -26,9 +26,10 @@ only when the turn has in-line tool parts (adjacent text merged, empty text drop
 `assistant_text` renders content as plain text, a call + result reading "expr = result".
 
 The mask is 1 exactly on what the model must learn to emit: assistant text, its tool calls, and the
-assistant end token (so it learns to stop); never on what a tool wrote. Content goes through `encode`, which never emits special
-ids, so message text cannot inject structure. `parse_chat` inverts rendering exactly, and accepts a
-generation cut off before its end token (the last message then ends where the ids end).
+assistant end token (so it learns to stop); never on what a tool wrote. Content goes through
+`encode`, which never emits special ids, so message text cannot inject structure. `parse_chat`
+inverts rendering exactly, and accepts a generation cut off before its end token (the last message
+then ends where the ids end).
 """
 from __future__ import annotations
 
@@ -80,8 +81,9 @@ def _validate_parts(parts: list, i: int) -> None:
             raise ValueError(f"message {i} part {j - 1}: a tool_call must be directly followed "
                              "by its tool_result (a final call goes in the message's tool_call)")
     if parts and parts[-1]["type"] == "tool_call":
-        raise ValueError(f"message {i} part {len(parts) - 1}: a tool_call must be directly followed "
-                         "by its tool_result (a final call goes in the message's tool_call)")
+        raise ValueError(f"message {i} part {len(parts) - 1}: a tool_call must be directly "
+                         "followed by its tool_result (a final call goes in the message's "
+                         "tool_call)")
 
 
 def assistant_text(content: str | Sequence[dict]) -> str:
@@ -159,7 +161,8 @@ def parse_assistant(tok, ids: Sequence[int], start: int = 0):
     or len(ids) when the turn is cut off)."""
     ids = [int(i) for i in ids]
     sid = tok.special_ids
-    end_id, call_start, call_end = sid["assistant_end"], sid["tool_call_start"], sid["tool_call_end"]
+    end_id, call_start = sid["assistant_end"], sid["tool_call_start"]
+    call_end = sid["tool_call_end"]
     parts: list[dict] = []
 
     def add(kind: str, text: str) -> None:
