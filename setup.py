@@ -33,6 +33,7 @@ setup(
         "tensorboardX==2.6.5",
         "matplotlib==3.11.2",
         "safetensors==0.8.0",
+        "simpleeval==1.0.8",
     ],
     extras_require={
         "test": [

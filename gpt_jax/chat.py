@@ -6,9 +6,13 @@ Two modes, picked from the stage (override with --mode):
 - completion (`--stage=pretrain`): few-shot prompting of the base model: each input is a whole
   prompt (write "\\n" for a line break), continued as raw text until eos or a `--stop` string.
 
-Replies stream to stdout as they decode (`sampling.stream`). Commands: /reset, /system <text>,
-/temp <x> (0 = greedy), /help, /quit. When the history no longer fits the model context with room
-for the reply, the oldest turns are dropped and a notice says so (notices go to stderr).
+Replies stream to stdout as they decode (`sampling.stream`). With `--calculator` (chat mode) the
+reply may call the calculator in-line (<|tool_call_start|> expr <|tool_call_end|>, see
+`gpt_jax.engine_tools`): the engine inserts the result, the reply shows "expr = result", a notice
+"[calc] expr -> result" goes to stderr, and the history keeps the call and result as parts.
+Commands: /reset, /system <text>, /temp <x> (0 = greedy), /help, /quit. When the history no
+longer fits the model context with room for the reply, the oldest turns are dropped and a notice
+says so (notices go to stderr).
 With stdin not a terminal it reads one message per line and prints one reply per line, exiting 0
 at EOF, so it works in a pipe: `printf 'Hi\\nWhat is 2+2?\\n' | python -m gpt_jax.chat ...`.
 """
@@ -40,9 +44,13 @@ class ChatSession:
 
     def __init__(self, tokenizer, config, params, sampling_config: SamplingConfig,
                  mode: str = "chat", system: str | None = None,
-                 notice: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)):
+                 notice: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+                 tool: Callable[[str], str] | None = None):
         if mode not in ("chat", "completion"):
             raise ValueError(f"mode={mode!r}; expected 'chat' or 'completion'")
+        if tool is not None and mode != "chat":
+            raise ValueError("a tool (--calculator) needs chat mode")
+        self.tool = tool
         self.tok, self.mode, self.system, self.notice = tokenizer, mode, system, notice
         self.config, self.params = sampling.unstack_layers(config, params)
         stops = ([tokenizer.token_id("assistant_end"), tokenizer.eos_id] if mode == "chat"
@@ -90,14 +98,33 @@ class ChatSession:
         ids, max_new = fitted
         cfg = dataclasses.replace(self.sampling, max_new_tokens=max_new,
                                   seed=self.sampling.seed + self.replies)
-        _, reply = sampling.stream(self.params, self.config, ids, cfg, tokenizer=self.tok,
-                                   on_text=on_text, logit_processor=self.processor,
-                                   pad_id=self.tok.pad_id)
+        tool_kw = {}
+        if self.tool is not None:
+            tool_kw = {"tool": self.tool,
+                       "on_tool": lambda expr, result: self.notice(f"[calc] {expr} -> {result}")}
+        gen, reply = sampling.stream(self.params, self.config, ids, cfg, tokenizer=self.tok,
+                                     on_text=on_text, logit_processor=self.processor,
+                                     pad_id=self.tok.pad_id, **tool_kw)
         self.replies += 1
         if self.mode == "chat":
+            content = reply if self.tool is None else self._content(gen.row(0), reply)
             self.history += [{"role": "user", "content": text},
-                             {"role": "assistant", "content": reply}]
+                             {"role": "assistant", "content": content}]
         return reply
+
+    def _content(self, ids: list[int], reply: str):
+        """The reply as history content: text/tool parts as the model saw them (plain text when the
+        ids do not parse as a well-formed turn, e.g. a call cut off by the length limit)."""
+        from gpt_jax.data.chat_template import parse_assistant
+
+        stops = set(self.sampling.stop_ids)
+        while ids and ids[-1] in stops:
+            ids = ids[:-1]
+        try:
+            content, dangling, _ = parse_assistant(self.tok, ids)
+        except ValueError:
+            return reply
+        return reply if dangling is not None else content
 
     def command(self, line: str) -> bool:
         """Handles a /command; False means quit."""
@@ -183,13 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top_p", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--system", default=None, help="system message (chat mode)")
+    parser.add_argument("--calculator", action="store_true",
+                        help="let replies call the calculator in-line (chat mode)")
     parser.add_argument("--stop", action="append", default=[],
                         help="stop string (repeatable), e.g. --stop='\\n\\n' for few-shot prompts")
     args = parser.parse_args(argv)
     stops = tuple(s.replace("\\n", "\n") for s in args.stop)
     cfg = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          max_new_tokens=args.max_new_tokens, seed=args.seed, stop_strings=stops)
-    session = load_session(args.workdir, args.stage, cfg, args.mode, args.system, args.step)
+    tool = None
+    if args.calculator:
+        from gpt_jax.tools.calculator import calculate as tool
+    session = load_session(args.workdir, args.stage, cfg, args.mode, args.system, args.step,
+                           tool=tool)
     return run(session, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
 
 

@@ -8,6 +8,8 @@ Three ways in, all built from the same two jit'd pure functions over an explicit
   no host round-trip per token, which is what makes batch-1 decoding fast on CPU;
 - `stream(...)`: the same prefill/decode_step driven from a host loop, with a text callback for
   interactive use (chat) and host-side stop strings.
+With `tool=` (e.g. the calculator) both run tool calls inside the reply: see `gpt_jax.engine_tools`
+(a separate program; without a tool nothing here changes).
 
 Why not `GPT.apply(..., cache=...)` directly: its cache is one stacked [L, B, K, S, D] array
 threaded through the layer scan, and XLA:CPU copies the whole cache per step (slice out a layer,
@@ -25,6 +27,9 @@ Sampling order: logit processor -> temperature -> top-k -> top-p -> categorical 
 temperature == 0). The returned log-probs are the log-softmax of the processed logits divided by
 the temperature (1 when greedy), BEFORE top-k/top-p truncation, so they equal
 `scoring.logprobs(..., temperature=T)` of the same completion: what PPO's ratio needs.
+Keys: by default step i draws the whole batch from fold_in(key, i). With `row_ids` each row draws
+from fold_in(fold_in(key, row_id), i), so a row's tokens depend only on (seed, row_id, its
+prompt), not on the batch it is in or its position there.
 """
 from __future__ import annotations
 
@@ -60,6 +65,9 @@ class Generation:
     logprobs: np.ndarray  # [B, N] float32, 0 after each row's end
     finished: np.ndarray  # [B] bool: stopped on a stop id/string (False: hit max_new_tokens)
     lengths: np.ndarray  # [B] generated tokens, stop token included
+    # [B, N] bool, with a tool only: True on tokens the tool wrote (<|tool_result_start|> result
+    # <|tool_result_end|>); their logprobs are 0 and RL losses/KL/values must skip them.
+    tool_mask: np.ndarray | None = None
 
     def row(self, i: int) -> list[int]:
         return [int(t) for t in self.tokens[i, : self.lengths[i]]]
@@ -68,7 +76,7 @@ class Generation:
 class ProcessorState(NamedTuple):
     """What a logit processor sees each step (a pytree; all of it is traced)."""
 
-    step: jax.Array  # int32 scalar: index of the token being sampled
+    step: jax.Array  # int32 scalar: index of the token being sampled ([B], per row, with a tool)
     tokens: jax.Array  # [B, N] tokens generated so far (pad beyond `step`)
     finished: jax.Array  # [B] bool
     extra: Any  # the caller's `processor_state`, unchanged
@@ -187,14 +195,19 @@ def filter_logits(scaled, top_k: int, top_p):
 
 
 def sample_logits(logits, key, temperature, top_p, greedy: bool, top_k: int, use_top_p: bool):
-    """logits [B, V] (already processed) -> (token [B] int32, log-prob [B] at temperature)."""
+    """logits [B, V] (already processed) -> (token [B] int32, log-prob [B] at temperature).
+    `key`: one key for the batch, or [B] keys (one per row)."""
     if greedy:
         logp = jax.nn.log_softmax(logits, axis=-1)
         token = jnp.argmax(logits, axis=-1)
     else:
         scaled = logits / temperature
         logp = jax.nn.log_softmax(scaled, axis=-1)
-        token = jax.random.categorical(key, filter_logits(scaled, top_k, top_p if use_top_p else None))
+        filtered = filter_logits(scaled, top_k, top_p if use_top_p else None)
+        if key.ndim == 1:  # one key per row
+            token = jax.vmap(jax.random.categorical)(key, filtered)
+        else:
+            token = jax.random.categorical(key, filtered)
     token = token.astype(jnp.int32)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
@@ -211,16 +224,24 @@ class _Static(NamedTuple):
     processor: LogitProcessor | None
 
 
-def _pick(static: _Static, logits, key, step, temperature, top_p, tokens, finished, extra):
+def row_keys(key, row_ids, step):
+    """[B] keys fold_in(fold_in(key, row_id), step); `step` a scalar or [B] (per-row index)."""
+    step = jnp.broadcast_to(step, row_ids.shape)
+    return jax.vmap(lambda r, s: jax.random.fold_in(jax.random.fold_in(key, r), s))(row_ids, step)
+
+
+def _pick(static: _Static, logits, key, step, temperature, top_p, tokens, finished, extra,
+          row_ids=None):
     if static.processor is not None:
         logits = static.processor(logits, ProcessorState(step, tokens, finished, extra))
-    return sample_logits(logits, jax.random.fold_in(key, step), temperature, top_p,
-                         static.greedy, static.top_k, static.use_top_p)
+    key = jax.random.fold_in(key, step) if row_ids is None else row_keys(key, row_ids, step)
+    return sample_logits(logits, key, temperature, top_p, static.greedy, static.top_k,
+                         static.use_top_p)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _generate_jit(static: _Static, params, tokens, valid, live, stop_ids, temperature, top_p, key,
-                  extra):
+                  extra, row_ids=None):
     """The whole generation on device: prefill, then a while_loop of sample -> decode."""
     config, n = static.config, static.max_new_tokens
     b, p = tokens.shape
@@ -230,7 +251,7 @@ def _generate_jit(static: _Static, params, tokens, valid, live, stop_ids, temper
     prompt_len = valid.sum(-1).astype(jnp.int32)
 
     def record(i, logits, out, logps, finished, lengths):
-        token, lp = _pick(static, logits, key, i, temperature, top_p, out, finished, extra)
+        token, lp = _pick(static, logits, key, i, temperature, top_p, out, finished, extra, row_ids)
         token = jnp.where(finished, static.pad_id, token)
         out = out.at[:, i].set(token)
         logps = logps.at[:, i].set(jnp.where(finished, 0.0, lp))
@@ -285,12 +306,23 @@ def _check_prompts(config: GPTConfig, prompts: Sequence[Sequence[int]], n: int) 
 
 def generate(params, config: GPTConfig, prompts: Sequence[Sequence[int]],
              sampling: SamplingConfig = SamplingConfig(), logit_processor: LogitProcessor | None = None,
-             processor_state: Any = None, pad_id: int = 0, tokenizer=None) -> Generation:
+             processor_state: Any = None, pad_id: int = 0, tokenizer=None,
+             row_ids: Sequence[int] | None = None, tool: Callable[[str], str] | None = None,
+             tool_schedule: str | int = 8) -> Generation:
     """Samples up to `max_new_tokens` after each prompt (lists of ids), all rows in one device loop.
 
     Compiles once per (batch bucket, prompt-length bucket, max_new_tokens, sampling mode).
     Stop strings (needing `tokenizer`) are applied afterwards by truncation.
+    `row_ids`: per-row sampling keys (see the module docstring). `tool` (str -> str, needs
+    `tokenizer`): run tool calls inside the reply, see `engine_tools.generate_with_tool`.
     """
+    if tool is not None:
+        from gpt_jax import engine_tools
+
+        return engine_tools.generate_with_tool(
+            params, config, prompts, sampling, tool=tool, tokenizer=tokenizer,
+            logit_processor=logit_processor, processor_state=processor_state, pad_id=pad_id,
+            row_ids=row_ids, schedule=tool_schedule)
     n = sampling.max_new_tokens
     _check_prompts(config, prompts, n)
     b, p = _bucket(len(prompts)), _bucket(max(len(x) for x in prompts), 8)
@@ -300,12 +332,14 @@ def generate(params, config: GPTConfig, prompts: Sequence[Sequence[int]],
         tokens[i, p - len(ids):], valid[i, p - len(ids):] = ids, True
     valid[len(prompts):, -1] = True  # batch-padding rows: one dummy token, finished from the start
     live = np.arange(b) < len(prompts)
+    if row_ids is not None:
+        row_ids = _row_id_array(row_ids, len(prompts), b)
     static = _static(config, sampling, pad_id, logit_processor)
     temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
     out, logps, finished, lengths = jax.device_get(_generate_jit(
         static, params, tokens, valid, live, _stop_array(sampling.stop_ids), temperature,
         jnp.float32(sampling.top_p),
-        jax.random.key(sampling.seed), processor_state))
+        jax.random.key(sampling.seed), processor_state, row_ids))
     k = len(prompts)
     gen = Generation(np.array(out[:k]), np.array(logps[:k]), np.array(finished[:k]),
                      np.array(lengths[:k]))
@@ -315,6 +349,16 @@ def generate(params, config: GPTConfig, prompts: Sequence[Sequence[int]],
         for i in range(k):
             _truncate_row(gen, i, tokenizer, sampling.stop_strings, pad_id)
     return gen
+
+
+def _row_id_array(row_ids, k: int, b: int) -> np.ndarray:
+    """Row ids for k rows, batch-padded to b (padding rows get ids no real row uses)."""
+    ids = np.asarray(row_ids, np.int64).reshape(-1)
+    if ids.shape[0] != k:
+        raise ValueError(f"row_ids has {ids.shape[0]} entries for {k} prompts")
+    if (ids < 0).any() or (ids >= 2**31 - b).any():
+        raise ValueError("row_ids must lie in [0, 2**31 - batch)")
+    return np.concatenate([ids, 2**31 - 1 - np.arange(b - k)]).astype(np.int32)
 
 
 def _truncate_row(gen: Generation, i: int, tokenizer, stop_strings, pad_id: int) -> None:
@@ -330,8 +374,9 @@ def _truncate_row(gen: Generation, i: int, tokenizer, stop_strings, pad_id: int)
 
 # -- streaming (host loop) ----------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnums=0)
-def _pick_jit(static: _Static, logits, key, step, temperature, top_p, tokens, finished, extra):
-    return _pick(static, logits, key, step, temperature, top_p, tokens, finished, extra)
+def _pick_jit(static: _Static, logits, key, step, temperature, top_p, tokens, finished, extra,
+              row_ids=None):
+    return _pick(static, logits, key, step, temperature, top_p, tokens, finished, extra, row_ids)
 
 
 def _held_back(text: str, stop_strings: Sequence[str]) -> int:
@@ -350,13 +395,22 @@ def _held_back(text: str, stop_strings: Sequence[str]) -> int:
 def stream(params, config: GPTConfig, prompt: Sequence[int], sampling: SamplingConfig,
            tokenizer=None, on_text: Callable[[str], None] | None = None,
            logit_processor: LogitProcessor | None = None, processor_state: Any = None,
-           pad_id: int = 0) -> tuple[Generation, str]:
+           pad_id: int = 0, tool: Callable[[str], str] | None = None,
+           on_tool: Callable[[str, str], None] | None = None) -> tuple[Generation, str]:
     """One prompt, token by token on the host; `on_text` receives the reply as it decodes.
 
     Text that might be the start of a stop string is held back until it is not, so the stop string
     itself is never printed. Returns (Generation with one row, reply text without the stop string).
-    Pass params through `unstack_layers` once beforehand for speed.
+    Pass params through `unstack_layers` once beforehand for speed. With `tool` (needs
+    `tokenizer`), see `engine_tools.stream_with_tool`; `on_tool(expr, result)` sees each call.
     """
+    if tool is not None:
+        from gpt_jax import engine_tools
+
+        return engine_tools.stream_with_tool(
+            params, config, prompt, sampling, tokenizer=tokenizer, tool=tool, on_text=on_text,
+            on_tool=on_tool, logit_processor=logit_processor, processor_state=processor_state,
+            pad_id=pad_id)
     n = sampling.max_new_tokens
     _check_prompts(config, [prompt], n)
     p = _bucket(len(prompt), 8)

@@ -206,7 +206,8 @@ class Tokenizer:
 
     # -- chat (see gpt_jax/data/chat_template.py) -------------------------------------------
     def render_chat(self, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
-        """Conversation -> (ids, loss_mask); mask is 1 exactly on assistant tokens + their end."""
+        """Conversation -> (ids, loss_mask); mask is 1 exactly on assistant tokens + their end
+        (in-line tool results excluded)."""
         from gpt_jax.data import chat_template
 
         return chat_template.render_chat(self, messages)

@@ -102,3 +102,34 @@ def test_completion_mode_for_the_base_model(workdir):
     pieces = []
     reply = s.respond("The quick brown", on_text=pieces.append)
     assert "".join(pieces) == reply and s.history == []
+
+
+def test_calculator_runs_inside_the_reply(workdir):
+    from gpt_jax.tools.calculator import calculate
+
+    notices = []
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=16)
+    s = chat.load_session(str(workdir), "sft", cfg, notice=notices.append, tool=calculate)
+    t = s.tok.special_ids
+    forced = [t["tool_call_start"], *s.tok.encode("12*3"), t["tool_call_end"]]
+    inserted = [t["tool_result_start"], *s.tok.encode("36"), t["tool_result_end"]]
+    table = jnp.asarray(forced + [-1] * len(inserted) + [t["assistant_end"]] + [-1] * 16)
+
+    def force(logits, state):  # the call, then (after the inserted result) the end of the turn
+        want = table[jnp.clip(state.step, 0, table.shape[0] - 1)]  # step: [B] with a tool
+        hit = jnp.where(jnp.arange(logits.shape[-1])[None] == want[:, None], 0.0, -1e9)
+        return jnp.where((want >= 0)[:, None], hit, logits)
+
+    s.processor = force
+    pieces = []
+    reply = s.respond("What is 12*3?", on_text=pieces.append)
+    assert reply == "".join(pieces) == "12*3 = 36"
+    assert notices == ["[calc] 12*3 -> 36"]
+    assert s.history[-1] == {"role": "assistant", "content": [
+        {"type": "tool_call", "text": "12*3"}, {"type": "tool_result", "text": "36"}]}
+    # The next prompt re-renders the call and its result exactly as the model produced them.
+    ids = s.prompt_ids("thanks")
+    assert forced + inserted + [t["assistant_end"]] == ids[ids.index(forced[0]):][:len(
+        forced + inserted) + 1]
+    with pytest.raises(ValueError, match="chat mode"):
+        chat.load_session(str(workdir), "pretrain", cfg, tool=calculate)
