@@ -109,3 +109,32 @@ def test_step_prompts_are_a_function_of_seed_and_step():
 def test_context_overflow_is_rejected():
     with pytest.raises(ValueError, match="exceeds the model context"):
         _setup(max_new_tokens=40)
+
+
+def test_tool_tokens_are_read_but_never_trained_on(monkeypatch):
+    """A rollout whose reply holds tool-written tokens: they stay in `valid` (the policy attends
+    to them) and are 0 in `response_mask` (no loss, KL or value on them)."""
+    from gpt_jax.sampling import Generation
+    from gpt_jax.train import ppo_trainer
+
+    trainer, state, ref = _setup()
+    tokens = np.array([[5, 6, 9, 9, 9, 7, 0, 0], [5, 7, 0, 0, 0, 0, 0, 0]], np.int32)
+    tool_mask = np.zeros((2, N), bool)
+    tool_mask[0, 2:5] = True  # three tokens the tool wrote
+    fake = Generation(tokens, np.zeros((2, N), np.float32), np.array([True, True]),
+                      np.array([6, 2]), tool_mask=tool_mask)
+    seen = {}
+
+    def fake_generate(*args, **kwargs):
+        seen.update(kwargs)
+        return fake
+
+    monkeypatch.setattr(ppo_trainer, "generate", fake_generate)
+    rollout, _ = trainer.rollout(state.params["policy"], [[1, 2], [3]], seed=0,
+                                 tool=len, tokenizer="tok")
+    assert seen["tool"] is len and seen["tokenizer"] == "tok"
+    assert rollout["valid"][:, P:].tolist() == [[True] * 6 + [False] * 2, [True] * 2 + [False] * 6]
+    assert rollout["response_mask"].tolist() == [
+        [True, True, False, False, False, True, False, False], [True, True] + [False] * 6]
+    kl = trainer.sequence_kl(state.params["policy"], ref, rollout)
+    assert np.allclose(kl, 0.0, atol=1e-6)

@@ -3,14 +3,15 @@ GSM8K behind the same interface."""
 import pytest
 
 from gpt_jax.tasks import ArithmeticTask, check_equations, drills, get_task, parse_answer
-from gpt_jax.tasks.arithmetic import LEVELS, MODES, SYSTEM_PROMPTS, apply_op, pair_is_heldout
+from gpt_jax.tasks.arithmetic import (LEVELS, MODES, SYSTEM_PROMPTS, apply_op, column_lines,
+                                      pair_is_heldout)
 from gpt_jax.tasks.gsm8k import clean_solution
 
 
 def _chain(p):
-    """[(op, a, b, c)] of a problem's worked solution."""
+    """[(op, a, b, c)] of a problem's operations."""
     out = []
-    for line in p.chain.splitlines()[:-1]:
+    for line in p.equations.splitlines():
         a, op, b, _, c = line.rstrip(".").split(" ")
         out.append((op, int(a), int(b), int(c)))
     return out
@@ -61,7 +62,18 @@ def test_levels_and_modes():
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
     assert msgs[0]["content"] == SYSTEM_PROMPTS["direct"]
     cot = ArithmeticTask.with_mode(p, "cot")
-    assert cot.solution == cot.chain and check_equations(cot.solution) == (2, 0)
+    assert cot.solution == cot.chain
+    for line in cot.solution.splitlines()[:-1]:  # every written step is a true equation
+        lhs, rhs = line.rstrip(".").split(" = ")
+        terms = lhs.split(" ")
+        value = int(terms[0])
+        for op, n in zip(terms[1::2], terms[2::2]):
+            value = apply_op(op, value, int(n))
+        assert value == int(rhs), line
+    assert [ln for ln in cot.solution.splitlines() if ln in p.equations.splitlines()] == \
+        p.equations.splitlines()  # each operation's whole equation closes its column steps
+    assert ArithmeticTask.with_mode(p, "calc").solution == \
+        p.equations + f"\nThe answer is {p.answer}."
     calc = ArithmeticTask.with_mode(p, "calc")
     parts = ArithmeticTask.demonstration(calc)[-1]["content"]
     (op1, a1, b1, c1), (op2, a2, b2, c2) = _chain(p)
@@ -76,15 +88,34 @@ def test_levels_and_modes():
         ArithmeticTask(levels="L1,L9")
 
 
+def _drill_pairs(docs):
+    """[(kind, op, a, b, lines)] of the blocks of drill documents, every line checked true."""
+    blocks = []
+    for doc in docs:
+        lines = doc.splitlines()
+        i = 0
+        while i < len(lines):
+            a, op, b, eq, rhs = lines[i].split(" ")
+            a, b = int(a), int(b)
+            assert eq == "="
+            if rhs == "?":
+                block = drills.drill_block("worked", op, a, b)
+                assert lines[i:i + len(block)] == block
+                blocks.append(("worked", op, a, b, block))
+                i += len(block)
+            else:
+                assert int(rhs.rstrip(".")) == apply_op(op, a, b) >= 0
+                blocks.append(("times" if op == "*" else "plain", op, a, b, [lines[i]]))
+                i += 1
+    return blocks
+
+
 def test_drills_are_balanced_and_skip_heldout_pairs():
-    docs = drills.drill_documents("train", 40)
-    lines = [ln for d in docs for ln in d.splitlines()]
-    assert len(lines) == 40 * drills.LINES_PER_DOC
+    blocks = _drill_pairs(drills.drill_documents("train", 60))
+    kinds = [k for k, *_ in blocks]
+    assert 0.5 < kinds.count("worked") / len(kinds) < 0.7  # KINDS: 0.6 / 0.3 / 0.1
     by_carries = {"+": {}, "-": {}}
-    for ln in lines:
-        a, op, b, eq, c = ln.split(" ")
-        a, b, c = int(a), int(b), int(c)
-        assert eq == "=" and c == apply_op(op, a, b) and c >= 0
+    for kind, op, a, b, _ in blocks:
         assert not pair_is_heldout(op, a, b)
         if op in "+-" and len(str(a)) == len(str(b)) == 2:
             counts = by_carries[op]
@@ -95,13 +126,23 @@ def test_drills_are_balanced_and_skip_heldout_pairs():
         total = sum(by_carries[op].values())
         share = 1 / len(possible)
         assert set(by_carries[op]) == set(possible)
-        assert all(abs(by_carries[op][k] / total - share) < 0.1 for k in possible), by_carries
-    held = [ln.split(" ") for d in drills.drill_documents("heldout", 5) for ln in d.splitlines()]
-    assert all(pair_is_heldout(op, int(a), int(b)) for a, op, b, _, _ in held)
+        assert all(abs(by_carries[op][k] / total - share) < 0.12 for k in possible), by_carries
+    held = _drill_pairs(drills.drill_documents("heldout", 5))
+    assert all(pair_is_heldout(op, a, b) for _, op, a, b, _ in held)
     assert drills.carries("+", 95, 7) == 2 and drills.carries("-", 100, 1) == 2
     assert drills.carries("+", 12, 34) == 0 and drills.carries("-", 52, 7) == 1
     probe = drills.probe_pairs(50)
     assert len(set(probe)) == 50 and all(pair_is_heldout(*q) for q in probe)
+
+
+def test_column_method_lines():
+    assert column_lines("+", 47, 38) == ["7 + 8 = 15.", "4 + 3 + 1 = 8.", "47 + 38 = 85."]
+    assert column_lines("-", 93, 58) == ["13 - 8 = 5.", "9 - 1 - 5 = 3.", "93 - 58 = 35."]
+    assert column_lines("-", 50, 7) == ["10 - 7 = 3.", "5 - 1 = 4.", "50 - 7 = 43."]
+    assert column_lines("+", 123, 45) == ["3 + 5 = 8.", "2 + 4 = 6.", "123 + 45 = 168."]
+    assert column_lines("-", 72, 2) == ["2 - 2 = 0.", "72 - 2 = 70."]  # 7 brought down
+    assert column_lines("+", 5, 7) == ["5 + 7 = 12."]
+    assert column_lines("*", 316, 40) == ["316 * 40 = 12640."]
 
 
 def test_parse_answer_and_equations():

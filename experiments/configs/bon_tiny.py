@@ -22,5 +22,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim = configs.optim_config()  # unused (the sampler shares PPO's engine)
     config.tasks = reward.tasks
     config.data = reward.data
-    config.bon = bon_config(n_values=[1, 2, 4, 8, 16], n_max=16, heldout_prompts=64)
+    config.bon = bon_config(n_values=[1, 2, 4, 8, 16], n_max=16, heldout_prompts=64,
+                            max_prompt_len=64, max_new_tokens=96)
     return config

@@ -166,11 +166,12 @@ class ChinesePoetry(SourceBuilder):
 
 
 class ArithmeticDrills(SourceBuilder):
-    """Synthetic arithmetic drills ("47 + 38 = 85" lines, gpt_jax/tasks/drills.py): no file, a pure
+    """Synthetic arithmetic drills (worked sums and equations, gpt_jax/tasks/drills.py): no file, a pure
     function of the seed; "train" never uses an operand pair held out for evaluation, "heldout"
     only those. Bump VERSION when the drill generator changes (it is the cache key)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Plain equations.", "2.0.0": "Worked column-method blocks."}
     TRAIN_DOCS = 4000  # x 48 lines: ~2.5M tokens, more than any tiny preset reads
     HELDOUT_DOCS = 250  # >= 5% of the records, as every builder's held-out split
 

@@ -172,9 +172,10 @@ class PolicyEval:
                 if stops:
                     hits = [text.find(s) for s in stops if s in text]
                     text = text[:min(hits)] if hits else text
-                keep = ~gen.tool_mask[i, :gen.lengths[i]].astype(bool)
-                out.append((text.strip(), used, ids,
-                            np.asarray(gen.logprobs[i, :gen.lengths[i]])[keep]))
+                n = gen.lengths[i]
+                keep = (np.ones(n, bool) if gen.tool_mask is None
+                        else ~gen.tool_mask[i, :n].astype(bool))
+                out.append((text.strip(), used, ids, np.asarray(gen.logprobs[i, :n])[keep]))
         return out
 
 

@@ -9,10 +9,14 @@ Levels (what the arithmetic asks of the model):
 
 Modes (the system prompt, `SYSTEM_PROMPTS`, says which; the reply always ends "The answer is N."):
 - direct: "The answer is 68." (all arithmetic in the head, no written steps);
-- cot:    one equation per line, "23 + 45 = 68.", then the answer (chain of thought);
-- calc:   each equation computed by the calculator tool: the reply is a list of content parts
-          (gpt_jax/data/chat_template.py): a `tool_call` "23 + 45", the `tool_result` "68" that
-          the decode engine inserts, then ".\n"; the visible text reads like cot.
+- cot:    one equation per line, then the answer (chain of thought): each addition or
+          subtraction is worked by the column method, one single-digit fact per line with the
+          carry or borrow written out ("7 + 8 = 15.", "4 + 3 + 1 = 8."), then the whole
+          equation "47 + 38 = 85." (`column_lines`); a product is one line;
+- calc:   each operation computed by the calculator tool: the reply is a list of content parts
+          (gpt_jax/data/chat_template.py): a `tool_call` "47 + 38", the `tool_result` "85" that
+          the decode engine inserts, then ".\n"; its visible text is "47 + 38 = 85." per
+          operation, then the answer.
 `calc_off`, the ablation, is the calc prompt decoded with no tool attached (an engine setting, not
 a mode of the data).
 
@@ -79,6 +83,43 @@ def parse_weights(spec: str, known: tuple[str, ...], what: str) -> dict[str, flo
     return out
 
 
+def column_lines(op: str, a: int, b: int) -> list[str]:
+    """The written column method for `a op b` (+ or -, a >= b for -), one equation per line, units
+    first, then the whole equation: 47 + 38 -> ["7 + 8 = 15.", "4 + 3 + 1 = 8.", "47 + 38 = 85."];
+    93 - 58 -> ["13 - 8 = 5.", "9 - 1 - 5 = 3.", "93 - 58 = 35."].
+
+    Each line is a single-digit fact (with the carry or borrow written out), which a small model
+    learns from drills, where a whole multi-digit sum in one step is out of its reach; a column
+    with one digit and nothing carried is brought down without a line. Products (L3) stay one
+    line: that is what the calculator is for."""
+    if op not in "+-" or (a < 10 and b < 10):
+        return [f"{a} {op} {b} = {apply_op(op, a, b)}."]
+    lines, carry, x, y = [], 0, a, b
+    while x or y:
+        da, db = x % 10, y % 10
+        has_b = y > 0
+        if op == "+":
+            terms = [str(da)] * (x > 0) + [str(db)] * has_b + ["1"] * carry
+            total = da + db + carry
+            if len(terms) > 1:
+                lines.append(f"{' + '.join(terms)} = {total}.")
+            carry = total // 10
+        else:
+            top = da - carry
+            if not has_b and not carry:
+                pass  # brought down
+            elif top < db:
+                terms = [f"1{da}"] + ["1"] * carry + [str(db)] * has_b
+                lines.append(f"{' - '.join(terms)} = {10 + top - db}.")
+                carry = 1
+            else:
+                terms = [str(da)] + ["1"] * carry + [str(db)] * has_b
+                lines.append(f"{' - '.join(terms)} = {top - db}.")
+                carry = 0
+        x, y = x // 10, y // 10
+    return lines + [f"{a} {op} {b} = {apply_op(op, a, b)}."]
+
+
 def _steps_of(start: int, steps: tuple) -> list[tuple[str, int, int, int]]:
     """[(op, a, b, result)] of a start value and its (op, n) steps."""
     out, value = [], start
@@ -141,12 +182,13 @@ class ArithmeticTask:
             question = " ".join(sentences)
         chain = _steps_of(start, steps)
         answer = chain[-1][3]
-        solution = "\n".join([f"{a} {op} {b} = {c}." for op, a, b, c in chain]
+        solution = "\n".join([ln for op, a, b, _ in chain for ln in column_lines(op, a, b)]
                              + [f"The answer is {answer}."])
         key = f"{start}|" + "|".join(f"{op}{n}" for op, n in steps)
         return Problem(id=f"arith-{hashlib.sha256(key.encode()).hexdigest()[:12]}",
                        question=question, answer=str(answer), solution=solution,
-                       source=self.name, level=level, chain=solution)
+                       source=self.name, level=level, chain=solution,
+                       equations="\n".join(f"{a} {op} {b} = {c}." for op, a, b, c in chain))
 
     def problems(self, split: str, n: int, seed: int = 0, level: str | None = None,
                  mode: str | None = None) -> list[Problem]:
@@ -187,7 +229,8 @@ class ArithmeticTask:
             raise ValueError(f"mode={mode!r}; expected one of {MODES}")
         base_id = problem.id.split(":")[0]
         chain = problem.chain or problem.solution
-        reply = chain.splitlines()[-1] if mode == "direct" else chain
+        final = chain.splitlines()[-1]
+        reply = {"direct": final, "cot": chain, "calc": f"{problem.equations}\n{final}"}[mode]
         return dataclasses.replace(problem, id=f"{base_id}:{mode}", mode=mode, solution=reply,
                                    chain=chain)
 

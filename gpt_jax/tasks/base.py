@@ -30,6 +30,7 @@ class Problem:
     level: str = ""  # the task's difficulty level, if it has levels ("L1", ...)
     mode: str = ""  # the answer mode the prompt asks for, if the task has modes ("cot", ...)
     chain: str = ""  # the full worked solution, whatever the mode's reply shows of it
+    equations: str = ""  # one "a op b = c." line per operation (what a tool call computes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

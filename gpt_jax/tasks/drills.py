@@ -1,29 +1,34 @@
-"""Arithmetic drills for pretraining: "47 + 38 = 85" lines, so the model practises the digit
-arithmetic of the task before SFT ever asks for it.
+"""Arithmetic drills for pretraining, so the model practises the task's arithmetic before SFT asks
+for it. A drill document is a run of blocks, each one of:
 
-Small transformers learn column arithmetic from data where every digit is its own token
+- a worked sum (`WORKED`): "47 + 38 = ?" then the column method of the task's chain of thought
+  ("7 + 8 = 15.", "4 + 3 + 1 = 8.", "47 + 38 = 85."; `arithmetic.column_lines`): single-digit
+  facts with the carry or borrow written out, which a small model can learn, and the composition
+  of the result from them;
+- a plain equation "47 + 38 = 85." (what the direct mode needs in one step: far harder);
+- a times-table entry up to 12 x 12.
+
+Small transformers learn digit arithmetic from data where every digit is its own token
 (gpt_jax/tokenizer.py) and where the hard cases are common: a uniform draw of 2-digit additions
-has a carry in under half of them, so drills are balanced by the number of carries (additions) or
-borrows (subtractions): the count is drawn uniformly from those possible for the digit lengths,
-then operands are drawn until they have it.
-
-Mix (`OPS`): additions and subtractions of 1-3-digit numbers (the task's L1/L2 steps and L3 sums;
-a difference is never negative) and single-digit times tables up to 12 x 12. Equations use the
-task's own spacing ("a op b = c"), so a drill is exactly a chain-of-thought line without its
-full stop. Operand pairs that `arithmetic.pair_is_heldout` reserves for evaluation are never drilled.
+has a carry in under half of them, so operand pairs are balanced by the number of carries
+(additions) or borrows (subtractions): the count is drawn uniformly from those possible for the
+digit lengths, then operands are drawn until they have it. Operands are 1-3 digits, mostly 2 (the
+task's L1/L2 numbers). Operand pairs that `arithmetic.pair_is_heldout` reserves for evaluation are
+never drilled.
 
 `drill_documents(split, n_docs, seed)` is a pure function of its arguments; the "heldout" split
-holds only held-out pairs (for the pretraining eval loss and the `probe`), "train" none of them.
+holds only held-out pairs (for the pretraining eval loss), "train" none of them. The probes
+(`drill_probe`) ask held-out pairs both ways: "a op b =" (in one step) and "a op b = ?" (worked).
 """
 from __future__ import annotations
 
 import random
 
-from gpt_jax.tasks.arithmetic import apply_op, pair_is_heldout
+from gpt_jax.tasks.arithmetic import apply_op, column_lines, pair_is_heldout
 
 LINES_PER_DOC = 48
-# (op, weight): the share of each operation among drills.
-OPS = (("+", 0.45), ("-", 0.45), ("*", 0.10))
+# (block kind, weight): worked column sums, plain +/- equations, times tables.
+KINDS = (("worked", 0.6), ("plain", 0.3), ("times", 0.1))
 # Operand lengths (digits) of + and -: mostly 2 digits, the task's L1/L2 operands.
 DIGITS, DIGIT_WEIGHTS = (1, 2, 3), (0.2, 0.5, 0.3)
 
@@ -67,24 +72,27 @@ def draw_pair(rng: random.Random, op: str) -> tuple[int, int]:
     return a, b
 
 
-def drill_line(op: str, a: int, b: int) -> str:
-    return f"{a} {op} {b} = {apply_op(op, a, b)}"
+def drill_block(kind: str, op: str, a: int, b: int) -> list[str]:
+    if kind == "worked":
+        return [f"{a} {op} {b} = ?", *column_lines(op, a, b)]
+    return [f"{a} {op} {b} = {apply_op(op, a, b)}."]
 
 
 def drill_documents(split: str, n_docs: int, seed: int = 0) -> list[str]:
-    """`n_docs` documents of LINES_PER_DOC drill lines each, none using a pair of the other split."""
+    """`n_docs` documents of about LINES_PER_DOC lines, none using a pair of the other split."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split={split!r}; expected 'train' or 'heldout'")
     rng = random.Random(f"drills:{split}:{seed}")
-    ops, weights = zip(*OPS)
+    kinds, weights = zip(*KINDS)
     docs = []
     for _ in range(n_docs):
         lines = []
         while len(lines) < LINES_PER_DOC:
-            op = rng.choices(ops, weights)[0]
+            kind = rng.choices(kinds, weights)[0]
+            op = "*" if kind == "times" else rng.choice("+-")
             a, b = draw_pair(rng, op)
             if pair_is_heldout(op, a, b) == (split == "heldout"):
-                lines.append(drill_line(op, a, b))
+                lines += drill_block(kind, op, a, b)
         docs.append("\n".join(lines) + "\n")
     return docs
 
@@ -105,20 +113,29 @@ def probe_pairs(n: int, seed: int = 0) -> list[tuple[str, int, int]]:
 
 
 def drill_probe(params, model_config, tokenizer, n: int = 200, seed: int = 0) -> dict:
-    """Greedy exact match of the model on `n` held-out "a + b =" / "a - b =" drills (2-digit),
-    each asked as a pretraining document opening (<|eos|> then the drill's left side)."""
+    """Greedy exact match on `n` held-out 2-digit additions and subtractions, each asked as a
+    pretraining document opening (<|eos|>, then the drill): `plain` "a op b =" (one step) and
+    `worked` "a op b = ?" followed by the model's own column steps (its last equation is read)."""
     from gpt_jax.sampling import SamplingConfig, generate
 
     pairs = probe_pairs(n, seed)
-    prompts = [[tokenizer.eos_id, *tokenizer.encode(f"{a} {op} {b} =")] for op, a, b in pairs]
-    sampling = SamplingConfig(temperature=0.0, max_new_tokens=6, stop_ids=(tokenizer.eos_id,),
-                              stop_strings=("\n",))
-    gen = generate(params, model_config, prompts, sampling, pad_id=tokenizer.pad_id,
-                   tokenizer=tokenizer)
-    right = {"+": [], "-": []}
-    for i, (op, a, b) in enumerate(pairs):
-        text = tokenizer.decode([t for t in gen.row(i) if t != tokenizer.eos_id])
-        right[op].append(text.strip() == str(apply_op(op, a, b)))
-    return {"accuracy": sum(map(sum, right.values())) / n, "n": n,
-            "add_accuracy": sum(right["+"]) / max(1, len(right["+"])),
-            "sub_accuracy": sum(right["-"]) / max(1, len(right["-"]))}
+    out = {"n": n}
+    for kind, ask, new_tokens in (("plain", "{a} {op} {b} =", 6),
+                                  ("worked", "{a} {op} {b} = ?\n", 40)):
+        prompts = [[tokenizer.eos_id, *tokenizer.encode(ask.format(a=a, op=op, b=b))]
+                   for op, a, b in pairs]
+        sampling = SamplingConfig(temperature=0.0, max_new_tokens=new_tokens,
+                                  stop_ids=(tokenizer.eos_id,))
+        gen = generate(params, model_config, prompts, sampling, pad_id=tokenizer.pad_id)
+        right = []
+        for i, (op, a, b) in enumerate(pairs):
+            text = tokenizer.decode([t for t in gen.row(i) if t != tokenizer.eos_id])
+            if kind == "plain":
+                got = text.split("\n")[0].strip().rstrip(".")
+            else:  # the line that restates the pair: "a op b = c."
+                head = f"{a} {op} {b} = "
+                got = next((ln[len(head):].rstrip(".") for ln in text.split("\n")
+                            if ln.startswith(head)), None)
+            right.append(got == str(apply_op(op, a, b)))
+        out[f"{kind}_accuracy"] = sum(right) / n
+    return out

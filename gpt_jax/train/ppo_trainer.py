@@ -100,23 +100,30 @@ class PPOTrainer:
 
     # -- rollouts ---------------------------------------------------------------------------------
     def rollout(self, policy_params, prompts: Sequence[Sequence[int]], seed: int,
-                temperature: float | None = None) -> tuple[dict, Generation]:
-        """Samples one response per prompt -> (host rollout dict, the Generation)."""
+                temperature: float | None = None, tool=None,
+                tokenizer=None) -> tuple[dict, Generation]:
+        """Samples one response per prompt -> (host rollout dict, the Generation).
+
+        With `tool` (str -> str, e.g. the calculator; needs `tokenizer`) calls run inside
+        decoding; the tokens the tool wrote stay in `valid` (the policy reads them) but are 0 in
+        `response_mask`, so the PPO loss, the KL penalty and the values skip them."""
         p, n = self.hp.prompt_len, self.max_new_tokens
         prompts = [fit_prompt(x, p) for x in prompts]
         t = self.hp.temperature if temperature is None else temperature
         sampling = SamplingConfig(temperature=t, max_new_tokens=n, stop_ids=self.stop_ids,
                                   seed=int(seed))
         gen = generate(policy_params, self.model_config, prompts, sampling,
-                       logit_processor=self._processor, pad_id=self.pad_id)
+                       logit_processor=self._processor, pad_id=self.pad_id, tool=tool,
+                       tokenizer=tokenizer)
         b = len(prompts)
         tokens = np.full((b, p + n), self.pad_id, np.int32)
         valid = np.zeros((b, p + n), bool)
         for i, ids in enumerate(prompts):
             tokens[i, p - len(ids):p], valid[i, p - len(ids):p] = ids, True
         tokens[:, p:] = gen.tokens
-        response_mask = np.arange(n)[None, :] < gen.lengths[:, None]
-        valid[:, p:] = response_mask
+        in_reply = np.arange(n)[None, :] < gen.lengths[:, None]
+        valid[:, p:] = in_reply
+        response_mask = in_reply if gen.tool_mask is None else in_reply & ~gen.tool_mask
         rollout = {"tokens": tokens, "valid": valid, "response_mask": response_mask,
                    "finished": gen.finished.astype(bool)}
         return rollout, gen
