@@ -27,14 +27,25 @@ def _jsonable(value):
     return value
 
 
+def _primary() -> bool:
+    """Process 0 of a multi-process run (and every single-process run) writes the run's files."""
+    from gpt_jax.multihost import is_primary
+
+    return is_primary()
+
+
 class MetricsWriter:
-    """Appends metric rows to metrics.jsonl and (optionally) TensorBoard."""
+    """Appends metric rows to metrics.jsonl and (optionally) TensorBoard. In a multi-process run
+    only process 0 writes (every process holds the same, global, metric values)."""
 
     def __init__(self, stage_dir: str | os.PathLike, tensorboard: bool = True):
         self.dir = Path(stage_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         self._tb = None
+        self.enabled = _primary()
+        if not self.enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -42,9 +53,12 @@ class MetricsWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drops rows logged after `step` (they belong to work that a resume will redo)."""
-        truncate_jsonl(self.path, step)
+        if self.enabled:
+            truncate_jsonl(self.path, step)
 
     def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         row = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -93,8 +107,11 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 def write_summary(stage_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
-    """Atomically writes <stage_dir>/summary.json; its presence marks the stage complete."""
+    """Atomically writes <stage_dir>/summary.json; its presence marks the stage complete.
+    In a multi-process run only process 0 writes it."""
     path = Path(stage_dir) / "summary.json"
+    if not _primary():
+        return path
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n")
     os.replace(tmp, path)

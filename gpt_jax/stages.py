@@ -38,10 +38,14 @@ STAGES = {
 
 # Config keys that cannot change a stage's result (display, logging sinks, checkpoint cadence and
 # retention: resume is bitwise exact whatever the cadence; the non-finite stop limit: a run that
-# finished never reached it). Everything else is compared.
+# finished never reached it; which process of a multi-process run this is). Everything else is
+# compared.
 IGNORED_KEYS = frozenset({
     "train.progress_bar", "train.tensorboard", "train.checkpoint_every", "train.max_to_keep",
     "train.kill_at_step", "train.max_nonfinite_steps",
+    # launch details of a multi-process run: each process has its own id, a resume may use
+    # another coordinator (docs/multihost.md)
+    "distributed.process_id", "distributed.coordinator_address",
 })
 LINEAGE = "lineage.json"
 _MISSING = "<absent>"
@@ -196,9 +200,18 @@ def begin_stage(config, workdir: str | Path, stage: str, parent: str | None = No
     it), else None: an interrupted stage resumes (same config), a new one has its parent's model
     checked and its config.json + lineage.json saved. A stage directory made with another config
     or from other upstream runs raises StageConfigMismatch (unless --rerun moved it aside)."""
+    from gpt_jax.multihost import is_primary, primary_first
+
+    # several processes (multi-host): process 0 decides and writes config.json + lineage.json,
+    # then the others find them (a resume, to them) and write nothing; only it moves dirs aside
+    return primary_first(lambda: _begin_stage(config, workdir, stage, parent, is_primary()),
+                         f"begin_stage:{stage}")
+
+
+def _begin_stage(config, workdir, stage: str, parent: str | None, primary: bool):
     from gpt_jax.metrics import read_summary, save_stage_config
 
-    consume_rerun(workdir, stage)
+    consume_rerun(workdir, stage, move=primary)
     stage_dir = Path(workdir) / stage
     requested = config_dict(config)
     why = _mismatch(workdir, stage, stage_dir, requested)

@@ -86,16 +86,20 @@ class PretrainIterator(StepIndexedBatches):
             ds = ds.shuffle(seed=(seed * 1_000_003 + i) % 2**32).repeat()
             per_source.append(ds.map(lambda w, i=i: (w, i)))
         mixed = grain.MapDataset.mix(per_source, [weights[n] for n in self.source_names])
-        local = batch_size // P
-        offset = p * local
+        self.local_batch, self.row_offset = batch_size // P, p * (batch_size // P)
 
         def make_batch(step: int) -> dict:
-            rows = [mixed[step * batch_size + offset + j] for j in range(local)]
+            rows = [mixed[k] for k in self.rows(step)]
             return {"tokens": np.stack([r[0] for r in rows]),
                     "source_ids": np.array([r[1] for r in rows], dtype=np.int32)}
 
         self.tokens_by_source = {n: 0 for n in self.source_names}
         self._serve(make_batch, loader_threads, prefetch)
+
+    def rows(self, step: int) -> range:
+        """The mixed-dataset elements that this process reads for batch `step` (its B/P rows)."""
+        start = step * self.batch_size + self.row_offset
+        return range(start, start + self.local_batch)
 
     def _on_batch(self, batch: dict) -> None:
         counts = np.bincount(batch["source_ids"], minlength=len(self.source_names))

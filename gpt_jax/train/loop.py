@@ -29,6 +29,7 @@ import numpy as np
 from gpt_jax.checkpoint import Checkpointer, abstract_with_shardings
 from gpt_jax.flops import measure_matmul_peak
 from gpt_jax.metrics import MetricsWriter
+from gpt_jax.multihost import is_primary
 from gpt_jax.progress import progress
 
 
@@ -195,7 +196,7 @@ class Loop:
             bar.close()
             writer.close()
             ckpt.close()
-            for k in bad_checkpoints:
+            for k in bad_checkpoints if is_primary() else ():  # one process moves them
                 dst = Path(self.stage_dir) / QUARANTINE / str(k)
                 dst.parent.mkdir(exist_ok=True)
                 os.replace(Path(ckpt.directory) / str(k), dst)

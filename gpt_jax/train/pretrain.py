@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gpt_jax import sharding as shd
 from gpt_jax.flops import train_flops_per_token
 from gpt_jax.metrics import write_summary
 from gpt_jax.stages import begin_stage
 from gpt_jax.model import GPT, GPTConfig
+from gpt_jax.multihost import primary_first
 from gpt_jax.train.loop import Loop
 from gpt_jax.train.losses import cross_entropy
 from gpt_jax.train.optim import make_optimizer
@@ -119,8 +119,9 @@ def _data_iterators(config, workdir: str, model_config: GPTConfig):
                                                batch_size=tcfg.batch_size, seq_len=tcfg.seq_len,
                                                seed=seed, workdir=workdir)
 
-    train = make("train", config.seed)
-    probe = make("heldout", config.seed)
+    # process 0 builds any missing token cache first; the others then load it
+    train = primary_first(lambda: make("train", config.seed), "token_cache:train")
+    probe = primary_first(lambda: make("heldout", config.seed), "token_cache:heldout")
     return train, (lambda: make("heldout", config.seed)), getattr(probe, "bytes_per_token", None)
 
 
@@ -156,9 +157,12 @@ def run(config, workdir: str) -> dict[str, Any]:
     tokens_per_step = tcfg.batch_size * tcfg.seq_len
     rng = jax.random.key(config.seed)
 
+    from gpt_jax.data.pipeline import shard_batch
+
     def put(batch):
-        return jax.device_put({k: np.asarray(v) for k, v in batch.items() if k != "source_ids"},
-                              built.batch_sharding)
+        # this process's rows (all rows with one process) -> global arrays over the mesh
+        return shard_batch({k: v for k, v in batch.items() if k != "source_ids"},
+                           built.batch_sharding)
 
     loop = Loop(
         stage_dir=str(stage_dir), train_cfg=tcfg, train_step=built.train_step,

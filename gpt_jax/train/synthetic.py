@@ -1,9 +1,12 @@
 """Random-token batches, for tests, benchmarks and compile-only planning without a tokenizer.
 
 The batch at step s is a pure function of (seed, s), so the iterator state is just the step.
+Multi-process: each process returns only its rows of the global batch (process p of P: rows
+p*B/P ... (p+1)*B/P - 1), as gpt_jax/data/pipeline.py's iterator does.
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 
@@ -14,6 +17,11 @@ class SyntheticTokens:
         self.seed = seed
         self.step = 0
         self.bytes_per_token = None
+        processes = jax.process_count()
+        if batch_size % processes:
+            raise ValueError(f"batch_size {batch_size} is not divisible by {processes} processes")
+        self.local_batch = batch_size // processes
+        self.row_offset = jax.process_index() * self.local_batch
 
     def __iter__(self):
         return self
@@ -21,7 +29,8 @@ class SyntheticTokens:
     def __next__(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.step])
         self.step += 1
-        return {"tokens": rng.integers(0, self.vocab_size, self.shape, dtype=np.int32)}
+        tokens = rng.integers(0, self.vocab_size, self.shape, dtype=np.int32)
+        return {"tokens": tokens[self.row_offset: self.row_offset + self.local_batch]}
 
     @property
     def tokens_by_source(self) -> dict[str, int]:
