@@ -111,7 +111,7 @@ def main():
 
     summary = pretrain.run(config, ARGS["workdir"])
     record["summary"] = {k: summary[k] for k in ("final_train_loss", "final_eval_loss", "steps",
-                                                 "drill_probe")}
+                                                 "drill_probe", "tokens_by_source")}
     Path(ARGS["out"]).write_text(json.dumps(record))
     print(f"[child {jax.process_index()}] done", flush=True)
 

@@ -117,6 +117,9 @@ def test_losses_match_single_process(runs):
         eval_got = record["summary"]["final_eval_loss"]
         assert abs(eval_got - single["summary"]["final_eval_loss"]) <= 1e-5
     assert _losses(multi[0]) == _losses(multi[1])  # every process holds the same global loss
+    # tokens per source count the whole global batch in every process, not its own rows
+    for record in multi:
+        assert record["summary"]["tokens_by_source"] == single["summary"]["tokens_by_source"]
 
 
 def test_each_process_reads_only_its_rows(runs):

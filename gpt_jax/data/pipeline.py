@@ -12,7 +12,8 @@ would have seen; grain threads prefetch ahead. Each batch is
 with `source_names[source_ids[i]]` naming row i's source.
 
 Multi-host: every process builds the same datasets and reads only its rows (B_local = B / P);
-`shard_batch` then assembles the global array with `jax.make_array_from_process_local_data`.
+`shard_batch` then assembles the global array with `jax.make_array_from_process_local_data`;
+`tokens_by_source` still counts the whole global batch (docs/multihost.md).
 On one host it is `jax.device_put(batch, sharding)`.
 """
 from __future__ import annotations
@@ -80,12 +81,17 @@ class PretrainIterator(StepIndexedBatches):
         self.source_token_counts = {n: s.n_tokens for n, s in sources.items()}
         # Expected bytes per sampled token: each source's own ratio, weighted by its share.
         self.bytes_per_token = sum(w * sources[n].bytes_per_token for n, w in weights.items())
-        per_source = []
-        for i, name in enumerate(self.source_names):
-            ds = grain.MapDataset.source(WindowSource(sources[name], seq_len))
-            ds = ds.shuffle(seed=(seed * 1_000_003 + i) % 2**32).repeat()
-            per_source.append(ds.map(lambda w, i=i: (w, i)))
-        mixed = grain.MapDataset.mix(per_source, [weights[n] for n in self.source_names])
+        windows = [WindowSource(sources[name], seq_len) for name in self.source_names]
+
+        def mix(per_source: list) -> grain.MapDataset:  # element k -> (per-source item, source)
+            shuffled = [ds.shuffle(seed=(seed * 1_000_003 + i) % 2**32).repeat()
+                        .map(lambda x, i=i: (x, i)) for i, ds in enumerate(per_source)]
+            return grain.MapDataset.mix(shuffled, [weights[n] for n in self.source_names])
+
+        mixed = mix([grain.MapDataset.source(w) for w in windows])
+        # the same mixture over window indices: which source element k is from, without reading
+        # it (several processes: each counts the whole batch's tokens per source, not its rows)
+        self._source_of = mix([grain.MapDataset.range(len(w)) for w in windows])
         self.local_batch, self.row_offset = batch_size // P, p * (batch_size // P)
 
         def make_batch(step: int) -> dict:
@@ -102,7 +108,12 @@ class PretrainIterator(StepIndexedBatches):
         return range(start, start + self.local_batch)
 
     def _on_batch(self, batch: dict) -> None:
-        counts = np.bincount(batch["source_ids"], minlength=len(self.source_names))
+        ids = batch["source_ids"]
+        if self.local_batch != self.batch_size:  # count all B rows, not this process's B/P
+            step = self.step - 1  # __next__ has advanced it
+            ids = [self._source_of[k][1]
+                   for k in range(step * self.batch_size, (step + 1) * self.batch_size)]
+        counts = np.bincount(ids, minlength=len(self.source_names))
         for name, c in zip(self.source_names, counts):
             self.tokens_by_source[name] += int(c) * self.seq_len
 
