@@ -4,8 +4,8 @@
     python tests/multiprocess_child.py '<json args>'
 
 args: devices, num_processes, process_id, port (coordinator on 127.0.0.1; unused with one
-process), workdir, out, optional weights (data.pretrain_weights) and
-max_seq_len (model). Writes `out` (JSON): the logged losses, the eval loss, every batch this
+process), workdir, out, optional weights (data.pretrain_weights),
+max_seq_len (model) and kill_at_step (train). Writes `out` (JSON): the logged losses, the eval loss, every batch this
 process read (split, step, the mixed-dataset elements = global rows, tokens) and which global
 rows of the first sharded train batch sit on this process's devices.
 """
@@ -33,6 +33,7 @@ def make_config():
                          eval_batches=2, checkpoint_every=2, max_to_keep=2)
     config.model.vocab_size = 384
     config.model.max_seq_len = ARGS.get("max_seq_len", 32)
+    config.train.kill_at_step = ARGS.get("kill_at_step", 0)  # SIGKILL after that checkpoint
     config.mesh = configs.mesh_config(data=4, fsdp=2, tensor=1)  # 8 devices, FSDP across hosts
     configs.attach_data(config)
     config.data.pretrain_weights = ARGS.get("weights",

@@ -4,6 +4,9 @@ tiny model on real pipeline data over the 8-device (data 4 x fsdp 2) mesh, in on
 (checkpoints from both processes through orbax), and must match the same 5 steps run by ONE
 process with 8 devices. Each process must read only its own rows of every global batch.
 
+A third 2-process run is SIGKILLed after its step-2 checkpoint and relaunched: it must resume
+there and still match.
+
 Every run is a subprocess (tests/multiprocess_child.py) with a timeout; the pair is killed as
 soon as one of them fails.
 """
@@ -42,18 +45,19 @@ def _env(port: int) -> dict:
     return env
 
 
-def _launch(args: list[dict], port: int, logs: Path) -> list[dict]:
+def _launch(args: list[dict], port: int, logs: Path, tag: str = "",
+            expect_rc: int = 0) -> list[dict]:
     """Runs the children concurrently; kills all of them when one fails or time runs out."""
     procs = []
     for a in args:
-        log = open(logs / f"child{a['process_id']}_of{a['num_processes']}.log", "w")
+        log = open(logs / f"child{a['process_id']}_of{a['num_processes']}{tag}.log", "w")
         procs.append((subprocess.Popen([sys.executable, str(CHILD), json.dumps(a)], cwd=REPO,
                                        env=_env(port), stdout=log, stderr=subprocess.STDOUT),
                       log))
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while any(p.poll() is None for p, _ in procs):
-            failed = [p for p, _ in procs if p.poll() not in (None, 0)]
+            failed = [p for p, _ in procs if p.poll() not in (None, expect_rc)]
             if failed or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -63,18 +67,20 @@ def _launch(args: list[dict], port: int, logs: Path) -> list[dict]:
                 p.kill()
             p.wait()
             log.close()
-    bad = [(a, p.returncode) for a, (p, _) in zip(args, procs) if p.returncode != 0]
+    bad = [(a, p.returncode) for a, (p, _) in zip(args, procs) if p.returncode != expect_rc]
     if bad:
         tails = "\n".join(
             f"--- process {a['process_id']} rc={rc}:\n" + "\n".join(
-                l for l in (logs / f"child{a['process_id']}_of{a['num_processes']}.log")
+                l for l in (logs / f"child{a['process_id']}_of{a['num_processes']}{tag}.log")
                 .read_text().splitlines() if "SPMD" not in l)[-3000:]
             for a, rc in bad)
         pytest.fail(f"child process(es) failed or timed out ({TIMEOUT_S}s):\n{tails}")
+    if expect_rc:
+        return []
     return [json.loads(Path(a["out"]).read_text()) for a in args]
 
 
-pytestmark = pytest.mark.slow  # ~100 s on 2 cores: three jax processes, each compiling the step
+pytestmark = pytest.mark.slow  # 3-4 min on 2 cores: seven jax processes, each compiling the step
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +102,7 @@ def runs(tmp_path_factory):
                      _free_port(), root)[0]
     t2 = time.perf_counter()
     print(f"\n2 processes x 4 devices: {t1 - t0:.1f}s; 1 process x 8 devices: {t2 - t1:.1f}s")
-    return root, single, multi
+    return root, single, multi, tok
 
 
 def _losses(record) -> dict[int, float]:
@@ -104,7 +110,7 @@ def _losses(record) -> dict[int, float]:
 
 
 def test_losses_match_single_process(runs):
-    _, single, multi = runs
+    _, single, multi, _ = runs
     assert [m["process_count"] for m in multi] == [2, 2] and single["process_count"] == 1
     ref = _losses(single)
     assert sorted(ref) == [1, 2, 3, 4, 5]
@@ -123,7 +129,7 @@ def test_losses_match_single_process(runs):
 
 
 def test_each_process_reads_only_its_rows(runs):
-    _, single, multi = runs
+    _, single, multi, _ = runs
     half = B // 2
     for split, steps in (("train", range(5)), ("heldout", range(2))):
         ref = {r["step"]: r for r in single["reads"] if r["split"] == split}
@@ -146,7 +152,7 @@ def test_each_process_reads_only_its_rows(runs):
 
 
 def test_run_files_written_once(runs):
-    root, single, _ = runs
+    root, single, _, _ = runs
     stage = root / "multi" / "pretrain"
     rows = read_metrics(stage / "metrics.jsonl")
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5]  # not once per process
@@ -159,3 +165,37 @@ def test_run_files_written_once(runs):
     assert not [p for p in (stage / "checkpoints").iterdir() if "tmp" in p.name]
     saved = json.loads((stage / "config.json").read_text())
     assert saved["distributed"]["process_id"] == 0 and saved["distributed"]["num_processes"] == 2
+
+
+def test_killed_run_resumes_from_its_checkpoint(runs):
+    """Both processes are SIGKILLed right after the step-2 checkpoint (train.kill_at_step); the
+    same 2-process command again restores it (orbax, sharded over both processes) and steps 3-5
+    match the uninterrupted one-process run."""
+    root, single, _, tok = runs
+    workdir = root / "resumed"
+    (workdir / "tokenizer").mkdir(parents=True)
+    tok.save(workdir / "tokenizer" / "tokenizer.json")
+
+    def args(port, **extra):
+        return [{"devices": 4, "num_processes": 2, "process_id": i, "port": port,
+                 "workdir": str(workdir), "out": str(root / f"resumed{i}.json"), **extra}
+                for i in range(2)]
+
+    port = _free_port()
+    _launch(args(port, kill_at_step=2), port, root, tag="_killed", expect_rc=-9)
+    ckpts = workdir / "pretrain" / "checkpoints"
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [2]
+    port = _free_port()  # a new coordinator: distributed.coordinator_address is not compared
+    resumed = _launch(args(port), port, root, tag="_resumed")
+    ref = _losses(single)
+    for record in resumed:
+        got = _losses(record)
+        assert sorted(got) == [3, 4, 5]  # restored at step 2, not started over
+        diff = max(abs(got[s] - ref[s]) for s in got)
+        print(f"resumed process {record['process_index']}: max |loss diff| steps 3-5 = {diff:.3g}")
+        assert diff <= 1e-5, (got, ref)
+        train_reads = sorted(r["step"] for r in record["reads"] if r["split"] == "train")
+        assert train_reads == [2, 3, 4]  # the data iterator resumed at batch 2
+    rows = read_metrics(workdir / "pretrain" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5]
+    assert resumed[0]["summary"]["tokens_by_source"] == single["summary"]["tokens_by_source"]
