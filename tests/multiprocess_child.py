@@ -4,10 +4,10 @@
     python tests/multiprocess_child.py '<json args>'
 
 args: devices, num_processes, process_id, port (coordinator on 127.0.0.1; unused with one
-process), workdir, out, optional weights (data.pretrain_weights),
-max_seq_len (model) and kill_at_step (train). Writes `out` (JSON): the logged losses, the eval loss, every batch this
-process read (split, step, the mixed-dataset elements = global rows, tokens) and which global
-rows of the first sharded train batch sit on this process's devices.
+process), workdir, out; optional: weights (data.pretrain_weights), max_seq_len (model),
+kill_at_step (train). Writes `out` (JSON): the logged losses, the eval loss, every batch this
+process read (split, step, the mixed-dataset elements = global rows, tokens), which global rows
+of the first sharded train batch sit on this process's devices, and parts of the summary.
 """
 import json
 import os
