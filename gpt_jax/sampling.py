@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.model import Block, GPTConfig, Norm, attention_mask
+from gpt_jax.seq_utils import bucket, positions_from_valid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +155,7 @@ def _prefill(params, config, tokens, cache, valid=None, layers=None):
     if valid is None:
         valid = jnp.ones(tokens.shape, bool)
     # Position = real tokens before this one in the row (earlier chunks included).
-    positions = cache["valid"].sum(-1, keepdims=True) + jnp.cumsum(valid, -1) - 1
-    positions = jnp.maximum(positions, 0).astype(jnp.int32)
+    positions = positions_from_valid(valid, start=cache["valid"].sum(-1, keepdims=True))
     logits, cache = _forward(params, config, tokens, positions, valid, cache, layers, last_only=True)
     return logits[:, -1], cache
 
@@ -286,13 +286,9 @@ def _static(config, sampling: SamplingConfig, pad_id, processor) -> _Static:
 def _stop_array(stop_ids) -> np.ndarray:
     """Stop ids as a fixed-size traced array (-1 = unused), so changing them never recompiles."""
     stop_ids = [int(s) for s in stop_ids]
-    out = np.full((max(8, _bucket(len(stop_ids))),), -1, np.int32)
+    out = np.full((max(8, bucket(len(stop_ids))),), -1, np.int32)
     out[: len(stop_ids)] = stop_ids
     return out
-
-
-def _bucket(n: int, minimum: int = 1) -> int:
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
 def _check_prompts(config: GPTConfig, prompts: Sequence[Sequence[int]], n: int) -> None:
@@ -325,7 +321,7 @@ def generate(params, config: GPTConfig, prompts: Sequence[Sequence[int]],
             row_ids=row_ids, schedule=tool_schedule)
     n = sampling.max_new_tokens
     _check_prompts(config, prompts, n)
-    b, p = _bucket(len(prompts)), _bucket(max(len(x) for x in prompts), 8)
+    b, p = bucket(len(prompts)), bucket(max(len(x) for x in prompts), 8)
     tokens = np.full((b, p), pad_id, np.int32)
     valid = np.zeros((b, p), bool)
     for i, ids in enumerate(prompts):
@@ -413,7 +409,7 @@ def stream(params, config: GPTConfig, prompt: Sequence[int], sampling: SamplingC
             pad_id=pad_id)
     n = sampling.max_new_tokens
     _check_prompts(config, [prompt], n)
-    p = _bucket(len(prompt), 8)
+    p = bucket(len(prompt), 8)
     tokens = np.full((1, p), pad_id, np.int32)
     tokens[0, p - len(prompt):] = prompt
     valid = np.arange(p)[None] >= p - len(prompt)
