@@ -11,13 +11,14 @@ Three ways in, all built from the same two jit'd pure functions over an explicit
 With `tool=` (e.g. the calculator) both run tool calls inside the reply: see `gpt_jax.engine_tools`
 (a separate program; without a tool nothing here changes).
 
-Why not `GPT.apply(..., cache=...)` directly: its cache is one stacked [L, B, K, S, D] array
-threaded through the layer scan, and XLA:CPU copies the whole cache per step (slice out a layer,
+Why layer by layer rather than through `GPT.apply`: a cache threaded through the layer scan is one
+stacked [L, B, K, S, D] array, and XLA:CPU copies the whole of it per step (slice out a layer,
 update, stack back): 3-5x slower at batch 16. Here the cache holds one {"k","v"} [B, K, S, D]
 buffer per layer ([K, D, S] at batch 1, see `model.attend_slots_minor`), updated in place by
-dynamic_update_slice, and each layer is the model's own `Block` on the model's params (one
-attention implementation for training and decoding); tests check token-for-token equality with
-full recompute through `GPT.apply`, for both families and at batch 1 and > 1.
+dynamic_update_slice, and the forward is the model's own pieces on the model's params
+(`model.embed`, each layer's `Block`, `Norm`, `model.lm_logits`: one implementation of each for
+training and decoding); tests check token-for-token equality with full recompute through
+`GPT.apply`, for both families and at batch 1 and > 1.
 
 Padding: prompts are left-padded; each row's positions count only its real tokens and padded slots
 are masked out, so a prompt decodes to the same tokens alone or in a batch of mixed lengths.
@@ -41,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.model import Block, GPTConfig, Norm, attention_mask
+from gpt_jax.model import Block, GPTConfig, Norm, attention_mask, embed, lm_logits
 from gpt_jax.seq_utils import bucket, positions_from_valid
 
 
@@ -123,16 +124,13 @@ def _forward(params, config: GPTConfig, tokens, positions, valid, cache, layers=
              last_only=False):
     """tokens [B, T] at `positions`, written to slots [index, index + T) -> (logits [B, T, V], cache).
 
-    Mirrors `GPT.__call__` (embeddings, blocks, final norm, head) with a per-layer cache.
-    `last_only`: logits of the last slot only ([B, 1, V]), skipping the head elsewhere (prefill).
+    `GPT.__call__`'s pieces (`embed`, `Block`, the final `Norm`, `lm_logits`) with a per-layer
+    cache. `last_only`: logits of the last slot only ([B, 1, V]), skipping the head elsewhere.
     """
-    dt = config.compute_dtype
     index = cache["index"]
     cache_valid = jax.lax.dynamic_update_slice(cache["valid"], valid, (0, index))
     mask = attention_mask(positions, cache_valid=cache_valid, cache_index=index, t=tokens.shape[1])
-    x = jnp.take(params["wte"], tokens, axis=0).astype(dt)
-    if config.family == "gpt2":
-        x = x + jnp.take(params["wpe"], positions, axis=0).astype(dt)
+    x = embed(config, params, tokens, positions)
     layers = _layer_params(config, params) if layers is None else layers
     new_layers = []
     for layer_params, layer_cache in zip(layers, cache["layers"]):
@@ -140,13 +138,7 @@ def _forward(params, config: GPTConfig, tokens, positions, valid, cache, layers=
         new_layers.append(c)
     if last_only:
         x = x[:, -1:]
-    hidden = Norm(config).apply({"params": params["ln_f"]}, x)
-    if config.tied:
-        logits = jnp.einsum("btd,vd->btv", hidden, params["wte"].astype(dt),
-                            preferred_element_type=jnp.float32)
-    else:
-        logits = jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(dt),
-                            preferred_element_type=jnp.float32)
+    logits = lm_logits(config, params, Norm(config).apply({"params": params["ln_f"]}, x))
     new_cache = {"layers": new_layers, "valid": cache_valid, "index": index + tokens.shape[1]}
     return logits, new_cache
 
