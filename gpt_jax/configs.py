@@ -55,7 +55,6 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
         "tensorboard": True,
         "peak_flops": 0.0,           # 0 = measure a float32 2048^3 matmul at start
         "max_nonfinite_steps": 3,    # stop after this many consecutive skipped (non-finite) steps
-        "kill_at_step": 0,           # testing hook: SIGKILL the process after this step's checkpoint
     })
     cfg.update(overrides)
     return cfg

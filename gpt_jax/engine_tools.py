@@ -47,6 +47,7 @@ import numpy as np
 
 from gpt_jax import sampling as S
 from gpt_jax.model import GPTConfig
+from gpt_jax.seq_utils import bucket
 
 SCHEDULES = {"any": 0, "all": 2**30}  # name -> steps a paused row may wait
 DEFAULT_WAIT = 8
@@ -135,7 +136,7 @@ def grow_cache(cache: dict, extra: int) -> dict:
 
 def _chunk(rows: dict[int, list[int]], b: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded [B, C] chunk (C a power of two >= 4) of each serviced row's ids; valid mask."""
-    c = S._bucket(max(len(v) for v in rows.values()), 4)
+    c = bucket(max(len(v) for v in rows.values()), 4)
     tokens = np.full((b, c), pad_id, np.int32)
     valid = np.zeros((b, c), bool)
     for i, ids in rows.items():
@@ -222,7 +223,7 @@ def generate_with_tool(params, config: GPTConfig, prompts: Sequence[Sequence[int
     # Sliced once here: every loop call and chunk prefill would otherwise slice stacked weights.
     config, params = S.unstack_layers(config, params)
     k = len(prompts)
-    b, p = S._bucket(k), S._bucket(max(len(x) for x in prompts), 8)
+    b, p = bucket(k), bucket(max(len(x) for x in prompts), 8)
     tokens = np.full((b, p), pad_id, np.int32)
     valid = np.zeros((b, p), bool)
     for i, ids in enumerate(prompts):
@@ -234,7 +235,7 @@ def generate_with_tool(params, config: GPTConfig, prompts: Sequence[Sequence[int
     temperature = jnp.float32(sampling.temperature if not sampling.greedy else 1.0)
     args = (S._stop_array(sampling.stop_ids), temperature, jnp.float32(sampling.top_p),
             jax.random.key(sampling.seed), ids_arr, processor_state)
-    grow_by = max(16, S._bucket(n) // 2)
+    grow_by = max(16, bucket(n) // 2)
     cache = S.init_cache(config, b, p + n + grow_by)
     logits, cache = S.prefill(params, config, tokens, cache, valid)
     st = (jnp.full((b,), pad_id, jnp.int32), np.full((b, n), pad_id, np.int32),
@@ -290,11 +291,11 @@ def stream_with_tool(params, config: GPTConfig, prompt: Sequence[int], sampling:
     tids = _check(tokenizer)
     n = sampling.max_new_tokens
     S._check_prompts(config, [prompt], n)
-    p = S._bucket(len(prompt), 8)
+    p = bucket(len(prompt), 8)
     tokens = np.full((1, p), pad_id, np.int32)
     tokens[0, p - len(prompt):] = prompt
     valid = np.arange(p)[None] >= p - len(prompt)
-    grow_by = max(16, S._bucket(n) // 2)
+    grow_by = max(16, bucket(n) // 2)
     cache = S.init_cache(config, 1, p + n + grow_by)
     logits, cache = S.prefill(params, config, jnp.asarray(tokens), cache, jnp.asarray(valid))
     static = S._static(config, sampling, pad_id, logit_processor)
@@ -338,8 +339,8 @@ def stream_with_tool(params, config: GPTConfig, prompt: Sequence[int], sampling:
             emitted = safe
         if length >= n:
             break
-        if int(cache["index"]) + S._bucket(len(feed), 4) > cache["valid"].shape[1]:
-            cache = grow_cache(cache, max(grow_by, S._bucket(len(feed), 4)))
+        if int(cache["index"]) + bucket(len(feed), 4) > cache["valid"].shape[1]:
+            cache = grow_cache(cache, max(grow_by, bucket(len(feed), 4)))
         if len(feed) == 1:
             logits, cache = S.decode_step(params, config, token, cache,
                                           jnp.asarray([pos], jnp.int32))

@@ -22,12 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from gpt_jax.model import GPT, GPTConfig
-
-
-def last_valid_index(valid):
-    """[N, T] bool -> [N] index of the last True (0 for an all-False row)."""
-    t = valid.shape[-1]
-    return (t - 1 - jnp.argmax(valid[..., ::-1], axis=-1)).astype(jnp.int32)
+from gpt_jax.seq_utils import last_valid_index, positions_from_valid
 
 
 def valid_from_lengths(lengths, t: int):
@@ -49,7 +44,7 @@ class RewardModel(nn.Module):
         if valid is None:
             valid = jnp.ones(tokens.shape, bool)
         valid = valid.astype(bool)
-        positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0).astype(jnp.int32)
+        positions = positions_from_valid(valid)
         _, hidden = GPT(cfg, self.mesh, name="trunk")(
             tokens, positions=positions, segment_ids=valid.astype(jnp.int32),
             deterministic=deterministic, return_hidden=True)

@@ -15,14 +15,13 @@ Design choices:
   softmax and logits are float32.
 - Every parameter carries logical axis names (see `sharding.RULES`); activations are constrained by
   name when the module is given a mesh.
-- The KV cache is an explicit pytree passed in and returned: {"k","v": [L, B, kv_heads, S, head_dim],
-  "valid": [B, S] bool, "index": int32 slot of the next write}. All rows write the same slots;
-  each row has its own positions, so left-padded prompts of different lengths decode correctly.
+- One forward path for training and decoding: `embed` and `lm_logits` (pure functions of the
+  params) and the `Norm`/`Block` modules are what `GPT.__call__` runs and what `sampling` runs,
+  layer by layer, with its KV cache (`Attention` writes a layer's cache when given one).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -126,18 +125,6 @@ class GPTConfig:
         if self.family == "gpt2" and include_pos:
             total += self.max_seq_len * d
         return total
-
-
-def init_cache(config: GPTConfig, batch_size: int, max_len: int, dtype=None) -> dict[str, Any]:
-    """An empty KV cache pytree for `batch_size` rows of up to `max_len` slots."""
-    dtype = dtype or config.compute_dtype
-    shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.head_dim)
-    return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
-        "valid": jnp.zeros((batch_size, max_len), bool),
-        "index": jnp.zeros((), jnp.int32),
-    }
 
 
 def _init(std: float, names: tuple[str, ...]):
@@ -347,48 +334,55 @@ def attention_mask(positions, segment_ids=None, cache_valid=None, cache_index=No
     return causal[None] & cache_valid[:, None, :]
 
 
+def embed(config: GPTConfig, params, tokens, positions):
+    """Token (+ learned position, gpt2) embeddings: tokens, positions [B, T] -> [B, T, D] in the
+    compute dtype. `params` holds "wte" (and "wpe" for gpt2): the GPT's top-level params."""
+    x = jnp.take(params["wte"], tokens, axis=0).astype(config.compute_dtype)
+    if config.family == "gpt2":
+        x = x + jnp.take(params["wpe"], positions, axis=0).astype(config.compute_dtype)
+    return x
+
+
+def lm_logits(config: GPTConfig, params, hidden):
+    """Final-norm output [B, T, D] -> float32 logits [B, T, V] through the output head ("wte" when
+    tied, else "lm_head", from the GPT's top-level params)."""
+    dt = config.compute_dtype
+    if config.tied:
+        return jnp.einsum("btd,vd->btv", hidden, params["wte"].astype(dt),
+                          preferred_element_type=jnp.float32)
+    return jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(dt),
+                      preferred_element_type=jnp.float32)
+
+
 class GPT(nn.Module):
-    """Decoder-only transformer. See the module docstring for the families and the cache layout."""
+    """Decoder-only transformer. See the module docstring for the families; decoding with a KV
+    cache runs the same pieces in `gpt_jax.sampling`."""
 
     config: GPTConfig
     mesh: Mesh | None = None
 
     @nn.compact
-    def __call__(self, tokens, positions=None, segment_ids=None, attention_valid=None,
-                 cache=None, deterministic: bool = True, return_hidden: bool = False,
-                 logits_from: int = 0):
-        """tokens [B, T] int -> logits [B, T, V] float32 (or (logits, hidden) / + new cache).
+    def __call__(self, tokens, positions=None, segment_ids=None, deterministic: bool = True,
+                 return_hidden: bool = False, logits_from: int = 0):
+        """tokens [B, T] int -> logits [B, T, V] float32 (or (logits, hidden)).
 
-        positions:       [B, T] position ids (default arange, or continuing from the cache).
+        positions:       [B, T] position ids (default arange).
         segment_ids:     [B, T] packed-example ids (0 = padding); attention stays within a segment.
-        attention_valid: [B, T] bool, False for padding tokens (used with a cache).
-        cache:           KV cache from `init_cache`; when given, returns (logits, new_cache) and
-                         the hidden states too if return_hidden.
         logits_from:     logits only for positions [logits_from:] ([B, T - logits_from, V]); the
                          hidden states stay whole (PPO scores response tokens only).
         """
         cfg = self.config
         b, t = tokens.shape
-        dt = cfg.compute_dtype
-        cache_index = None if cache is None else cache["index"]
         if positions is None:
-            start = 0 if cache is None else cache_index
-            positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        mask = attention_mask(positions, segment_ids)
 
-        if cache is None:
-            mask = attention_mask(positions, segment_ids)
-        else:
-            valid = jnp.ones((b, t), bool) if attention_valid is None else attention_valid
-            cache_valid = jax.lax.dynamic_update_slice(cache["valid"], valid, (0, cache_index))
-            mask = attention_mask(positions, cache_valid=cache_valid, cache_index=cache_index, t=t)
-
-        wte = self.param("wte", _init(cfg.init_std, ("vocab", "embed")),
-                         (cfg.vocab_size, cfg.d_model), cfg.weight_dtype)
-        x = jnp.take(wte, tokens, axis=0).astype(dt)
+        emb = {"wte": self.param("wte", _init(cfg.init_std, ("vocab", "embed")),
+                                 (cfg.vocab_size, cfg.d_model), cfg.weight_dtype)}
         if cfg.family == "gpt2":
-            wpe = self.param("wpe", _init(cfg.init_std / 2, ("pos", "embed")),
-                             (cfg.max_seq_len, cfg.d_model), cfg.weight_dtype)
-            x = x + jnp.take(wpe, positions, axis=0).astype(dt)
+            emb["wpe"] = self.param("wpe", _init(cfg.init_std / 2, ("pos", "embed")),
+                                    (cfg.max_seq_len, cfg.d_model), cfg.weight_dtype)
+        x = embed(cfg, emb, tokens, positions)
         x = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
         x = constrain(x, ("act_batch", "act_length", "act_embed"), self.mesh)
 
@@ -396,7 +390,6 @@ class GPT(nn.Module):
         if cfg.remat_policy != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy],
                              prevent_cse=not cfg.scan_layers)
-        layer_caches = None if cache is None else {"k": cache["k"], "v": cache["v"]}
         if cfg.scan_layers:
             stack = nn.scan(
                 block,
@@ -406,30 +399,18 @@ class GPT(nn.Module):
                 length=cfg.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, self.mesh, deterministic, name="blocks")
-            x, new_layer_caches = stack(x, positions, mask, layer_caches, cache_index)
+            x, _ = stack(x, positions, mask, None, None)  # no cache: see `sampling`
         else:
-            new = []
             for i in range(cfg.n_layers):
-                layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], layer_caches)
-                x, c = block(cfg, self.mesh, deterministic, name=f"block_{i}")(
-                    x, positions, mask, layer_cache, cache_index)
-                new.append(c)
-            new_layer_caches = None if cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new)
+                x, _ = block(cfg, self.mesh, deterministic, name=f"block_{i}")(
+                    x, positions, mask, None, None)
 
         hidden = Norm(cfg, name="ln_f")(x)
         read = hidden[:, logits_from:] if logits_from else hidden
-        if cfg.tied:
-            logits = jnp.einsum("btd,vd->btv", read, wte.astype(dt),
-                                preferred_element_type=jnp.float32)
-        else:
-            head = self.param("lm_head", _init(cfg.init_std, ("embed", "vocab")),
-                              (cfg.d_model, cfg.vocab_size), cfg.weight_dtype)
-            logits = jnp.einsum("btd,dv->btv", read, head.astype(dt),
-                                preferred_element_type=jnp.float32)
+        head = dict(emb)
+        if not cfg.tied:
+            head["lm_head"] = self.param("lm_head", _init(cfg.init_std, ("embed", "vocab")),
+                                         (cfg.d_model, cfg.vocab_size), cfg.weight_dtype)
+        logits = lm_logits(cfg, head, read)
         logits = constrain(logits, ("act_batch", "act_length", "act_vocab"), self.mesh)
-
-        outputs = (logits, hidden) if return_hidden else logits
-        if cache is None:
-            return outputs
-        new_cache = {**new_layer_caches, "valid": cache_valid, "index": cache_index + t}
-        return outputs, new_cache
+        return (logits, hidden) if return_hidden else logits

@@ -11,13 +11,14 @@ Three ways in, all built from the same two jit'd pure functions over an explicit
 With `tool=` (e.g. the calculator) both run tool calls inside the reply: see `gpt_jax.engine_tools`
 (a separate program; without a tool nothing here changes).
 
-Why not `GPT.apply(..., cache=...)` directly: its cache is one stacked [L, B, K, S, D] array
-threaded through the layer scan, and XLA:CPU copies the whole cache per step (slice out a layer,
+Why layer by layer rather than through `GPT.apply`: a cache threaded through the layer scan is one
+stacked [L, B, K, S, D] array, and XLA:CPU copies the whole of it per step (slice out a layer,
 update, stack back): 3-5x slower at batch 16. Here the cache holds one {"k","v"} [B, K, S, D]
 buffer per layer ([K, D, S] at batch 1, see `model.attend_slots_minor`), updated in place by
-dynamic_update_slice, and each layer is the model's own `Block` on the model's params (one
-attention implementation for training and decoding); tests check token-for-token equality with
-full recompute through `GPT.apply`, for both families and at batch 1 and > 1.
+dynamic_update_slice, and the forward is the model's own pieces on the model's params
+(`model.embed`, each layer's `Block`, `Norm`, `model.lm_logits`: one implementation of each for
+training and decoding); tests check token-for-token equality with full recompute through
+`GPT.apply`, for both families and at batch 1 and > 1.
 
 Padding: prompts are left-padded; each row's positions count only its real tokens and padded slots
 are masked out, so a prompt decodes to the same tokens alone or in a batch of mixed lengths.
@@ -41,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.model import Block, GPTConfig, Norm, attention_mask
+from gpt_jax.model import Block, GPTConfig, Norm, attention_mask, embed, lm_logits
+from gpt_jax.seq_utils import bucket, positions_from_valid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,16 +124,13 @@ def _forward(params, config: GPTConfig, tokens, positions, valid, cache, layers=
              last_only=False):
     """tokens [B, T] at `positions`, written to slots [index, index + T) -> (logits [B, T, V], cache).
 
-    Mirrors `GPT.__call__` (embeddings, blocks, final norm, head) with a per-layer cache.
-    `last_only`: logits of the last slot only ([B, 1, V]), skipping the head elsewhere (prefill).
+    `GPT.__call__`'s pieces (`embed`, `Block`, the final `Norm`, `lm_logits`) with a per-layer
+    cache. `last_only`: logits of the last slot only ([B, 1, V]), skipping the head elsewhere.
     """
-    dt = config.compute_dtype
     index = cache["index"]
     cache_valid = jax.lax.dynamic_update_slice(cache["valid"], valid, (0, index))
     mask = attention_mask(positions, cache_valid=cache_valid, cache_index=index, t=tokens.shape[1])
-    x = jnp.take(params["wte"], tokens, axis=0).astype(dt)
-    if config.family == "gpt2":
-        x = x + jnp.take(params["wpe"], positions, axis=0).astype(dt)
+    x = embed(config, params, tokens, positions)
     layers = _layer_params(config, params) if layers is None else layers
     new_layers = []
     for layer_params, layer_cache in zip(layers, cache["layers"]):
@@ -139,13 +138,7 @@ def _forward(params, config: GPTConfig, tokens, positions, valid, cache, layers=
         new_layers.append(c)
     if last_only:
         x = x[:, -1:]
-    hidden = Norm(config).apply({"params": params["ln_f"]}, x)
-    if config.tied:
-        logits = jnp.einsum("btd,vd->btv", hidden, params["wte"].astype(dt),
-                            preferred_element_type=jnp.float32)
-    else:
-        logits = jnp.einsum("btd,dv->btv", hidden, params["lm_head"].astype(dt),
-                            preferred_element_type=jnp.float32)
+    logits = lm_logits(config, params, Norm(config).apply({"params": params["ln_f"]}, x))
     new_cache = {"layers": new_layers, "valid": cache_valid, "index": index + tokens.shape[1]}
     return logits, new_cache
 
@@ -154,8 +147,7 @@ def _prefill(params, config, tokens, cache, valid=None, layers=None):
     if valid is None:
         valid = jnp.ones(tokens.shape, bool)
     # Position = real tokens before this one in the row (earlier chunks included).
-    positions = cache["valid"].sum(-1, keepdims=True) + jnp.cumsum(valid, -1) - 1
-    positions = jnp.maximum(positions, 0).astype(jnp.int32)
+    positions = positions_from_valid(valid, start=cache["valid"].sum(-1, keepdims=True))
     logits, cache = _forward(params, config, tokens, positions, valid, cache, layers, last_only=True)
     return logits[:, -1], cache
 
@@ -286,13 +278,9 @@ def _static(config, sampling: SamplingConfig, pad_id, processor) -> _Static:
 def _stop_array(stop_ids) -> np.ndarray:
     """Stop ids as a fixed-size traced array (-1 = unused), so changing them never recompiles."""
     stop_ids = [int(s) for s in stop_ids]
-    out = np.full((max(8, _bucket(len(stop_ids))),), -1, np.int32)
+    out = np.full((max(8, bucket(len(stop_ids))),), -1, np.int32)
     out[: len(stop_ids)] = stop_ids
     return out
-
-
-def _bucket(n: int, minimum: int = 1) -> int:
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
 def _check_prompts(config: GPTConfig, prompts: Sequence[Sequence[int]], n: int) -> None:
@@ -325,7 +313,7 @@ def generate(params, config: GPTConfig, prompts: Sequence[Sequence[int]],
             row_ids=row_ids, schedule=tool_schedule)
     n = sampling.max_new_tokens
     _check_prompts(config, prompts, n)
-    b, p = _bucket(len(prompts)), _bucket(max(len(x) for x in prompts), 8)
+    b, p = bucket(len(prompts)), bucket(max(len(x) for x in prompts), 8)
     tokens = np.full((b, p), pad_id, np.int32)
     valid = np.zeros((b, p), bool)
     for i, ids in enumerate(prompts):
@@ -413,7 +401,7 @@ def stream(params, config: GPTConfig, prompt: Sequence[int], sampling: SamplingC
             pad_id=pad_id)
     n = sampling.max_new_tokens
     _check_prompts(config, [prompt], n)
-    p = _bucket(len(prompt), 8)
+    p = bucket(len(prompt), 8)
     tokens = np.full((1, p), pad_id, np.int32)
     tokens[0, p - len(prompt):] = prompt
     valid = np.arange(p)[None] >= p - len(prompt)

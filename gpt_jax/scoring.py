@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.model import GPT, GPTConfig
+from gpt_jax.seq_utils import bucket
 
 
 def token_logprobs(logits, targets, temperature=1.0):
@@ -29,10 +30,6 @@ def _score(params, config: GPTConfig, tokens, where, targets, temperature):
     logits = GPT(config).apply({"params": params}, tokens)  # [B, T, V]
     picked = jnp.take_along_axis(logits, where[..., None], axis=1)  # [B, N, V]
     return token_logprobs(picked, targets, temperature)
-
-
-def _bucket(n: int, minimum: int) -> int:
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
 def logprobs(params, config: GPTConfig, prompt_ids: Sequence[Sequence[int]],
@@ -52,9 +49,9 @@ def logprobs(params, config: GPTConfig, prompt_ids: Sequence[Sequence[int]],
         raise ValueError(f"prompt + completion of {total} tokens exceeds the model context "
                          f"of {config.max_seq_len}")
     k = len(prompt_ids)
-    b = _bucket(k, 1)
-    t = min(_bucket(total, 8), config.max_seq_len)
-    n = _bucket(max(1, max(len(c) for c in completion_ids)), 1)
+    b = bucket(k, 1)
+    t = min(bucket(total, 8), config.max_seq_len)
+    n = bucket(max(1, max(len(c) for c in completion_ids)), 1)
     tokens = np.full((b, t), pad_id, np.int32)
     where = np.zeros((b, n), np.int32)
     targets = np.zeros((b, n), np.int32)

@@ -38,7 +38,8 @@ STAGES = {
 
 # Config keys that cannot change a stage's result (display, logging sinks, checkpoint cadence and
 # retention: resume is bitwise exact whatever the cadence; the non-finite stop limit: a run that
-# finished never reached it; which process of a multi-process run this is). Everything else is
+# finished never reached it; which process of a multi-process run this is; train.kill_at_step,
+# a retired test hook that configs saved before its removal still carry). Everything else is
 # compared.
 IGNORED_KEYS = frozenset({
     "train.progress_bar", "train.tensorboard", "train.checkpoint_every", "train.max_to_keep",

@@ -1,11 +1,13 @@
-"""Model details beyond the HF references: the explicit KV-cache path and the parameter count."""
+"""Model details beyond the HF references: cached decoding through the model's pieces, and the
+parameter count."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax.model import GPT, GPTConfig, init_cache
+from gpt_jax import sampling
+from gpt_jax.model import GPT, GPTConfig
 
 
 def _model(family, scan):
@@ -18,31 +20,31 @@ def _model(family, scan):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("scan", [True, False])
 def test_cache_chunks_equal_full_forward(family, scan):
+    """The decoder's cache path (sampling: the model's embed/Block/Norm/lm_logits, one layer at a
+    time) fed in chunks equals one full `GPT.apply`, scanned or unscanned params."""
     cfg, params = _model(family, scan)
-    model = GPT(cfg)
-    tokens = jax.random.randint(jax.random.key(1), (2, 12), 1, cfg.vocab_size)
-    full = model.apply({"params": params}, tokens)
-    cache = init_cache(cfg, 2, 16)
-    assert cache["k"].shape == (cfg.n_layers, 2, cfg.kv_heads, 16, cfg.head_dim)
+    tokens = np.asarray(jax.random.randint(jax.random.key(1), (2, 12), 1, cfg.vocab_size))
+    full = GPT(cfg).apply({"params": params}, tokens)
+    cache = sampling.init_cache(cfg, 2, 16)
     outs = []
-    for start, stop in [(0, 7), (7, 8), (8, 12)]:  # prefill, one decode step, another chunk
-        logits, cache = model.apply({"params": params}, tokens[:, start:stop], cache=cache)
-        outs.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5)
+    last, cache = sampling.prefill(params, cfg, tokens[:, :7], cache)  # prefill
+    outs.append(last[:, None])
+    logits, cache = sampling.decode_step(params, cfg, tokens[:, 7], cache,
+                                         np.full((2,), 7, np.int32))  # one decode step
+    outs.append(logits[:, None])
+    last, cache = sampling.prefill(params, cfg, tokens[:, 8:12], cache)  # another chunk
+    outs.append(last[:, None])
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full[:, [6, 7, 11]], atol=1e-5)
     assert int(cache["index"]) == 12 and bool(cache["valid"][:, :12].all())
 
 
 def test_left_padded_row_matches_its_unpadded_self():
     cfg, params = _model("llama", True)
-    model = GPT(cfg)
     row = jnp.array([[5, 6, 7, 8]])
-    alone = model.apply({"params": params}, row)[0, -1]
+    alone = GPT(cfg).apply({"params": params}, row)[0, -1]
     padded = jnp.array([[0, 0, 5, 6, 7, 8]])
-    valid = padded != 0
-    positions = jnp.maximum(jnp.cumsum(valid, -1) - 1, 0)
-    logits, _ = model.apply({"params": params}, padded, positions=positions,
-                            attention_valid=valid, cache=init_cache(cfg, 1, 8))
-    np.testing.assert_allclose(logits[0, -1], alone, atol=1e-5)
+    last, _ = sampling.prefill(params, cfg, padded, sampling.init_cache(cfg, 1, 8), padded != 0)
+    np.testing.assert_allclose(last[0], alone, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

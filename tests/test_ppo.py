@@ -12,7 +12,8 @@ from gpt_jax import sharding as shd
 from gpt_jax.heads import RewardModel
 from gpt_jax.model import GPT, GPTConfig
 from gpt_jax.train.ppo import ppo_config, step_prompt_indices
-from gpt_jax.train.ppo_trainer import PPOTrainer, fit_prompt
+from gpt_jax.seq_utils import fit_prompt
+from gpt_jax.train.ppo_trainer import PPOTrainer
 from helpers import tiny_config
 
 TOKEN = 7

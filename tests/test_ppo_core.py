@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpt_jax.seq_utils import last_valid_index
 from gpt_jax.train import ppo_core as P
 
 MASK = jnp.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -31,7 +32,7 @@ def test_rewards_put_the_score_on_the_last_token_and_penalise_no_eos():
                                       finished=jnp.array([True, False]), no_eos_penalty=0.5)
     np.testing.assert_allclose(kl, [[0.5, 0.0, -1.0], [0.0, 1.0, 0.0]], atol=1e-6)
     np.testing.assert_allclose(rewards, [[-0.05, 0.0, 2.1], [0.0, 0.4, 0.0]], atol=1e-6)
-    np.testing.assert_array_equal(P.last_token_index(MASK), [2, 1])
+    np.testing.assert_array_equal(last_valid_index(MASK), [2, 1])
 
 
 def test_first_minibatch_has_ratio_one_and_zero_kl():

@@ -44,6 +44,14 @@ def test_equal_config_is_reused_and_cosmetic_keys_are_ignored(tmp_path):
     assert (tmp_path / "pretrain" / "lineage.json").read_text() == lineage
 
 
+def test_saved_config_with_the_retired_kill_hook_still_matches(tmp_path):
+    old = _config()
+    old.train.kill_at_step = 0  # in configs saved before the hook left train_config
+    _finish(tmp_path, "pretrain", old, loss=1.5)
+    _, done = begin_stage(_config(), tmp_path, "pretrain")
+    assert done == {"stage": "pretrain", "loss": 1.5}
+
+
 def test_changed_config_names_the_keys_and_the_ways_on(tmp_path):
     _finish(tmp_path, "pretrain", _config())
     with pytest.raises(StageConfigMismatch) as e:

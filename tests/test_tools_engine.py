@@ -9,6 +9,7 @@ import pytest
 from gpt_jax import engine_tools, sampling
 from gpt_jax.model import GPT, GPTConfig
 from gpt_jax.sampling import SamplingConfig
+from gpt_jax.seq_utils import bucket
 from gpt_jax.tokenizer import train_bpe
 from gpt_jax.tools.calculator import calculate
 
@@ -84,7 +85,7 @@ def _table(forced, b):
 def _gen(params, tok, prompts, forced, s, **kw):
     banned = np.zeros(CONFIG.vocab_size, bool)
     banned[list(engine_tools.ToolIds.of(tok))] = True
-    state = (jnp.asarray(_table(forced, sampling._bucket(len(prompts)))), jnp.asarray(banned))
+    state = (jnp.asarray(_table(forced, bucket(len(prompts)))), jnp.asarray(banned))
     return sampling.generate(params, CONFIG, prompts, s, logit_processor=forcing,
                              processor_state=state, tokenizer=tok, tool=calculate, **kw)
 

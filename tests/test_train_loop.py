@@ -14,9 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "tests" / "configs" / "pretrain_test.py")
 
 
-def _main(workdir, *overrides, check=True):
-    cmd = [sys.executable, "-m", "gpt_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
-           *overrides]
+def _main(workdir, *overrides, check=True, kill_at_step=0):
+    """gpt_jax.main in a subprocess; with kill_at_step, SIGKILLed right after that step's
+    checkpoint (tests/kill_after_checkpoint.py)."""
+    entry = (["-m", "gpt_jax.main"] if not kill_at_step else
+             [str(REPO / "tests" / "kill_after_checkpoint.py"), str(kill_at_step)])
+    cmd = [sys.executable, *entry, f"--config={CONFIG}", f"--workdir={workdir}", *overrides]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
@@ -32,7 +35,7 @@ def _losses(workdir):
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     _main(straight)
-    killed = _main(crashed, "--config.train.kill_at_step=10", check=False)
+    killed = _main(crashed, check=False, kill_at_step=10)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (crashed / "pretrain" / "summary.json").exists()
     assert max(_losses(crashed)) == 10
@@ -85,7 +88,7 @@ def test_changed_config_is_refused_and_rerun_moves_the_old_stage_aside(tmp_path)
 
 
 def test_resumed_stage_refuses_changed_hyperparameters(tmp_path):
-    killed = _main(tmp_path, "--config.train.kill_at_step=5", check=False)
+    killed = _main(tmp_path, check=False, kill_at_step=5)
     assert killed.returncode == -signal.SIGKILL
     proc = _main(tmp_path, "--config.optim.learning_rate=0.5", check=False)
     assert proc.returncode != 0 and "interrupted" in proc.stderr

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from gpt_jax.data.step_batches import StepIndexedBatches
+from gpt_jax.seq_utils import fit_prompt
 
 
 @dataclasses.dataclass
@@ -44,9 +45,7 @@ def encode_response(tokenizer, prompt_ids: Sequence[int], response_ids: Sequence
     keep_prompt = min(len(prompt_ids), max_len // 4)
     resp = list(response_ids)[: max_len - 1 - keep_prompt] + [end]
     room = max_len - len(resp)
-    prompt = list(prompt_ids)
-    if len(prompt) > room:
-        prompt = [tokenizer.bos_id] + prompt[len(prompt) - room + 1:]
+    prompt = fit_prompt(prompt_ids, room)  # prompt_ids start with BOS
     return np.asarray(prompt + resp, np.int32)
 
 

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from gpt_jax import labeler
+from gpt_jax.seq_utils import fit_prompt
 from gpt_jax.tasks.arithmetic import LEVELS, ArithmeticTask
 
 EVAL_MODES = ("direct", "cot", "calc", "calc_off")
@@ -126,7 +127,7 @@ def base_prompt_ids(tokenizer, demos, problem, room: int) -> list[int]:
 
 def chat_prompt_ids(tokenizer, problem, room: int) -> list[int]:
     ids = tokenizer.render_for_completion(ArithmeticTask.prompt_messages(problem))
-    return ids if len(ids) <= room else [ids[0]] + ids[len(ids) - room + 1:]
+    return fit_prompt(ids, room)
 
 
 # -- one policy --------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -187,11 +186,7 @@ class Loop:
                     window_start = time.perf_counter()
                 if ckpt_now and (streak["count"] == 0 or last_step):
                     # never at a skipped step (its state just failed), but always the final one
-                    ckpt.save(step, state, self.train_iter.get_state(), self.meta,
-                              wait=last_step or step == cfg.kill_at_step)
-                if cfg.kill_at_step and step == cfg.kill_at_step:
-                    writer.close()
-                    os.kill(os.getpid(), signal.SIGKILL)  # testing hook: a hard crash
+                    ckpt.save(step, state, self.train_iter.get_state(), self.meta, wait=last_step)
         finally:
             bar.close()
             writer.close()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gpt_jax.seq_utils import last_valid_index
+
 
 def masked_mean(x, mask, axis=None):
     mask = mask.astype(x.dtype)
@@ -36,12 +38,6 @@ def whiten(x, mask, shift_mean: bool = True):
     return out * mask
 
 
-def last_token_index(mask):
-    """Index of the last real token of each row ([B]); 0 for an empty row."""
-    n = mask.shape[1]
-    return jnp.maximum(n - 1 - jnp.argmax(mask[:, ::-1], axis=1), 0) * (mask.sum(1) > 0)
-
-
 def per_token_rewards(score, logprobs, ref_logprobs, mask, beta, finished=None,
                       no_eos_penalty: float = 0.0):
     """(rewards [B, N], kl [B, N]): -beta * kl on every token, + score on the last real token.
@@ -52,7 +48,7 @@ def per_token_rewards(score, logprobs, ref_logprobs, mask, beta, finished=None,
     kl = (logprobs - ref_logprobs) * mask
     if finished is not None:
         score = jnp.where(finished, score, score - no_eos_penalty)
-    last = jax.nn.one_hot(last_token_index(mask), mask.shape[1], dtype=kl.dtype) * mask
+    last = jax.nn.one_hot(last_valid_index(mask), mask.shape[1], dtype=kl.dtype) * mask
     return -beta * kl + score[:, None] * last, kl
 
 

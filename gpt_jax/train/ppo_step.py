@@ -33,6 +33,7 @@ import optax
 from gpt_jax.heads import RewardModel
 from gpt_jax.model import GPT, GPTConfig
 from gpt_jax.scoring import token_logprobs
+from gpt_jax.seq_utils import positions_from_valid
 from gpt_jax.train import ppo_core as C
 from gpt_jax.train.losses import cross_entropy
 from gpt_jax.train.state import TrainState
@@ -59,14 +60,10 @@ class PPOHyper:
     vocab_limit: int = 0  # > 0: ids >= vocab_limit are impossible (the sampler forbids them)
 
 
-def positions_of(valid):
-    return jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0).astype(jnp.int32)
-
-
 def response_logits(policy: GPT, params, tokens, valid, hp: PPOHyper):
     """[B, N, V] float32 logits predicting the N response tokens (divided by the temperature)."""
     logits = policy.apply({"params": params}, tokens[:, :-1],
-                          positions=positions_of(valid)[:, :-1],
+                          positions=positions_from_valid(valid)[:, :-1],
                           segment_ids=valid[:, :-1].astype(jnp.int32),
                           logits_from=hp.prompt_len - 1)
     logits = logits.astype(jnp.float32) / hp.temperature

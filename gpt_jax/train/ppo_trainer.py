@@ -18,6 +18,7 @@ from gpt_jax import sharding as shd
 from gpt_jax.heads import RewardModel
 from gpt_jax.model import GPT, GPTConfig
 from gpt_jax.sampling import Generation, SamplingConfig, generate
+from gpt_jax.seq_utils import fit_prompt
 from gpt_jax.train.optim import make_optimizer
 from gpt_jax.train.ppo_step import PPOHyper, make_ppo_step, response_logprobs
 from gpt_jax.train.state import state_from_params, state_shardings
@@ -31,12 +32,6 @@ def hyper_from_config(pc, vocab_limit: int = 0) -> PPOHyper:
         minibatches=int(pc.minibatches), whiten_rewards=bool(pc.whiten_rewards),
         no_eos_penalty=float(pc.no_eos_penalty), ptx_coef=float(pc.ptx_coef),
         vocab_limit=int(vocab_limit))
-
-
-def fit_prompt(ids: Sequence[int], room: int) -> list[int]:
-    """A prompt of at most `room` tokens: the first token (BOS) + the most recent ones."""
-    ids = list(ids)
-    return ids if len(ids) <= room else [ids[0]] + ids[len(ids) - room + 1:]
 
 
 class PPOTrainer:

@@ -32,6 +32,7 @@ from gpt_jax import sharding as shd
 from gpt_jax.checkpoint import load_stage
 from gpt_jax.flops import train_flops_per_token
 from gpt_jax.metrics import write_summary
+from gpt_jax.seq_utils import fit_prompt
 from gpt_jax.stages import begin_stage
 from gpt_jax.train.losses import cross_entropy
 from gpt_jax.train.loop import Loop
@@ -88,7 +89,7 @@ def generate_replies(params, model_config, tokenizer, conversations, max_new_tok
         chunk = conversations[start:start + batch_rows]
         prompts = [tokenizer.render_for_completion(c) for c in chunk]
         room = model_config.max_seq_len - max_new_tokens
-        prompts = [p if len(p) <= room else [p[0]] + p[len(p) - room + 1:] for p in prompts]
+        prompts = [fit_prompt(p, room) for p in prompts]
         sampling = SamplingConfig(temperature=0.0 if greedy else temperature,
                                   max_new_tokens=max_new_tokens, stop_ids=stop,
                                   seed=seed + start)

@@ -1,0 +1,41 @@
+"""Small helpers on token rows shared by the sampler, scoring, the heads and the RL/SFT stages.
+
+- `bucket`: power-of-two shape buckets, so a new batch rarely recompiles.
+- `positions_from_valid`: position ids that count real tokens only (padding anywhere in a row).
+- `last_valid_index`: the index of each row's last real token.
+- `fit_prompt`: a prompt cut to a token budget, keeping BOS and the most recent tokens.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """The smallest power of two >= n, and at least `minimum`."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def positions_from_valid(valid, start=None):
+    """valid [B, T] (True/1 on real tokens) -> int32 positions [B, T]: real tokens before each one
+    in its row (cumsum(valid) - 1, clipped at 0 for leading padding), plus `start` ([B, 1]: real
+    tokens in earlier chunks) when given."""
+    count = jnp.cumsum(valid, axis=-1)
+    if start is not None:
+        count = start + count
+    return jnp.maximum(count - 1, 0).astype(jnp.int32)
+
+
+def last_valid_index(valid):
+    """valid [..., T] (bool or 0/1) -> int32 [...]: index of the last real token; 0 for a row
+    with none."""
+    t = valid.shape[-1]
+    last = jnp.maximum(t - 1 - jnp.argmax(valid[..., ::-1], axis=-1), 0) * (valid.sum(-1) > 0)
+    return last.astype(jnp.int32)
+
+
+def fit_prompt(ids: Sequence[int], room: int) -> list[int]:
+    """A prompt of at most `room` tokens: the first token (BOS) + the most recent ones."""
+    ids = list(ids)
+    return ids if len(ids) <= room else [ids[0]] + ids[len(ids) - room + 1:]
