@@ -5,7 +5,7 @@
 
 args: devices, num_processes, process_id, port (coordinator on 127.0.0.1; unused with one
 process), workdir, out; optional: weights (data.pretrain_weights), max_seq_len (model),
-kill_at_step (train). Writes `out` (JSON): the logged losses, the eval loss, every batch this
+kill_at_step (SIGKILL after that step's checkpoint, tests/kill_after_checkpoint.py). Writes `out` (JSON): the logged losses, the eval loss, every batch this
 process read (split, step, the mixed-dataset elements = global rows, tokens), which global rows
 of the first sharded train batch sit on this process's devices, and parts of the summary.
 """
@@ -33,7 +33,6 @@ def make_config():
                          eval_batches=2, checkpoint_every=2, max_to_keep=2)
     config.model.vocab_size = 384
     config.model.max_seq_len = ARGS.get("max_seq_len", 32)
-    config.train.kill_at_step = ARGS.get("kill_at_step", 0)  # SIGKILL after that checkpoint
     config.mesh = configs.mesh_config(data=4, fsdp=2, tensor=1)  # 8 devices, FSDP across hosts
     configs.attach_data(config)
     config.data.pretrain_weights = ARGS.get("weights",
@@ -109,6 +108,10 @@ def main():
         return out
 
     pipeline.shard_batch = recording_shard_batch
+    if ARGS.get("kill_at_step"):  # SIGKILL right after that step's checkpoint is on disk
+        from kill_after_checkpoint import install
+
+        install(int(ARGS["kill_at_step"]))
 
     summary = pretrain.run(config, ARGS["workdir"])
     record["summary"] = {k: summary[k] for k in ("final_train_loss", "final_eval_loss", "steps",
