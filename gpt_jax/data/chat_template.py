@@ -219,3 +219,10 @@ def parse_chat(tok, ids: Sequence[int]) -> list[dict]:
         messages.append(msg)
         pos += 1  # past the end token
     return messages
+
+
+def assistant_ids(tok, content) -> list[int]:
+    """An assistant reply (str or content parts) as the ids a model would write for it, without
+    <|assistant_start|> and the end token: tool calls and results as their special tokens."""
+    ids, _ = render_chat(tok, [{"role": "assistant", "content": content}])
+    return ids[2:-1]  # without <|bos|><|assistant_start|> ... <|assistant_end|>

@@ -105,9 +105,9 @@ def visible_text(tokenizer, ids) -> tuple[str, bool]:
 
 def demo_reply_ids(tokenizer, problem) -> list[int]:
     """The demonstration reply of `problem` as ids (tool calls and results as special tokens)."""
-    ids, _ = tokenizer.render_chat([{"role": "assistant",
-                                     "content": ArithmeticTask.reply_content(problem)}])
-    return ids[2:-1]  # without <|bos|><|assistant_start|> ... <|assistant_end|>
+    from gpt_jax.data.chat_template import assistant_ids
+
+    return assistant_ids(tokenizer, ArithmeticTask.reply_content(problem))
 
 
 def base_prompt_ids(tokenizer, demos, problem, room: int) -> list[int]:

@@ -56,7 +56,11 @@ __all__ = ["score", "rm_loss_fn", "reward_config", "run", "load_reward_model", "
 
 def reward_config(**overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict({
-        "k": 4,                      # responses per prompt (2-9) sampled for the labeler
+        "k": 4,                      # responses per prompt (2-9) ranked by the labeler
+        # True: one of the k is the task's reference reply, k - 1 are policy samples. While the
+        # policy is rarely right (a small model early on) its samples are all wrong and tie under
+        # a correctness-first gold, so without the reference the RM sees no right answer at all.
+        "with_reference": True,
         "train_prompts": 256,        # task prompts sampled for training comparisons
         "heldout_prompts": 64,       # held-out task prompts (accuracy vs gold)
         "max_new_tokens": 48,
@@ -95,16 +99,22 @@ def rm_loss_fn(model: RewardModel, z_loss: float = 0.0):
 # -- data -----------------------------------------------------------------------------------------
 def sample_comparisons(params, model_config, tokenizer, task, problems, k: int, rcfg, labeler,
                        seed: int) -> list[dict]:
-    """K sampled completions per problem, ranked by the labeler: JSON-able records."""
+    """K completions per problem (K - 1 samples + the reference reply with
+    `rcfg.with_reference`, else K samples), ranked by the labeler: JSON-able records."""
+    from gpt_jax.data import chat_template
     from gpt_jax.train.sft import generate_replies
 
-    convs = [task.prompt_messages(p) for p in problems for _ in range(k)]
+    n = k - 1 if rcfg.get("with_reference", False) else k
+    convs = [task.prompt_messages(p) for p in problems for _ in range(n)]
     texts, ids = generate_replies(params, model_config, tokenizer, convs, rcfg.max_new_tokens,
                                   greedy=False, temperature=rcfg.temperature, seed=seed,
                                   batch_rows=rcfg.gen_batch)
     out = []
     for j, p in enumerate(problems):
-        comp, comp_ids = texts[j * k:(j + 1) * k], ids[j * k:(j + 1) * k]
+        comp, comp_ids = texts[j * n:(j + 1) * n], ids[j * n:(j + 1) * n]
+        if n < k:  # the reference reply as the tokens a policy would have written
+            ref = chat_template.assistant_ids(tokenizer, task.demonstration(p)[-1]["content"])
+            comp, comp_ids = comp + [p.solution], comp_ids + [ref]
         r = labeler.rank(p, comp)
         out.append({"problem": p.to_dict(), "completions": [comp[i] for i in r.order],
                     "completion_ids": [comp_ids[i] for i in r.order], "groups": r.groups,
