@@ -60,6 +60,11 @@ def test_feedme_keeps_the_rm_best_finished_response():
     ids, mask = examples[0]
     assert ids.tolist() == [1, 2, 5, 6, 99] and mask.tolist() == [0, 0, 1, 1, 1]
     assert examples[1][0].tolist() == [3, 8, 9, 9, 99]
+    # tokens a tool wrote (a calculator result) are in the ids but never trained on
+    samples["tool_masks"] = [[0, 1], [0], [0, 1, 1], [0]]
+    examples, records = feedme.distillation_examples([[1, 2], [3]], samples, 2, end_id=99)
+    assert examples[0][1].tolist() == [0, 0, 1, 0, 1] and records[0]["loss_mask"] == [1, 0, 1]
+    assert examples[1][1].tolist() == [0, 1, 0, 0, 1]
 
 
 # -- the stages -----------------------------------------------------------------------------------

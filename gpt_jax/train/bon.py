@@ -98,7 +98,7 @@ class Sampler:
         from gpt_jax import sharding as shd
         from gpt_jax.checkpoint import load_stage
         from gpt_jax.tokenizer import Tokenizer
-        from gpt_jax.train.ppo import Scorer, ppo_config
+        from gpt_jax.train.ppo import Scorer, maybe_use_calculator, ppo_config
         from gpt_jax.train.ppo_trainer import PPOTrainer
         from gpt_jax.train.reward import load_reward_model
 
@@ -111,6 +111,7 @@ class Sampler:
         self.engine = PPOTrainer(self.model_config, pc, config.optim, 1,
                                  shd.mesh_from_config(config.mesh), self.tokenizer.pad_id, stop,
                                  self.tokenizer.vocab_size)
+        maybe_use_calculator(self.engine, config, self.tokenizer)
         self.scorer = Scorer(self.engine, self.tokenizer, rm_config, rm_params)
         self.gen_batch = int(gen_batch)
 
@@ -122,7 +123,7 @@ class Sampler:
         "finished" [P, k]}."""
         prompts = [p for p in self.prompt_ids(task, problems) for _ in range(k)]
         rows = [q for q in problems for _ in range(k)]
-        ids, texts, rm, finished = [], [], [], []
+        ids, tool_masks, texts, rm, finished = [], [], [], [], []
         b = self.gen_batch
         for start in range(0, len(prompts), b):
             chunk = prompts[start:start + b]
@@ -130,13 +131,14 @@ class Sampler:
             chunk = chunk + [chunk[-1]] * (b - n)  # one compiled shape
             rollout, gen = self.engine.rollout(self.params, chunk, seed + start)
             ids += [self.engine.response_ids(gen, i) for i in range(n)]
+            tool_masks += [self.engine.response_tool_mask(gen, i) for i in range(n)]
             texts += self.scorer.texts(gen)[:n]
             rm.append(self.scorer.rm(rollout)[:n])
             finished.append(gen.finished[:n])
         gold = self.scorer.gold(rows, texts)
         correct = np.array([labeler.is_correct(q, t) for q, t in zip(rows, texts)], np.float32)
         shape = (len(problems), k)
-        return {"ids": ids, "texts": texts, "rm": np.concatenate(rm).reshape(shape),
+        return {"ids": ids, "tool_masks": tool_masks, "texts": texts, "rm": np.concatenate(rm).reshape(shape),
                 "finished": np.concatenate(finished).reshape(shape),
                 "gold": gold.reshape(shape), "correct": correct.reshape(shape)}
 

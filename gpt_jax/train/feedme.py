@@ -56,9 +56,13 @@ def distillation_examples(prompt_ids, samples, n: int, end_id: int) -> tuple[lis
         j = int(rm.argmax())
         response = samples["ids"][i * n + j] + [end_id]
         ids = np.asarray(list(prompt) + response, np.int32)
-        mask = np.asarray([0] * len(prompt) + [1] * len(response), np.int32)
+        # tool-written tokens (calculator results) are read, never trained on
+        written = [1 - m for m in samples.get("tool_masks", [[]] * len(samples["ids"]))[i * n + j]]
+        written += [1] * (len(response) - len(written))
+        mask = np.asarray([0] * len(prompt) + written, np.int32)
         examples.append((ids, mask))
         records.append({"prompt_ids": list(map(int, prompt)), "response_ids": response,
+                        "loss_mask": written,
                         "text": samples["texts"][i * n + j], "rm": float(samples["rm"][i, j]),
                         "gold": float(samples["gold"][i, j])})
     return examples, records
@@ -84,7 +88,7 @@ def _load_or_sample(stage_dir: Path, sampler, task, problems, fc, seed: int):
     if path.exists():
         records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
         return [(np.asarray(r["prompt_ids"] + r["response_ids"], np.int32),
-                 np.asarray([0] * len(r["prompt_ids"]) + [1] * len(r["response_ids"]), np.int32))
+                 np.asarray([0] * len(r["prompt_ids"]) + r["loss_mask"], np.int32))
                 for r in records], records
     samples = sampler.sample(task, problems, int(fc.n), seed)
     end_id = sampler.tokenizer.token_id("assistant_end")

@@ -93,6 +93,15 @@ def rollout_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**31 - 1)
 
 
+def maybe_use_calculator(trainer: PPOTrainer, config, tokenizer) -> None:
+    """Rollouts run the calculator when the RL prompts include the task's calc mode."""
+    modes = str(config.tasks.get("rl_modes", "") or "")
+    if "calc" in [m.split(":")[0].strip() for m in modes.split(",")]:
+        from gpt_jax.tools.calculator import calculate
+
+        trainer.use_tool(calculate, tokenizer)
+
+
 class Scorer:
     """RM scores (jit'd) and gold scores of rollouts of task problems."""
 
@@ -105,6 +114,12 @@ class Scorer:
         self._rm = jax.jit(lambda p, tokens, valid: score(p, rm_config, tokens, valid=valid))
 
     def texts(self, gen) -> list[str]:
+        """The replies as text; with a tool, calls and results read "expr = result"."""
+        if self.trainer.tool is not None:
+            from gpt_jax.eval.arith import visible_text
+
+            return [visible_text(self.tokenizer, self.trainer.response_ids(gen, i))[0]
+                    for i in range(len(gen.tokens))]
         return [self.tokenizer.decode(self.trainer.response_ids(gen, i))
                 for i in range(len(gen.tokens))]
 
@@ -218,6 +233,7 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
     stop = (tokenizer.token_id("assistant_end"), tokenizer.eos_id)
     trainer = PPOTrainer(model_config, pc, config.optim, int(tcfg.total_steps), mesh,
                          tokenizer.pad_id, stop, tokenizer.vocab_size, seed=config.seed)
+    maybe_use_calculator(trainer, config, tokenizer)
     scorer = Scorer(trainer, tokenizer, rm_config, rm_params)
 
     task, train_problems = tasks_data.rl_problems(config, "train", workdir,

@@ -43,6 +43,7 @@ class PPOTrainer:
         self.pad_id, self.stop_ids = int(pad_id), tuple(int(s) for s in stop_ids)
         self.hp = hyper_from_config(ppo_cfg, vocab_limit)
         self.max_new_tokens = int(ppo_cfg.max_new_tokens)
+        self.tool, self.tool_tokenizer = None, None  # see use_tool
         if self.hp.prompt_len + self.max_new_tokens > model_config.max_seq_len:
             raise ValueError(f"ppo.max_prompt_len + ppo.max_new_tokens = "
                              f"{self.hp.prompt_len + self.max_new_tokens} exceeds the model "
@@ -94,6 +95,10 @@ class PPOTrainer:
             tree)
 
     # -- rollouts ---------------------------------------------------------------------------------
+    def use_tool(self, tool, tokenizer) -> None:
+        """Every later rollout runs `tool` (str -> str) on in-line calls (see `rollout`)."""
+        self.tool, self.tool_tokenizer = tool, tokenizer
+
     def rollout(self, policy_params, prompts: Sequence[Sequence[int]], seed: int,
                 temperature: float | None = None, tool=None,
                 tokenizer=None) -> tuple[dict, Generation]:
@@ -104,6 +109,7 @@ class PPOTrainer:
         `response_mask`, so the PPO loss, the KL penalty and the values skip them."""
         p, n = self.hp.prompt_len, self.max_new_tokens
         prompts = [fit_prompt(x, p) for x in prompts]
+        tool, tokenizer = tool or self.tool, tokenizer or self.tool_tokenizer
         t = self.hp.temperature if temperature is None else temperature
         sampling = SamplingConfig(temperature=t, max_new_tokens=n, stop_ids=self.stop_ids,
                                   seed=int(seed))
@@ -125,6 +131,12 @@ class PPOTrainer:
 
     def response_ids(self, gen: Generation, i: int) -> list[int]:
         return [t for t in gen.row(i) if t not in self.stop_ids]
+
+    def response_tool_mask(self, gen: Generation, i: int) -> list[int]:
+        """1 where the tool wrote the token, per entry of `response_ids(gen, i)`."""
+        row = gen.row(i)
+        mask = [0] * len(row) if gen.tool_mask is None else gen.tool_mask[i, :len(row)].tolist()
+        return [int(m) for t, m in zip(row, mask) if t not in self.stop_ids]
 
     # -- compiled steps ---------------------------------------------------------------------------
     def step(self, state, ref_params, rollout: dict, scores, beta: float, rng, ptx=None):
