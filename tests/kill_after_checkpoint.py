@@ -1,11 +1,15 @@
-"""Test harness: run `gpt_jax.main` and SIGKILL the process right after the checkpoint of one step
-is on disk: a hard crash at a known point, for the resume tests (the loop itself has no kill code).
+"""Test harness: run `gpt_jax.main` and SIGKILL the process at a known point, for the resume tests
+(the loop itself has no kill code).
 
     python tests/kill_after_checkpoint.py STEP [gpt_jax.main flags...]
+        right after the checkpoint of STEP (a multiple of train.checkpoint_every) is on disk;
+    python tests/kill_after_checkpoint.py after-row:STEP [flags...]
+        right after the metrics row of STEP is written: between checkpoints, so rows past the
+        last checkpoint are on disk and must be dropped on resume;
+    python tests/kill_after_checkpoint.py during-save:STEP [flags...]
+        while the asynchronous save of STEP's checkpoint is in flight (started, not awaited).
 
-The step must be a checkpoint step (a multiple of train.checkpoint_every). Its checkpoint is
-written synchronously before the kill; the metrics rows up to that step are already in
-metrics.jsonl (each row is appended and closed when written).
+Each metrics row is appended and closed when written, so the rows up to the kill are on disk.
 """
 import os
 import runpy
@@ -29,8 +33,42 @@ def install(kill_step: int) -> None:
     Checkpointer.save = save_then_kill
 
 
+def install_after_row(kill_step: int) -> None:
+    """Makes the metrics row of `kill_step` the last thing the process does."""
+    from gpt_jax.metrics import MetricsWriter
+
+    write = MetricsWriter.write
+
+    def write_then_kill(self, step, values):
+        write(self, step, values)
+        if step == kill_step and "loss" in values:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    MetricsWriter.write = write_then_kill
+
+
+def install_during_save(kill_step: int) -> None:
+    """Makes `Checkpointer.save` of `kill_step` start its asynchronous write, then SIGKILL."""
+    from gpt_jax.checkpoint import Checkpointer
+
+    save = Checkpointer.save
+
+    def start_then_kill(self, step, *args, **kwargs):
+        save(self, step, *args, **{**kwargs, "wait": False})
+        if step == kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    Checkpointer.save = start_then_kill
+
+
+def install_spec(spec: str) -> None:
+    kind, _, step = spec.rpartition(":")
+    {"": install, "after-row": install_after_row,
+     "during-save": install_during_save}[kind](int(step))
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    install(int(sys.argv[1]))
+    install_spec(sys.argv[1])
     sys.argv = ["gpt_jax.main", *sys.argv[2:]]
     runpy.run_module("gpt_jax.main", run_name="__main__", alter_sys=True)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from gpt_jax.metrics import read_metrics
 
@@ -14,12 +15,12 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "tests" / "configs" / "pretrain_test.py")
 
 
-def _main(workdir, *overrides, check=True, kill_at_step=0):
-    """gpt_jax.main in a subprocess; with kill_at_step, SIGKILLed right after that step's
-    checkpoint (tests/kill_after_checkpoint.py)."""
+def _main(workdir, *overrides, check=True, kill_at_step=0, config=CONFIG):
+    """gpt_jax.main in a subprocess; with kill_at_step (a step, or "after-row:N" /
+    "during-save:N"), SIGKILLed at that point (tests/kill_after_checkpoint.py)."""
     entry = (["-m", "gpt_jax.main"] if not kill_at_step else
              [str(REPO / "tests" / "kill_after_checkpoint.py"), str(kill_at_step)])
-    cmd = [sys.executable, *entry, f"--config={CONFIG}", f"--workdir={workdir}", *overrides]
+    cmd = [sys.executable, *entry, f"--config={config}", f"--workdir={workdir}", *overrides]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
@@ -63,6 +64,41 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
     assert resumed[20]["tokens_by_source"] == {"synthetic": 20 * 8 * 16}
     assert summary["tokens_by_source"] == {"synthetic": 20 * 8 * 16}
     assert (straight / "pretrain" / "checkpoints").is_dir()
+
+
+@pytest.mark.slow  # four pipeline runs of 20 steps (~1-2 min on 2 cores)
+def test_kills_on_the_grain_pipeline_resume_bitwise(tmp_path, data_dir):
+    """SIGKILL between checkpoints (with a torn last metrics row) and during an asynchronous save,
+    on the real grain pipeline: each resume gives the uninterrupted run's losses bitwise, and the
+    metrics file ends with every step once and no torn row."""
+    from gpt_jax.tokenizer import train_bpe
+
+    text = (data_dir / "pretrain/tinyshakespeare/input.txt").read_text()[:50_000]
+    tok = train_bpe([text[i: i + 2000] for i in range(0, len(text), 2000)], vocab_size=384)
+    config = str(REPO / "tests" / "configs" / "pretrain_pipeline_test.py")
+    cache = f"--config.data.cache_dir={tmp_path / 'cache'}"
+    runs = {}
+    for name in ("straight", "between", "during_save"):
+        (tmp_path / name / "tokenizer").mkdir(parents=True)
+        tok.save(tmp_path / name / "tokenizer" / "tokenizer.json")
+        runs[name] = tmp_path / name
+    _main(runs["straight"], cache, config=config)
+    straight = _losses(runs["straight"])
+    assert sorted(straight) == list(range(1, 21))
+    for name, spec, last_row in (("between", "after-row:13", 13),
+                                 ("during_save", "during-save:10", 10)):
+        killed = _main(runs[name], cache, config=config, check=False, kill_at_step=spec)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert max(_losses(runs[name])) == last_row
+        if name == "between":
+            with open(runs[name] / "pretrain" / "metrics.jsonl", "a") as f:
+                f.write('{"step": 14, "loss": 3.')  # torn by the kill mid-write
+        _main(runs[name], cache, config=config)
+        lines = (runs[name] / "pretrain" / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        train_steps = [r["step"] for r in rows if "loss" in r]
+        assert train_steps == list(range(1, 21)), name  # each step once, in order
+        assert _losses(runs[name]) == straight, name  # bitwise on CPU
 
 
 def test_completed_stage_is_skipped(tmp_path):

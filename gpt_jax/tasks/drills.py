@@ -124,6 +124,11 @@ def drill_probe(params, model_config, tokenizer, n: int = 200, seed: int = 0) ->
                                   ("worked", "{a} {op} {b} = ?\n", 40)):
         prompts = [[tokenizer.eos_id, *tokenizer.encode(ask.format(a=a, op=op, b=b))]
                    for op, a, b in pairs]
+        # a short-context model gets what fits (it then reads fewer worked lines)
+        new_tokens = min(new_tokens, model_config.max_seq_len - max(map(len, prompts)))
+        if new_tokens < 1:
+            out[f"{kind}_accuracy"] = None
+            continue
         sampling = SamplingConfig(temperature=0.0, max_new_tokens=new_tokens,
                                   stop_ids=(tokenizer.eos_id,))
         gen = generate(params, model_config, prompts, sampling, pad_id=tokenizer.pad_id)
