@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
                     eval_batches=8, checkpoint_every=200)
     c.sft.samples.update(eval_problems=128)
     c.reward = _scaled("reward", optim=dict(learning_rate=3e-5, warmup_steps=20),
-                       batch_size=32, seq_len=128, total_steps=400, log_every=20,
+                       batch_size=32, seq_len=192, total_steps=400, log_every=20,
                        eval_every=100, eval_batches=8, checkpoint_every=100)
     c.reward.reward.update(train_prompts=2048, heldout_prompts=256, gen_batch=512,
                            score_batch=256)
@@ -54,8 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.bon = _scaled("bon")
     c.bon.bon.update(n_values=[1, 2, 4, 8, 16, 32], n_max=32, heldout_prompts=256)
     c.feedme = _scaled("feedme", optim=dict(learning_rate=3e-5, warmup_steps=20),
-                       batch_size=32, seq_len=128, total_steps=200, checkpoint_every=100)
+                       batch_size=32, seq_len=192, total_steps=200, checkpoint_every=100)
     c.feedme.feedme.update(n=8, train_prompts=2048, heldout_prompts=256, eval_samples=4)
     c.compare = _scaled("compare")
-    c.compare.compare.update(n_prompts=128, sample_prompts=64)
+    c.compare.compare.update(n_per_level=500, pass_k_problems=300, max_new_tokens=128)
     return c

@@ -41,8 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
                       eval_every=3, checkpoint_every=3)
     c.reward.reward.update(k=3, train_prompts=8, heldout_prompts=8, max_new_tokens=12,
                            gen_batch=32, human_eval_max_prompts=4, bias_demos=6, score_batch=16)
-    c.ppo = _small(load_experiment("ppo_tiny"), batch_size=8, total_steps=4, eval_every=2,
-                   checkpoint_every=2)
+    c.ppo = _small(load_experiment("ppo_tiny"), batch_size=8, seq_len=80, total_steps=4,
+                   eval_every=2, checkpoint_every=2)
     c.ppo.ppo.update(max_prompt_len=64, max_new_tokens=16, train_prompts=64, heldout_prompts=4)
     c.bon = _small(load_experiment("bon_tiny"))
     c.bon.bon.update(n_values=[1, 2, 4], n_max=4, heldout_prompts=4, max_prompt_len=64,
@@ -52,6 +52,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.feedme.feedme.update(n=2, train_prompts=8, heldout_prompts=4, max_prompt_len=64,
                            max_new_tokens=16, gen_batch=16, eval_batch=8)
     c.compare = _small(load_experiment("compare_tiny"))
-    c.compare.compare.update(n_prompts=4, samples_per_prompt=2, sample_prompts=4,
+    c.compare.compare.update(n_per_level=4, pass_k="1,2", pass_k_problems=4, pass_k_samples=2,
                              max_new_tokens=12)
     return c
