@@ -4,6 +4,7 @@ and reply decoding on hand-made inputs (fast), then the stage end to end on a ti
 score recomputed independently, and per-row sampling keys that make a draw batch-independent."""
 import json
 import math
+import random
 
 import jax
 import numpy as np
@@ -32,6 +33,10 @@ def test_pass_at_k_is_the_unbiased_estimator():
 def test_format_ok_per_mode():
     cot = _problem("cot")
     assert arith.format_ok(cot, cot.solution, used_tool=False)
+    carried = TASK.with_mode(TASK.render("L1", 47, (("+", 38),), random.Random(0),
+                                         False), "cot")
+    assert "4 + 3 + 1 = 8." in carried.solution.splitlines()
+    assert arith.format_ok(carried, carried.solution, used_tool=False)
     assert not arith.format_ok(cot, f"The answer is {cot.answer}.", used_tool=False)
     direct = _problem("direct")
     assert arith.format_ok(direct, direct.solution, used_tool=False)
