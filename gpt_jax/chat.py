@@ -6,7 +6,7 @@ Two modes, picked from the stage (override with --mode):
 - completion (`--stage=pretrain`): few-shot prompting of the base model: each input is a whole
   prompt (write "\\n" for a line break), continued as raw text until eos or a `--stop` string.
 
-Replies stream to stdout as they decode (`sampling.stream`). With `--calculator` (chat mode) the
+Replies stream to stdout as they decode (`streaming.stream`). With `--calculator` (chat mode) the
 reply may call the calculator in-line (<|tool_call_start|> expr <|tool_call_end|>, see
 `gpt_jax.engine_tools`): the engine inserts the result, the reply shows "expr = result", a notice
 "[calc] expr -> result" goes to stderr, and the history keeps the call and result as parts.
@@ -27,7 +27,7 @@ from typing import Callable, TextIO
 
 import jax.numpy as jnp
 
-from gpt_jax import sampling
+from gpt_jax import sampling, streaming
 from gpt_jax.sampling import SamplingConfig
 
 HELP = "/reset  /system <text>  /temp <x>  /help  /quit   (\\n in a message = line break)"
@@ -102,7 +102,7 @@ class ChatSession:
         if self.tool is not None:
             tool_kw = {"tool": self.tool,
                        "on_tool": lambda expr, result: self.notice(f"[calc] {expr} -> {result}")}
-        gen, reply = sampling.stream(self.params, self.config, ids, cfg, tokenizer=self.tok,
+        gen, reply = streaming.stream(self.params, self.config, ids, cfg, tokenizer=self.tok,
                                      on_text=on_text, logit_processor=self.processor,
                                      pad_id=self.tok.pad_id, **tool_kw)
         self.replies += 1

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax import sampling as S
+from gpt_jax import streaming
 from gpt_jax.model import GPTConfig
 from gpt_jax.seq_utils import bucket
 
@@ -285,7 +286,7 @@ def stream_with_tool(params, config: GPTConfig, prompt: Sequence[int], sampling:
                      on_tool: Callable[[str, str], None] | None = None,
                      logit_processor: S.LogitProcessor | None = None, processor_state: Any = None,
                      pad_id: int = 0, row_id: int = 0) -> tuple[S.Generation, str]:
-    """`sampling.stream` with tool calls: same tokens as `generate_with_tool` for this one row
+    """`streaming.stream` with tool calls: same tokens as `generate_with_tool` for this one row
     (row id `row_id`). The text is `visible_text` of the reply (a call reads "expr = result");
     stop strings apply to that text. `on_tool(expr, result)` sees every call."""
     tids = _check(tokenizer)
@@ -309,9 +310,9 @@ def stream_with_tool(params, config: GPTConfig, prompt: Sequence[int], sampling:
     finished, cut, emitted, text, length, pos = False, False, 0, "", 0, len(prompt)
     stops = sampling.stop_strings
     while length < n:
-        token, lp = S._pick_jit(static, logits, key, jnp.asarray([length], jnp.int32), temperature,
-                                top_p, jnp.asarray(out), jnp.zeros((1,), bool), processor_state,
-                                rid)
+        token, lp = streaming._pick_jit(static, logits, key, jnp.asarray([length], jnp.int32),
+                                        temperature, top_p, jnp.asarray(out),
+                                        jnp.zeros((1,), bool), processor_state, rid)
         token_id = int(token[0])
         out[0, length], logps[0, length] = token_id, float(lp[0])
         length += 1
@@ -333,7 +334,7 @@ def stream_with_tool(params, config: GPTConfig, prompt: Sequence[int], sampling:
         if hit >= 0:
             text, finished, cut = text[:hit], True, True
             break
-        safe = len(text) - S._held_back(text, stops)
+        safe = len(text) - streaming._held_back(text, stops)
         if on_text is not None and safe > emitted:
             on_text(text[emitted:safe])
             emitted = safe

@@ -67,13 +67,13 @@ def test_cli_answers_a_piped_two_turn_conversation(workdir):
 def test_context_full_drops_oldest_turns_and_says_so(workdir, monkeypatch):
     s, notices = session(workdir, max_new_tokens=24)
     sent = []
-    stream = chat.sampling.stream
+    stream = chat.streaming.stream
 
     def spy(params, config, ids, cfg, **kw):
         sent.append(len(ids) + cfg.max_new_tokens)
         return stream(params, config, ids, cfg, **kw)
 
-    monkeypatch.setattr(chat.sampling, "stream", spy)
+    monkeypatch.setattr(chat.streaming, "stream", spy)
     long = "hello there how are you today " * 3  # ~25 tokens with the template
     for _ in range(3):
         assert s.respond(long) is not None

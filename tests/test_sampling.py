@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import sampling, scoring
+from gpt_jax import sampling, scoring, streaming
 from gpt_jax.model import GPT, GPTConfig
 from gpt_jax.sampling import SamplingConfig
 from gpt_jax.tokenizer import train_bpe
@@ -211,7 +211,7 @@ def test_stream_matches_generate_and_stop_strings(gpt2, tok):
     ref = sampling.generate(params, config, [prompt], s)
     dconfig, dparams = sampling.unstack_layers(config, params)
     pieces = []
-    gen, text = sampling.stream(dparams, dconfig, prompt, s, tokenizer=tok, on_text=pieces.append)
+    gen, text = streaming.stream(dparams, dconfig, prompt, s, tokenizer=tok, on_text=pieces.append)
     assert gen.row(0) == ref.row(0) and "".join(pieces) == text == tok.decode(ref.row(0))
     # A stop string taken from the middle of the reply: both paths cut there.
     stop = text[len(text) // 2: len(text) // 2 + 3]
@@ -222,6 +222,6 @@ def test_stream_matches_generate_and_stop_strings(gpt2, tok):
     assert cut.finished[0] and stop in cut_text
     assert stop not in tok.decode(cut.row(0)[:-1])
     pieces = []
-    gen2, text2 = sampling.stream(dparams, dconfig, prompt, s2, tokenizer=tok, on_text=pieces.append)
+    gen2, text2 = streaming.stream(dparams, dconfig, prompt, s2, tokenizer=tok, on_text=pieces.append)
     assert gen2.row(0) == cut.row(0) and gen2.finished[0]
     assert "".join(pieces) == text2 == text[: text.find(stop)]

@@ -63,7 +63,14 @@ def test_levels_and_modes():
     assert msgs[0]["content"] == SYSTEM_PROMPTS["direct"]
     cot = ArithmeticTask.with_mode(p, "cot")
     assert cot.solution == cot.chain
-    for line in cot.solution.splitlines()[:-1]:  # every written step is a true equation
+    steps = cot.solution.splitlines()[:-1]
+    questions = [ln for ln in steps if ln.endswith(" = ?")]
+    # each operation opens with its question line, exactly as the drills write it
+    assert [q[:-len(" = ?")] for q in questions] == \
+        [eq.split(" = ")[0] for eq in p.equations.splitlines()]
+    for line in steps:  # every other written step is a true equation
+        if line in questions:
+            continue
         lhs, rhs = line.rstrip(".").split(" = ")
         terms = lhs.split(" ")
         value = int(terms[0])
@@ -105,15 +112,18 @@ def _drill_pairs(docs):
                 i += len(block)
             else:
                 assert int(rhs.rstrip(".")) == apply_op(op, a, b) >= 0
-                blocks.append(("times" if op == "*" else "plain", op, a, b, [lines[i]]))
+                blocks.append(("plain", op, a, b, [lines[i]]))
                 i += 1
     return blocks
 
 
 def test_drills_are_balanced_and_skip_heldout_pairs():
-    blocks = _drill_pairs(drills.drill_documents("train", 60))
-    kinds = [k for k, *_ in blocks]
-    assert 0.5 < kinds.count("worked") / len(kinds) < 0.7  # KINDS: 0.6 / 0.3 / 0.1
+    docs = drills.drill_documents("train", 200)
+    doc_kinds = [{k for k, *_ in _drill_pairs([doc])} for doc in docs]
+    assert all(len(k) == 1 for k in doc_kinds)  # one kind per document
+    assert 0.6 < sum(k == {"worked"} for k in doc_kinds) / len(docs) < 0.8  # KINDS: 0.7 / 0.3
+    blocks = _drill_pairs(docs[:60])
+    assert {op for _, op, *_ in blocks} == {"+", "-"}
     by_carries = {"+": {}, "-": {}}
     for kind, op, a, b, _ in blocks:
         assert not pair_is_heldout(op, a, b)

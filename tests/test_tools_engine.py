@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt_jax import engine_tools, sampling
+from gpt_jax import engine_tools, sampling, streaming
 from gpt_jax.model import GPT, GPTConfig
 from gpt_jax.sampling import SamplingConfig
 from gpt_jax.seq_utils import bucket
@@ -170,7 +170,7 @@ def test_stream_with_tool_equals_generate(model, tok, temperature):
     state = (jnp.asarray(_table([forced], 1)), jnp.asarray(banned))
     calls, pieces = [], []
     dconfig, dparams = sampling.unstack_layers(CONFIG, model)
-    gen, text = sampling.stream(dparams, dconfig, prompt, s, tokenizer=tok, on_text=pieces.append,
+    gen, text = streaming.stream(dparams, dconfig, prompt, s, tokenizer=tok, on_text=pieces.append,
                                 logit_processor=forcing, processor_state=state, tool=calculate,
                                 on_tool=lambda e, r: calls.append((e, r)))
     assert gen.row(0) == ref.row(0)

@@ -23,5 +23,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.tasks = reward.tasks
     config.data = reward.data
     config.bon = bon_config(n_values=[1, 2, 4, 8, 16], n_max=16, heldout_prompts=64,
-                            max_prompt_len=64, max_new_tokens=96)
+                            max_prompt_len=88, max_new_tokens=128)
     return config

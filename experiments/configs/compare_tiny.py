@@ -21,5 +21,5 @@ def get_config() -> ml_collections.ConfigDict:
     configs.attach_data(config)
     config.tasks = sft.tasks
     config.compare = compare_config(n_per_level=200, pass_k="1,2,4,8", pass_k_problems=100,
-                                    pass_k_samples=8, max_new_tokens=64, few_shot=2, seed=0)
+                                    pass_k_samples=8, max_new_tokens=128, few_shot=2, seed=0)
     return config

@@ -21,11 +21,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = configs.mesh_config()
     config.optim = configs.optim_config(learning_rate=1e-4, warmup_steps=4, weight_decay=0.0)
     # batch_size = prompts per PPO step (one sampled response each); seq_len = prompt + response.
-    config.train = configs.train_config(batch_size=16, seq_len=160, total_steps=40, log_every=5,
+    config.train = configs.train_config(batch_size=16, seq_len=216, total_steps=30, log_every=5,
                                         eval_every=10, checkpoint_every=10)
     config.distributed = configs.distributed_config()
     configs.attach_data(config)  # PPO-ptx reads the pretraining mixture when ppo.ptx_coef > 0
     config.tasks = reward.tasks
-    config.ppo = ppo_config(max_prompt_len=64, max_new_tokens=96, kl_coef=0.05, epochs=2,
+    config.ppo = ppo_config(max_prompt_len=88, max_new_tokens=128, kl_coef=0.05, epochs=2,
                             minibatches=2, heldout_prompts=64, eval_samples=2)
     return config

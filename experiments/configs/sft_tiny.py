@@ -18,14 +18,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.model = load_experiment("pretrain_tiny").model  # must equal the parent's
     config.mesh = configs.mesh_config()
-    config.optim = configs.optim_config(learning_rate=5e-4, warmup_steps=20)
-    config.train = configs.train_config(batch_size=8, seq_len=256, total_steps=200,
-                                        log_every=10, eval_every=60, eval_batches=4,
-                                        checkpoint_every=60)
+    config.optim = configs.optim_config(learning_rate=1e-3, warmup_steps=20)
+    config.train = configs.train_config(batch_size=8, seq_len=256, total_steps=300,
+                                        log_every=10, eval_every=100, eval_batches=4,
+                                        checkpoint_every=100)
     config.distributed = configs.distributed_config()
     configs.attach_data(config)
-    # The arithmetic task in every level and mode (gpt_jax/tasks/arithmetic.py): 2/3 of the
-    # SFT tokens (demo_weight 2 against the conversation sets' 1).
-    config.tasks = tasks_config("arithmetic", demo_weight=2.0)
-    config.samples = samples_config(eval_problems=32, max_new_tokens=96)
+    # The arithmetic task in every level and mode (gpt_jax/tasks/arithmetic.py): 4/5 of the
+    # SFT tokens (demo_weight 4 against the conversation sets' 1).
+    config.tasks = tasks_config("arithmetic", demo_weight=4.0)
+    config.samples = samples_config(eval_problems=32, max_new_tokens=128)
     return config

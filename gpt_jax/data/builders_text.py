@@ -170,8 +170,9 @@ class ArithmeticDrills(SourceBuilder):
     function of the seed; "train" never uses an operand pair held out for evaluation, "heldout"
     only those. Bump VERSION when the drill generator changes (it is the cache key)."""
 
-    VERSION = tfds.core.Version("2.0.0")
-    RELEASE_NOTES = {"1.0.0": "Plain equations.", "2.0.0": "Worked column-method blocks."}
+    VERSION = tfds.core.Version("3.0.0")
+    RELEASE_NOTES = {"1.0.0": "Plain equations.", "2.0.0": "Worked column-method blocks.",
+                     "3.0.0": "One kind per document; no times tables."}
     TRAIN_DOCS = 4000  # x 48 lines: ~2.5M tokens, more than any tiny preset reads
     HELDOUT_DOCS = 250  # >= 5% of the records, as every builder's held-out split
 

@@ -32,7 +32,7 @@ from gpt_jax.tasks.arithmetic import LEVELS, ArithmeticTask
 EVAL_MODES = ("direct", "cot", "calc", "calc_off")
 BASE_STOP_STRINGS = ("\n\n", "\nQuestion:")
 # "a op b = c." or a column step with its carry/borrow, "4 + 3 + 1 = 8." / "9 - 1 - 5 = 3."
-_EQUATION = re.compile(r"^-?\d+( [-+*/] \d+)+ = -?\d+\.$")
+_EQUATION = re.compile(r"^-?\d+( [-+*/] \d+)+ = (-?\d+\.|\?)$")  # a step, or its question line
 _ANSWER = re.compile(r"^The answer is -?\d+\.$")
 
 

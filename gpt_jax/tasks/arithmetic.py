@@ -9,7 +9,9 @@ Levels (what the arithmetic asks of the model):
 
 Modes (the system prompt, `SYSTEM_PROMPTS`, says which; the reply always ends "The answer is N."):
 - direct: "The answer is 68." (all arithmetic in the head, no written steps);
-- cot:    one equation per line, then the answer (chain of thought): each addition or
+- cot:    one equation per line, then the answer (chain of thought): each operation starts with
+          its question line "47 + 38 = ?" (the drills' worked block, `worked_lines`: the
+          pretraining drills teach exactly this text), then each addition or
           subtraction is worked by the column method, one single-digit fact per line with the
           carry or borrow written out ("7 + 8 = 15.", "4 + 3 + 1 = 8."), then the whole
           equation "47 + 38 = 85." (`column_lines`); a product is one line;
@@ -120,6 +122,12 @@ def column_lines(op: str, a: int, b: int) -> list[str]:
     return lines + [f"{a} {op} {b} = {apply_op(op, a, b)}."]
 
 
+def worked_lines(op: str, a: int, b: int) -> list[str]:
+    """One operation of the chain of thought, exactly as the pretraining drills write it: the
+    question line "47 + 38 = ?" (the operands copied from the problem), then `column_lines`."""
+    return [f"{a} {op} {b} = ?", *column_lines(op, a, b)]
+
+
 def _steps_of(start: int, steps: tuple) -> list[tuple[str, int, int, int]]:
     """[(op, a, b, result)] of a start value and its (op, n) steps."""
     out, value = [], start
@@ -182,7 +190,7 @@ class ArithmeticTask:
             question = " ".join(sentences)
         chain = _steps_of(start, steps)
         answer = chain[-1][3]
-        solution = "\n".join([ln for op, a, b, _ in chain for ln in column_lines(op, a, b)]
+        solution = "\n".join([ln for op, a, b, _ in chain for ln in worked_lines(op, a, b)]
                              + [f"The answer is {answer}."])
         key = f"{start}|" + "|".join(f"{op}{n}" for op, n in steps)
         return Problem(id=f"arith-{hashlib.sha256(key.encode()).hexdigest()[:12]}",

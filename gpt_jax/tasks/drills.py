@@ -1,12 +1,17 @@
 """Arithmetic drills for pretraining, so the model practises the task's arithmetic before SFT asks
-for it. A drill document is a run of blocks, each one of:
+for it. A drill document holds blocks of one kind:
 
-- a worked sum (`WORKED`): "47 + 38 = ?" then the column method of the task's chain of thought
-  ("7 + 8 = 15.", "4 + 3 + 1 = 8.", "47 + 38 = 85."; `arithmetic.column_lines`): single-digit
-  facts with the carry or borrow written out, which a small model can learn, and the composition
-  of the result from them;
-- a plain equation "47 + 38 = 85." (what the direct mode needs in one step: far harder);
-- a times-table entry up to 12 x 12.
+- worked sums (`WORKED`, 70% of documents): "47 + 38 = ?" then the column method of the task's
+  chain of thought ("7 + 8 = 15.", "4 + 3 + 1 = 8.", "47 + 38 = 85."; `arithmetic.worked_lines`,
+  the very text the cot mode writes): single-digit facts with the carry or borrow written out,
+  and the composition of the result from them;
+- plain equations "47 + 38 = 85." (what the direct mode needs in one step: far harder).
+
+One kind per document, so a few lines of context tell the model (and the probe) which one comes
+next. Times tables were a third kind; dropping them measured 4x better on the worked probe at the
+same tokens (a 4-layer d=128 model, 3M drill tokens: 0.125 with 10% times-table blocks, 0.50
+without; docs/arithmetic.md, "How fast drills are learned"): the memorised products competed with
+the column facts, and the task's products are the calculator's job.
 
 Small transformers learn digit arithmetic from data where every digit is its own token
 (gpt_jax/tokenizer.py) and where the hard cases are common: a uniform draw of 2-digit additions
@@ -18,17 +23,20 @@ never drilled.
 
 `drill_documents(split, n_docs, seed)` is a pure function of its arguments; the "heldout" split
 holds only held-out pairs (for the pretraining eval loss), "train" none of them. The probes
-(`drill_probe`) ask held-out pairs both ways: "a op b =" (in one step) and "a op b = ?" (worked).
+(`drill_probe`) ask held-out pairs both ways: "a op b =" after plain context lines (in one step)
+and "a op b = ?" (worked).
 """
 from __future__ import annotations
 
 import random
 
-from gpt_jax.tasks.arithmetic import apply_op, column_lines, pair_is_heldout
+from gpt_jax.tasks.arithmetic import apply_op, pair_is_heldout, worked_lines
 
 LINES_PER_DOC = 48
-# (block kind, weight): worked column sums, plain +/- equations, times tables.
-KINDS = (("worked", 0.6), ("plain", 0.3), ("times", 0.1))
+# (document kind, weight): worked column sums, plain +/- equations.
+KINDS = (("worked", 0.7), ("plain", 0.3))
+# The plain probe's context: train pairs as plain lines, so "a op b =" reads as a plain drill.
+PLAIN_CONTEXT = ("23 + 14 = 37.", "81 - 36 = 45.", "58 + 27 = 85.", "64 - 29 = 35.")
 # Operand lengths (digits) of + and -: mostly 2 digits, the task's L1/L2 operands.
 DIGITS, DIGIT_WEIGHTS = (1, 2, 3), (0.2, 0.5, 0.3)
 
@@ -52,9 +60,7 @@ def _digits(rng: random.Random, d: int) -> int:
 
 
 def draw_pair(rng: random.Random, op: str) -> tuple[int, int]:
-    """One (a, b) for `op`, balanced by carries/borrows (+, -) or a times-table entry (*)."""
-    if op == "*":
-        return rng.randint(2, 12), rng.randint(2, 12)
+    """One (a, b) for `op` (+ or -), balanced by carries/borrows."""
     da, db = rng.choices(DIGITS, DIGIT_WEIGHTS, k=2)
     if op == "-" and db > da:
         da, db = db, da
@@ -74,7 +80,7 @@ def draw_pair(rng: random.Random, op: str) -> tuple[int, int]:
 
 def drill_block(kind: str, op: str, a: int, b: int) -> list[str]:
     if kind == "worked":
-        return [f"{a} {op} {b} = ?", *column_lines(op, a, b)]
+        return worked_lines(op, a, b)
     return [f"{a} {op} {b} = {apply_op(op, a, b)}."]
 
 
@@ -87,9 +93,9 @@ def drill_documents(split: str, n_docs: int, seed: int = 0) -> list[str]:
     docs = []
     for _ in range(n_docs):
         lines = []
+        kind = rng.choices(kinds, weights)[0]
         while len(lines) < LINES_PER_DOC:
-            kind = rng.choices(kinds, weights)[0]
-            op = "*" if kind == "times" else rng.choice("+-")
+            op = rng.choice("+-")
             a, b = draw_pair(rng, op)
             if pair_is_heldout(op, a, b) == (split == "heldout"):
                 lines += drill_block(kind, op, a, b)
@@ -114,13 +120,15 @@ def probe_pairs(n: int, seed: int = 0) -> list[tuple[str, int, int]]:
 
 def drill_probe(params, model_config, tokenizer, n: int = 200, seed: int = 0) -> dict:
     """Greedy exact match on `n` held-out 2-digit additions and subtractions, each asked as a
-    pretraining document opening (<|eos|>, then the drill): `plain` "a op b =" (one step) and
-    `worked` "a op b = ?" followed by the model's own column steps (its last equation is read)."""
+    pretraining document opening (<|eos|>, then the drill): `plain` "a op b =" after the
+    PLAIN_CONTEXT lines (one step) and `worked` "a op b = ?" followed by the model's own column
+    steps (its last equation is read)."""
     from gpt_jax.sampling import SamplingConfig, generate
 
     pairs = probe_pairs(n, seed)
     out = {"n": n}
-    for kind, ask, new_tokens in (("plain", "{a} {op} {b} =", 6),
+    plain_ask = "\n".join(PLAIN_CONTEXT) + "\n{a} {op} {b} ="
+    for kind, ask, new_tokens in (("plain", plain_ask, 6),
                                   ("worked", "{a} {op} {b} = ?\n", 40)):
         prompts = [[tokenizer.eos_id, *tokenizer.encode(ask.format(a=a, op=op, b=b))]
                    for op, a, b in pairs]
