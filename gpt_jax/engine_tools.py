@@ -291,11 +291,8 @@ def stream_with_tool(params, config: GPTConfig, prompt: Sequence[int], sampling:
     stop strings apply to that text. `on_tool(expr, result)` sees every call."""
     tids = _check(tokenizer)
     n = sampling.max_new_tokens
-    S._check_prompts(config, [prompt], n)
-    p = bucket(len(prompt), 8)
-    tokens = np.full((1, p), pad_id, np.int32)
-    tokens[0, p - len(prompt):] = prompt
-    valid = np.arange(p)[None] >= p - len(prompt)
+    tokens, valid = streaming.one_row(config, prompt, n, pad_id)
+    p = tokens.shape[1]
     grow_by = max(16, bucket(n) // 2)
     cache = S.init_cache(config, 1, p + n + grow_by)
     logits, cache = S.prefill(params, config, jnp.asarray(tokens), cache, jnp.asarray(valid))

@@ -38,6 +38,15 @@ def _held_back(text: str, stop_strings: Sequence[str]) -> int:
     return hold
 
 
+def one_row(config: GPTConfig, prompt: Sequence[int], n: int, pad_id: int):
+    """A checked prompt, left-padded to its bucket: (tokens [1, P], valid [1, P])."""
+    S._check_prompts(config, [prompt], n)
+    p = bucket(len(prompt), 8)
+    tokens = np.full((1, p), pad_id, np.int32)
+    tokens[0, p - len(prompt):] = prompt
+    return tokens, np.arange(p)[None] >= p - len(prompt)
+
+
 def stream(params, config: GPTConfig, prompt: Sequence[int], sampling: S.SamplingConfig,
            tokenizer=None, on_text: Callable[[str], None] | None = None,
            logit_processor: S.LogitProcessor | None = None, processor_state: Any = None,
@@ -58,11 +67,8 @@ def stream(params, config: GPTConfig, prompt: Sequence[int], sampling: S.Samplin
             on_tool=on_tool, logit_processor=logit_processor, processor_state=processor_state,
             pad_id=pad_id)
     n = sampling.max_new_tokens
-    S._check_prompts(config, [prompt], n)
-    p = bucket(len(prompt), 8)
-    tokens = np.full((1, p), pad_id, np.int32)
-    tokens[0, p - len(prompt):] = prompt
-    valid = np.arange(p)[None] >= p - len(prompt)
+    tokens, valid = one_row(config, prompt, n, pad_id)
+    p = tokens.shape[1]
     cache = S.init_cache(config, 1, p + n)
     logits, cache = S.prefill(params, config, jnp.asarray(tokens), cache, jnp.asarray(valid))
     static = S._static(config, sampling, pad_id, logit_processor)

@@ -193,6 +193,11 @@ def test_visible_text_and_demo_ids(tmp_path, data_dir):
     assert tok.decode(prompt[1:]).count("Question:") == 4
     one = len(arith.base_prompt_ids(tok, [cot], cot, room=10_000))
     assert len(arith.base_prompt_ids(tok, [cot, cot, cot], cot, room=one)) == one
+    # new tokens per set: twice the longest reference, rounded up to 16, capped
+    direct, longest = _problem("direct"), len(arith.demo_reply_ids(tok, cot))
+    assert arith.reply_budget(tok, [direct, cot], cap=10_000) == -(-2 * longest // 16) * 16
+    assert arith.reply_budget(tok, [direct, cot], cap=20) == 20
+    assert arith.reply_budget(tok, [direct], cap=10_000) < arith.reply_budget(tok, [cot], 10_000)
 
 
 @pytest.mark.slow

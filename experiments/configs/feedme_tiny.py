@@ -20,11 +20,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = sft.model
     config.mesh = configs.mesh_config()
     config.optim = configs.optim_config(learning_rate=1e-4, warmup_steps=5)
-    config.train = configs.train_config(batch_size=8, seq_len=216, total_steps=30, log_every=10,
+    config.train = configs.train_config(batch_size=8, seq_len=216, total_steps=20, log_every=10,
                                         eval_every=0, checkpoint_every=30)
     config.distributed = configs.distributed_config()
     configs.attach_data(config)
     config.tasks = sft.tasks
-    config.feedme = feedme_config(n=4, train_prompts=192, heldout_prompts=64, eval_samples=2,
+    config.feedme = feedme_config(n=4, train_prompts=128, heldout_prompts=64, eval_samples=2,
                                    max_prompt_len=88, max_new_tokens=128)
     return config

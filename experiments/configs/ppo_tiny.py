@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = configs.mesh_config()
     config.optim = configs.optim_config(learning_rate=1e-4, warmup_steps=4, weight_decay=0.0)
     # batch_size = prompts per PPO step (one sampled response each); seq_len = prompt + response.
-    config.train = configs.train_config(batch_size=16, seq_len=216, total_steps=30, log_every=5,
+    config.train = configs.train_config(batch_size=16, seq_len=216, total_steps=20, log_every=5,
                                         eval_every=10, checkpoint_every=10)
     config.distributed = configs.distributed_config()
     configs.attach_data(config)  # PPO-ptx reads the pretraining mixture when ppo.ptx_coef > 0

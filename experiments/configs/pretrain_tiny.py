@@ -5,9 +5,10 @@ Why so many drills: the arithmetic is what the tiny recipe shows, and it is slow
 drills alone this model needs about 2.5M drill tokens (1,250 steps of 16 x 128) before it works
 held-out 2-digit sums by the column method (worked probe 0.00 at 1M tokens, 0.22 at 2M, 0.62 at
 2.56M; experiments/drill_curve.py, docs/arithmetic.md "How fast drills are learned"). The
-budget of `make run` buys about 1.2M pretraining tokens; at the data default (20% drills) that
-is 0.25M drill tokens, a tenth of what the column method needs, so the preset spends 2/3 of
-them on drills. Batches of 16 x 128 rather than 16 x 256: per token, smaller batches (more
+budget of `make run` buys about 1M pretraining tokens (500 x 16 x 128); at the data default (20%
+drills) that is 0.2M drill tokens, a twelfth of what the column method needs, so the preset
+spends 2/3 of them on drills (still a quarter of it: the recipe with 2,000 steps is
+experiments/configs/recipe_tiny_long.py). Batches of 16 x 128 rather than 16 x 256: per token, smaller batches (more
 steps) learned the drills faster (62% at 2.56M tokens in batches of 16 against 50% at 3.07M in
 batches of 32).
 
@@ -15,7 +16,7 @@ Why Llama-style: on drills alone (batch 32 x 128 tokens, lr 2e-3) it reached tra
 at step 100 and 1.12 at step 200, where the GPT-2-style model (learned positions, 2 heads) was
 at 1.76 and 1.34: relative positions (RoPE) suit digit-by-digit arithmetic.
 
-At this budget (1.2M tokens) a narrow model is the better use of the FLOPs: at step 100 of this
+At a budget of 1.2M tokens a narrow model is the better use of the FLOPs: at step 100 of this
 schedule d=128 reaches held-out loss 6.90 with 0.36x the FLOPs of d=256 (6.68); d=192 reaches
 6.87 with 0.64x, and d=256 at half the batch 6.91 with 0.5x (docs/configs_and_presets.md,
 "Choosing the tiny model").
@@ -29,7 +30,7 @@ import ml_collections
 from gpt_jax import configs
 
 
-STEPS = 600
+STEPS = 500
 # Drills against the text weights (which sum to 1): 2.0 makes them 2/3 of the tokens, where the
 # data default (0.25) makes them 20%. See the module docstring for why the tiny preset needs more.
 DRILL_WEIGHT = 2.0

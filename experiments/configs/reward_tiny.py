@@ -21,10 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = configs.mesh_config()
     config.optim = configs.optim_config(learning_rate=2e-4, warmup_steps=10, weight_decay=0.0)
     # batch_size = prompts per step (each with K responses of seq_len tokens).
-    config.train = configs.train_config(batch_size=8, seq_len=216, total_steps=60, log_every=10,
-                                        eval_every=30, eval_batches=4, checkpoint_every=30)
+    config.train = configs.train_config(batch_size=8, seq_len=216, total_steps=40, log_every=10,
+                                        eval_every=20, eval_batches=4, checkpoint_every=20)
     config.distributed = configs.distributed_config()
     configs.attach_data(config)
     config.tasks = sft.tasks  # the same task and split as SFT
-    config.reward = reward_config(k=4, train_prompts=192, heldout_prompts=64, max_new_tokens=128)
+    config.reward = reward_config(k=4, train_prompts=128, heldout_prompts=64, max_new_tokens=128)
     return config

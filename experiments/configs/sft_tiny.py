@@ -19,9 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = load_experiment("pretrain_tiny").model  # must equal the parent's
     config.mesh = configs.mesh_config()
     config.optim = configs.optim_config(learning_rate=1e-3, warmup_steps=20)
-    config.train = configs.train_config(batch_size=8, seq_len=256, total_steps=300,
-                                        log_every=10, eval_every=100, eval_batches=4,
-                                        checkpoint_every=100)
+    config.train = configs.train_config(batch_size=8, seq_len=256, total_steps=240,
+                                        log_every=10, eval_every=80, eval_batches=4,
+                                        checkpoint_every=80)
     config.distributed = configs.distributed_config()
     configs.attach_data(config)
     # The arithmetic task in every level and mode (gpt_jax/tasks/arithmetic.py): 4/5 of the

@@ -44,7 +44,7 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
         "pass_k_samples": 8,       # samples per problem (>= the largest k)
         "pass_k_mode": "cot",
         "temperature": 1.0,
-        "max_new_tokens": 64,
+        "max_new_tokens": 64,      # cap: each set gets min(cap, 2x its longest reference reply)
         "few_shot": 2,             # solved problems in the base model's prompt
         "seed": 0,
         "gen_batch": 256,          # rows per generate() call
@@ -148,7 +148,8 @@ class PolicyEval:
             return [base_prompt_ids(self.tok, self.demos[p.mode], p, self.room) for p in problems]
         return [chat_prompt_ids(self.tok, p, self.room) for p in problems]
 
-    def answer(self, problems, *, tool: bool, temperature: float, samples: int = 1):
+    def answer(self, problems, *, tool: bool, temperature: float, samples: int = 1,
+               max_new_tokens: int | None = None):
         from gpt_jax.sampling import SamplingConfig, generate
         from gpt_jax.train.sft import vocab_limit_processor
 
@@ -160,7 +161,8 @@ class PolicyEval:
                      if self.model_config.vocab_size > tok.vocab_size else None)
         prompts = [q for q in self.prompts(problems) for _ in range(samples)]
         rows = [row_id(p.id, s) for p in problems for s in range(samples)]
-        sampling = SamplingConfig(temperature=temperature, max_new_tokens=int(c.max_new_tokens),
+        n_new = int(c.max_new_tokens if max_new_tokens is None else max_new_tokens)
+        sampling = SamplingConfig(temperature=temperature, max_new_tokens=n_new,
                                   stop_ids=stop_ids, stop_strings=stops, seed=int(c.seed))
         out = []
         for start in range(0, len(prompts), int(c.gen_batch)):
@@ -181,6 +183,16 @@ class PolicyEval:
         return out
 
 
+def reply_budget(tokenizer, problems, cap: int) -> int:
+    """New tokens a set of problems gets: twice its longest reference reply, at most `cap`. A
+    longer reply is past the gold rubric's length penalty anyway, and the rows that never stop
+    (the base model's, babbling ones) then cost 2x the reference instead of `cap`: the direct
+    mode's references are ~12 tokens, L2 chains of thought up to ~125. Rounded up to a multiple
+    of 16 so that few decode lengths are compiled."""
+    longest = max((len(demo_reply_ids(tokenizer, p)) for p in problems), default=0)
+    return max(1, min(int(cap), -(-2 * longest // 16) * 16))
+
+
 def evaluate(policy: PolicyEval, sets: dict[str, list], c) -> dict[str, Any]:
     """The policy's accuracy table, pass@k and format validity on the shared held-out sets."""
     accuracy, examples, valid = {}, {}, []
@@ -190,7 +202,9 @@ def evaluate(policy: PolicyEval, sets: dict[str, list], c) -> dict[str, Any]:
         for mode in EVAL_MODES:
             asked = [ArithmeticTask.with_mode(p, "calc" if mode == "calc_off" else mode)
                      for p in sets[level]]
-            answers = policy.answer(asked, tool=mode == "calc", temperature=0.0)
+            answers = policy.answer(asked, tool=mode == "calc", temperature=0.0,
+                                    max_new_tokens=reply_budget(policy.tok, asked,
+                                                                c.max_new_tokens))
             right = [labeler.is_correct(p, a[0]) for p, a in zip(asked, answers)]
             accuracy[level][mode] = float(np.mean(right))
             if mode != "calc_off":
@@ -207,7 +221,8 @@ def evaluate(policy: PolicyEval, sets: dict[str, list], c) -> dict[str, Any]:
     pool = [p for trio in zip(*(sets[lv] for lv in LEVELS)) for p in trio]
     asked = [ArithmeticTask.with_mode(p, c.pass_k_mode) for p in pool[:int(c.pass_k_problems)]]
     samples = policy.answer(asked, tool=c.pass_k_mode == "calc", temperature=float(c.temperature),
-                            samples=n)
+                            samples=n, max_new_tokens=reply_budget(policy.tok, asked,
+                                                                   c.max_new_tokens))
     correct = [sum(labeler.is_correct(p, s[0]) for s in samples[i * n:(i + 1) * n])
                for i, p in enumerate(asked)]
     logps = np.concatenate([s[3] for s in samples]) if samples else np.zeros(0)
