@@ -36,24 +36,12 @@ def decode(ids) -> str:
 
 
 def probe_prompts(pairs, spaces: bool) -> dict[str, list[str]]:
+    """The pretraining probe's prompts (`drills.PROBE_ASKS`), without spaces for unspaced drills."""
     from gpt_jax.tasks import drills
 
-    plain = "\n".join(drills.PLAIN_CONTEXT) + "\n{a} {op} {b} ="
     out = {kind: [ask.format(a=a, op=op, b=b) for op, a, b in pairs]
-           for kind, ask in (("plain", plain), ("worked", "{a} {op} {b} = ?\n"))}
+           for kind, (ask, _) in drills.PROBE_ASKS.items()}
     return out if spaces else {k: [p.replace(" ", "") for p in v] for k, v in out.items()}
-
-
-def score(kind: str, op: str, a: int, b: int, text: str, spaces: bool) -> bool:
-    from gpt_jax.tasks.arithmetic import apply_op
-
-    if kind == "plain":
-        got = text.split("\n")[0].strip().rstrip(".")
-    else:
-        head = f"{a} {op} {b} = " if spaces else f"{a}{op}{b}="
-        got = next((ln[len(head):].rstrip(".") for ln in text.split("\n")
-                    if ln.startswith(head)), None)
-    return got == str(apply_op(op, a, b))
 
 
 def train(args) -> None:
@@ -128,9 +116,11 @@ def train(args) -> None:
                 continue
             row = {"label": args.label or out.stem, "step": s, "tokens": s * args.batch * args.seq,
                    "loss": round(float(loss), 4), "seconds": round(time.time() - t0, 1)}
+            # 44 new characters: a worked block with a 3-digit sum is 42 characters long
             for kind, n_new in (("plain", 6), ("worked", 44)):
                 texts = greedy(prompts[kind], n_new)
-                right = [score(kind, *pair, t, args.spaces) for pair, t in zip(pairs, texts)]
+                right = [drills.probe_is_right(kind, *pair, t, " " if args.spaces else "")
+                         for pair, t in zip(pairs, texts)]
                 row[kind] = sum(right) / len(right)
                 row[f"{kind}_example"] = prompts[kind][0].split("\n")[-1] + texts[0]
             f.write(json.dumps(row) + "\n")
@@ -139,7 +129,6 @@ def train(args) -> None:
 
 
 def plot(path: str, files: list[str]) -> None:
-    from gpt_jax.report_plots import plot_lines  # noqa: F401  (Agg backend set up there)
     from gpt_jax.report_plots import _pyplot, _save
 
     plt = _pyplot()

@@ -141,6 +141,10 @@ def test_drills_are_balanced_and_skip_heldout_pairs():
     assert all(pair_is_heldout(op, a, b) for _, op, a, b, _ in held)
     assert drills.carries("+", 95, 7) == 2 and drills.carries("-", 100, 1) == 2
     assert drills.carries("+", 12, 34) == 0 and drills.carries("-", 52, 7) == 1
+    assert drills.probe_is_right("plain", "+", 47, 38, " 85.\n12 + 3 = 15.")
+    assert drills.probe_is_right("worked", "-", 93, 58, "13 - 8 = 5.\n9 - 1 - 5 = 3.\n93 - 58 = 35.")
+    assert drills.probe_is_right("worked", "+", 47, 38, "7+8=15.\n4+3+1=8.\n47+38=85.", sep="")
+    assert not drills.probe_is_right("worked", "+", 47, 38, "47 + 38 = 84.")
     probe = drills.probe_pairs(50)
     assert len(set(probe)) == 50 and all(pair_is_heldout(*q) for q in probe)
 

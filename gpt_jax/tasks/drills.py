@@ -118,6 +118,23 @@ def probe_pairs(n: int, seed: int = 0) -> list[tuple[str, int, int]]:
     return out
 
 
+# The probes' prompts (after <|eos|>) and new tokens: a worked 2-digit block is at most 40 tokens.
+PROBE_ASKS = {"plain": ("\n".join(PLAIN_CONTEXT) + "\n{a} {op} {b} =", 6),
+              "worked": ("{a} {op} {b} = ?\n", 40)}
+
+
+def probe_is_right(kind: str, op: str, a: int, b: int, text: str, sep: str = " ") -> bool:
+    """Whether a probe's continuation `text` answers `a op b`: `plain` reads its first line,
+    `worked` the line that restates the pair ("a op b = c."). `sep` is the drills' spacing."""
+    if kind == "plain":
+        got = text.split("\n")[0].strip().rstrip(".")
+    else:
+        head = sep.join((str(a), op, str(b), "=")) + sep
+        got = next((ln[len(head):].rstrip(".") for ln in text.split("\n")
+                    if ln.startswith(head)), None)
+    return got == str(apply_op(op, a, b))
+
+
 def drill_probe(params, model_config, tokenizer, n: int = 200, seed: int = 0) -> dict:
     """Greedy exact match on `n` held-out 2-digit additions and subtractions, each asked as a
     pretraining document opening (<|eos|>, then the drill): `plain` "a op b =" after the
@@ -127,9 +144,7 @@ def drill_probe(params, model_config, tokenizer, n: int = 200, seed: int = 0) ->
 
     pairs = probe_pairs(n, seed)
     out = {"n": n}
-    plain_ask = "\n".join(PLAIN_CONTEXT) + "\n{a} {op} {b} ="
-    for kind, ask, new_tokens in (("plain", plain_ask, 6),
-                                  ("worked", "{a} {op} {b} = ?\n", 40)):
+    for kind, (ask, new_tokens) in PROBE_ASKS.items():
         prompts = [[tokenizer.eos_id, *tokenizer.encode(ask.format(a=a, op=op, b=b))]
                    for op, a, b in pairs]
         # a short-context model gets what fits (it then reads fewer worked lines)
@@ -140,15 +155,8 @@ def drill_probe(params, model_config, tokenizer, n: int = 200, seed: int = 0) ->
         sampling = SamplingConfig(temperature=0.0, max_new_tokens=new_tokens,
                                   stop_ids=(tokenizer.eos_id,))
         gen = generate(params, model_config, prompts, sampling, pad_id=tokenizer.pad_id)
-        right = []
-        for i, (op, a, b) in enumerate(pairs):
-            text = tokenizer.decode([t for t in gen.row(i) if t != tokenizer.eos_id])
-            if kind == "plain":
-                got = text.split("\n")[0].strip().rstrip(".")
-            else:  # the line that restates the pair: "a op b = c."
-                head = f"{a} {op} {b} = "
-                got = next((ln[len(head):].rstrip(".") for ln in text.split("\n")
-                            if ln.startswith(head)), None)
-            right.append(got == str(apply_op(op, a, b)))
+        right = [probe_is_right(kind, op, a, b, tokenizer.decode(
+                     [t for t in gen.row(i) if t != tokenizer.eos_id]))
+                 for i, (op, a, b) in enumerate(pairs)]
         out[f"{kind}_accuracy"] = sum(right) / n
     return out

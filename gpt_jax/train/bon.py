@@ -119,8 +119,8 @@ class Sampler:
         return [self.tokenizer.render_for_completion(task.prompt_messages(p)) for p in problems]
 
     def sample(self, task, problems, k: int, seed: int) -> dict[str, Any]:
-        """{"ids": [P*k] response ids (no end token), "texts", "rm" / "gold" / "correct" /
-        "finished" [P, k]}."""
+        """{"ids": [P*k] response ids (no end token), "tool_masks" [P*k] (1 where the tool wrote
+        the token), "texts", "rm" / "gold" / "correct" / "finished" [P, k]}."""
         prompts = [p for p in self.prompt_ids(task, problems) for _ in range(k)]
         rows = [q for q in problems for _ in range(k)]
         ids, tool_masks, texts, rm, finished = [], [], [], [], []
@@ -138,7 +138,8 @@ class Sampler:
         gold = self.scorer.gold(rows, texts)
         correct = np.array([labeler.is_correct(q, t) for q, t in zip(rows, texts)], np.float32)
         shape = (len(problems), k)
-        return {"ids": ids, "tool_masks": tool_masks, "texts": texts, "rm": np.concatenate(rm).reshape(shape),
+        return {"ids": ids, "tool_masks": tool_masks, "texts": texts,
+                "rm": np.concatenate(rm).reshape(shape),
                 "finished": np.concatenate(finished).reshape(shape),
                 "gold": gold.reshape(shape), "correct": correct.reshape(shape)}
 

@@ -56,9 +56,11 @@ def distillation_examples(prompt_ids, samples, n: int, end_id: int) -> tuple[lis
         j = int(rm.argmax())
         response = samples["ids"][i * n + j] + [end_id]
         ids = np.asarray(list(prompt) + response, np.int32)
-        # tool-written tokens (calculator results) are read, never trained on
-        written = [1 - m for m in samples.get("tool_masks", [[]] * len(samples["ids"]))[i * n + j]]
-        written += [1] * (len(response) - len(written))
+        # tool-written tokens (calculator results) are read, never trained on; the end token is
+        # the model's. No "tool_masks": no tool ran.
+        tool = samples.get("tool_masks")
+        written = [1 - m for m in tool[i * n + j]] if tool else [1] * (len(response) - 1)
+        written += [1]
         mask = np.asarray([0] * len(prompt) + written, np.int32)
         examples.append((ids, mask))
         records.append({"prompt_ids": list(map(int, prompt)), "response_ids": response,

@@ -104,7 +104,7 @@ def sample_comparisons(params, model_config, tokenizer, task, problems, k: int, 
     from gpt_jax.data import chat_template
     from gpt_jax.train.sft import generate_replies
 
-    n = k - 1 if rcfg.get("with_reference", False) else k
+    n = k - 1 if rcfg.with_reference else k
     convs = [task.prompt_messages(p) for p in problems for _ in range(n)]
     texts, ids = generate_replies(params, model_config, tokenizer, convs, rcfg.max_new_tokens,
                                   greedy=False, temperature=rcfg.temperature, seed=seed,
