@@ -58,6 +58,10 @@ class GPTConfig:
     scan_layers: bool = True
     remat_policy: str = "none"
     init_std: float = 0.02
+    # "auto": on a GPU, plain causal windows (no packed segments, no cache) use the fused
+    # jax.nn.dot_product_attention (cuDNN flash attention in bf16), elsewhere `attend` (einsum +
+    # float32 softmax); "xla": always `attend`; "fused": the fused call wherever it applies, CPU too.
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -66,6 +70,8 @@ class GPTConfig:
             raise ValueError(f"model.d_model={self.d_model} not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"model.n_heads={self.n_heads} not divisible by n_kv_heads={self.kv_heads}")
+        if self.attention not in ("auto", "xla", "fused"):
+            raise ValueError(f"model.attention={self.attention!r}; expected auto, xla or fused")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"model.remat_policy={self.remat_policy!r}; expected {list(REMAT_POLICIES)}")
 
@@ -232,7 +238,6 @@ class Attention(nn.Module):
         cfg = self.config
         d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
         dt = cfg.compute_dtype
-        proj_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
 
         def project(name, heads, heads_axis):
             w = self.param(name, _init(cfg.init_std, ("embed", heads_axis, "head_dim")),
@@ -251,6 +256,9 @@ class Attention(nn.Module):
             k = rotary(k, positions, cfg.rope_theta)
 
         new_cache = None
+        if mask is None:  # plain causal window on a GPU: the fused kernel (see GPTConfig.attention)
+            out = jax.nn.dot_product_attention(q, k, v, scale=hd**-0.5, is_causal=True)
+            return self._out(out.astype(dt)), None
         if layer_cache is None:
             k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
         else:
@@ -258,13 +266,20 @@ class Attention(nn.Module):
                          "v": write_cache(layer_cache["v"], v, cache_index)}
             k, v = new_cache["k"].astype(dt), new_cache["v"].astype(dt)
         out = (attend_slots_minor if k.ndim == 3 else attend)(q, k, v, mask)
+        return self._out(out), new_cache
+
+    def _out(self, out):
+        """Attention output [B, T, H, D] -> the output projection [B, T, d_model]."""
+        cfg = self.config
+        dt = cfg.compute_dtype
         out = constrain(out, ("act_batch", "act_length", "act_heads", None), self.mesh)
-        wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")), (h, hd, d),
-                        cfg.weight_dtype)
+        proj_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+        wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")),
+                        (cfg.n_heads, cfg.head_dim, cfg.d_model), cfg.weight_dtype)
         y = jnp.einsum("btnh,nhd->btd", out, wo.astype(dt))
         if cfg.use_bias:
-            y = y + self.param("o_bias", _zeros(("embed",)), (d,), cfg.weight_dtype).astype(dt)
-        return y, new_cache
+            y = y + self.param("o_bias", _zeros(("embed",)), (cfg.d_model,), cfg.weight_dtype).astype(dt)
+        return y
 
 
 class MLP(nn.Module):
@@ -375,7 +390,9 @@ class GPT(nn.Module):
         b, t = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        mask = attention_mask(positions, segment_ids)
+        fused = segment_ids is None and (
+            cfg.attention == "fused" or (cfg.attention == "auto" and jax.default_backend() == "gpu"))
+        mask = None if fused else attention_mask(positions, segment_ids)
 
         emb = {"wte": self.param("wte", _init(cfg.init_std, ("vocab", "embed")),
                                  (cfg.vocab_size, cfg.d_model), cfg.weight_dtype)}
