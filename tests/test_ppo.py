@@ -80,6 +80,23 @@ def test_first_update_starts_at_the_reference(mesh_shape):
     assert kl_rows.shape == (16,) and abs(kl_rows.mean() - float(m2["kl"])) < 1e-4
 
 
+def test_a_non_finite_step_is_skipped():
+    """A NaN score makes the loss non-finite: the step is flagged and params and optimizer
+    state stay as they were (what the shared loop's streak rule counts on)."""
+    trainer, state, ref = _setup()
+    before = jax.device_get(state.params)
+    rollout, _ = trainer.rollout(state.params["policy"], _prompts(np.random.default_rng(2), 16),
+                                 seed=0)
+    scores = np.zeros(16, np.float32)
+    scores[3] = np.nan
+    state, m = trainer.step(state, ref, rollout, scores, 0.1, jax.random.key(0))
+    assert float(m["nonfinite"]) == 1.0 and not np.isfinite(float(m["loss"]))
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.params))):
+        np.testing.assert_array_equal(a, b)
+    state, m = trainer.step(state, ref, rollout, np.zeros(16, np.float32), 0.1, jax.random.key(0))
+    assert float(m["nonfinite"]) == 0.0 and np.isfinite(float(m["loss"]))
+
+
 def test_toy_reward_rises_within_a_few_dozen_steps():
     trainer, state, ref = _setup()  # the trainer of the test above: no new compile
     rng = np.random.default_rng(1)

@@ -47,7 +47,7 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
         "max_new_tokens": 64,      # cap: each set gets min(cap, 2x its longest reference reply)
         "few_shot": 2,             # solved problems in the base model's prompt
         "seed": 0,
-        "gen_batch": 256,          # rows per generate() call
+        "gen_batch": 32,           # rows per generate() call (CPU: 32 beat 64 and 256, docs/benchmarks.md)
     })
     cfg.update(overrides)
     return cfg
@@ -165,8 +165,11 @@ class PolicyEval:
         sampling = SamplingConfig(temperature=temperature, max_new_tokens=n_new,
                                   stop_ids=stop_ids, stop_strings=stops, seed=int(c.seed))
         out = []
-        for start in range(0, len(prompts), int(c.gen_batch)):
-            end = start + int(c.gen_batch)
+        # equal chunks of at most gen_batch rows: one compiled batch shape per call, not a
+        # smaller one for the remainder (200 rows at 32 -> 7 x 29, all in the 32-row bucket)
+        size = -(-len(prompts) // -(-len(prompts) // int(c.gen_batch)))
+        for start in range(0, len(prompts), size):
+            end = start + size
             gen = generate(self.params, self.model_config, prompts[start:end], sampling,
                            logit_processor=processor, pad_id=tok.pad_id, tokenizer=tok,
                            row_ids=rows[start:end], tool=self.calculate if tool else None)

@@ -5,6 +5,11 @@ It owns everything around the pure `train_step`: automatic resume from the lates
 one line per log step otherwise: loss, lr, tokens/s, MFU), metrics to
 JSONL + TensorBoard, checkpoints, and the non-finite-loss guard.
 
+Supervised stages feed it an iterator of host batches. RL stages feed it a source whose batches
+depend on the current policy: when the iterator has `next_for(state)`, the loop asks it for each
+batch with the state about to be updated (PPO: a scored rollout of the current policy). Its
+`get_state()` (beta, counters, ...) is checkpointed with the train state like an iterator's.
+
 Metrics stay on device between log steps (no per-step host sync); they are fetched at log,
 eval and checkpoint steps. Non-finite values: the train step skips any update whose loss,
 gradients or new params are not all finite (`step.py`), so params stay finite; a checkpoint is
@@ -27,7 +32,7 @@ import numpy as np
 
 from gpt_jax.checkpoint import Checkpointer, abstract_with_shardings
 from gpt_jax.flops import measure_matmul_peak
-from gpt_jax.metrics import MetricsWriter
+from gpt_jax.metrics import MetricsWriter, truncate_jsonl
 from gpt_jax.multihost import is_primary
 from gpt_jax.progress import progress
 
@@ -70,6 +75,26 @@ class Loop:
     peak_flops: float = 0.0  # 0 = measure a float32 2048^3 matmul when the loop starts
     meta: dict | None = None
     desc: str = "train"
+    eval_at_start: bool = False  # a fresh run evaluates (eval_hook) at step 0, before any update
+    log_all_rows: bool = False  # every step's metrics row is written, not only each log step's
+    extra_jsonl: tuple[str, ...] = ()  # files in stage_dir with "step" rows, truncated on resume
+    postfix: Callable[[dict], dict] | None = None  # last metrics row -> progress-bar fields
+
+    def next_batch(self, state):
+        it = self.train_iter
+        return self.put_batch(it.next_for(state) if hasattr(it, "next_for") else next(it))
+
+    def truncate(self, writer: MetricsWriter, step: int) -> None:
+        """Drop rows past `step` (those of an attempt that died before saving its state)."""
+        writer.truncate_after(step)
+        for name in self.extra_jsonl if writer.enabled else ():
+            truncate_jsonl(Path(self.stage_dir) / name, step)
+
+    def run_eval(self, params, step: int) -> dict[str, float]:
+        out = self.evaluate(params) if self.eval_step is not None else {}
+        if self.eval_hook is not None:
+            out.update(self.eval_hook(params, step))
+        return out
 
     def evaluate(self, params) -> dict[str, float]:
         it = self.make_eval_iter()
@@ -95,10 +120,13 @@ class Loop:
             state, data_state, _ = ckpt.restore(
                 abstract_with_shardings(self.abstract_state, self.state_shardings), start)
             self.train_iter.set_state(data_state)
-            writer.truncate_after(start)
+            self.truncate(writer, start)
         else:
             start, state = 0, init_state()
-            writer.truncate_after(0)  # rows of an attempt killed before its first checkpoint
+            # rows of an attempt killed before its first checkpoint
+            self.truncate(writer, -1 if self.eval_at_start else 0)
+            if self.eval_at_start:
+                writer.write(0, self.run_eval(state.params, 0))
 
         pending: list[tuple[int, dict]] = []
         last_train: dict[str, float] = {}
@@ -144,7 +172,7 @@ class Loop:
         try:
             for i in bar:
                 step = i + 1
-                batch = self.put_batch(next(self.train_iter))
+                batch = self.next_batch(state)
                 t0 = time.perf_counter()
                 state, metrics = self.train_step(state, batch, rng)
                 pending.append((step, metrics))
@@ -156,7 +184,7 @@ class Loop:
                     window_steps += 1
                 last_step = step == cfg.total_steps
                 log_now = step % cfg.log_every == 0 or last_step
-                eval_now = self.eval_step is not None and (
+                eval_now = (self.eval_step is not None or self.eval_hook is not None) and (
                     (cfg.eval_every and step % cfg.eval_every == 0) or last_step)
                 ckpt_now = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or last_step
                 if not (log_now or eval_now or ckpt_now):
@@ -172,16 +200,18 @@ class Loop:
                     # per-source token counts (pipelines that mix sources keep them in their state)
                     sources = getattr(self.train_iter, "tokens_by_source", None)
                     extra = {"tokens_by_source": dict(sources)} if sources else {}
-                    for s, m in rows if cfg.log_every == 1 else rows[-1:]:
-                        writer.write(s, {**m, "tokens_per_sec": tokens_per_sec, "mfu": mfu, **extra})
+                    speed = {"tokens_per_sec": tokens_per_sec, "mfu": mfu} if self.tokens_per_step else {}
+                    for s, m in rows if cfg.log_every == 1 or self.log_all_rows else rows[-1:]:
+                        writer.write(s, {**m, **speed, **extra})
                     last_train = rows[-1][1]
-                    lr = {"lr": f"{last_train['lr']:.3g}"} if "lr" in last_train else {}
-                    bar.set_postfix(loss=f"{last_train['loss']:.4f}", **lr,
-                                    tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.2f}")
+                    if self.postfix is not None:
+                        bar.set_postfix(**self.postfix(last_train))
+                    else:
+                        lr = {"lr": f"{last_train['lr']:.3g}"} if "lr" in last_train else {}
+                        bar.set_postfix(loss=f"{last_train['loss']:.4f}", **lr,
+                                        tok_s=f"{tokens_per_sec:,.0f}", mfu=f"{mfu:.2f}")
                 if eval_now:
-                    last_eval = self.evaluate(state.params)
-                    if self.eval_hook is not None:
-                        last_eval.update(self.eval_hook(state.params, step))
+                    last_eval = self.run_eval(state.params, step)
                     writer.write(step, last_eval)
                     window_start = time.perf_counter()
                 if ckpt_now and (streak["count"] == 0 or last_step):

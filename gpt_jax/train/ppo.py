@@ -40,11 +40,9 @@ import numpy as np
 
 from gpt_jax import labeler
 from gpt_jax import sharding as shd
-from gpt_jax.checkpoint import Checkpointer, abstract_with_shardings, load_stage
-from gpt_jax.metrics import MetricsWriter, truncate_jsonl, write_summary
-from gpt_jax.progress import progress
+from gpt_jax.checkpoint import Checkpointer, load_stage
+from gpt_jax.metrics import write_summary
 from gpt_jax.stages import begin_stage
-from gpt_jax.train.loop import NonFiniteLossError
 from gpt_jax.train.ppo_trainer import PPOTrainer
 
 STAGE = "ppo"
@@ -212,10 +210,51 @@ def plot_reward_vs_kl(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+class Rollouts:
+    """PPO's data source for train/loop.py: each batch is a scored rollout of the CURRENT policy
+    (the loop calls `next_for(state)`). Its state (the step, beta, the SFT evaluation, the
+    pretraining iterator's position for PPO-ptx) is checkpointed with the train state, and the
+    prompts and sampling seed of step k are functions of (seed, k): a resume continues exactly."""
+
+    def __init__(self, trainer: PPOTrainer, scorer: Scorer, config, problems, prompts, ptx_iter):
+        self.trainer, self.scorer, self.config = trainer, scorer, config
+        self.problems, self.prompts, self.ptx_iter = problems, prompts, ptx_iter
+        self.step, self.beta, self.sft_eval = 0, float(config.ppo.kl_coef), None
+        self.seconds = 0.0  # rollout + scoring time of the steps run in this process
+
+    def next_for(self, state) -> dict:
+        t0 = time.perf_counter()
+        self.step += 1
+        seed, batch = self.config.seed, int(self.config.train.batch_size)
+        idx = step_prompt_indices(seed, self.step, len(self.prompts), batch)
+        problems = [self.problems[j] for j in idx]
+        rollout, gen = self.trainer.rollout(state.params["policy"], [self.prompts[j] for j in idx],
+                                            rollout_seed(seed, self.step))
+        texts = self.scorer.texts(gen)
+        gold, rm = self.scorer.gold(problems, texts), self.scorer.rm(rollout)
+        ptx = np.asarray(next(self.ptx_iter)["tokens"]) if self.ptx_iter is not None else None
+        self.seconds += time.perf_counter() - t0
+        return {"rollout": rollout, "scores": gold if self.config.ppo.reward_source == "gold" else rm,
+                "ptx": ptx, "problems": problems, "texts": texts, "gold": gold, "rm": rm,
+                "t0": t0}
+
+    def get_state(self) -> dict:
+        out = {"step": self.step, "beta": self.beta, "sft_eval": self.sft_eval}
+        if self.ptx_iter is not None:
+            out["ptx"] = self.ptx_iter.get_state()
+        return out
+
+    def set_state(self, data: dict) -> None:
+        self.step, self.beta, self.sft_eval = int(data["step"]), float(data["beta"]), data["sft_eval"]
+        if self.ptx_iter is not None:
+            self.ptx_iter.set_state(data["ptx"])
+
+
 def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
     from gpt_jax.data import tasks_data
     from gpt_jax.metrics import read_metrics
     from gpt_jax.tokenizer import Tokenizer
+    from gpt_jax.train.loop import Loop
     from gpt_jax.train.reward import load_reward_model
 
     stage_dir, done = begin_stage(config, workdir, stage, parent=config.parent)
@@ -248,108 +287,64 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
     if len(train_prompts) < batch:
         raise ValueError(f"ppo.train_prompts={len(train_prompts)} < train.batch_size={batch}")
     ref_params = trainer.place_reference(sft_params)
-    eval_seed = config.seed * 7919 + 104_729
-
-    def run_eval(policy_params):
-        return evaluate(trainer, scorer, policy_params, ref_params, held_prompts, held_problems,
-                        batch, int(pc.eval_samples), eval_seed)
-
-    ckpt = Checkpointer(stage_dir / "checkpoints", max_to_keep=tcfg.max_to_keep)
-    writer = MetricsWriter(stage_dir, tensorboard=tcfg.tensorboard)
     ptx_iter = _ptx_iterator(config, tokenizer, workdir) if pc.ptx_coef > 0 else None
-    start = ckpt.latest_step()
-    if start is not None:
-        state, data_state, _ = ckpt.restore(
-            abstract_with_shardings(trainer.abstract_state, trainer.shardings), start)
-        beta, sft_eval = float(data_state["beta"]), data_state["sft_eval"]
-        if ptx_iter is not None:
-            ptx_iter.set_state(data_state["ptx"])
-        writer.truncate_after(start)
-        truncate_jsonl(stage_dir / "samples.jsonl", start)
-    else:
-        start, beta = 0, float(pc.kl_coef)
-        writer.truncate_after(-1)  # rows of an attempt killed before its first checkpoint
-        truncate_jsonl(stage_dir / "samples.jsonl", -1)
-        value_params = _value_params(pc, sft_params, rm_config, rm_params, model_config,
-                                     config.seed)
-        state = trainer.init_state(sft_params, value_params)
-        sft_eval, shown = run_eval(state.params["policy"])
-        writer.write(0, {f"eval_{k}": v for k, v in sft_eval.items()})
-        _log_samples(stage_dir, 0, "eval", shown)
+    source = Rollouts(trainer, scorer, config, train_problems, train_prompts, ptx_iter)
+    eval_seed = config.seed * 7919 + 104_729
+    timing = {"update": [], "eval": 0.0, "last_eval": None}
 
-    rng = jax.random.key(config.seed)
-    timing = {"rollout": 0.0, "update": 0.0, "eval": 0.0}
-    first_update_seconds = 0.0
-    last_eval = sft_eval
-    bar = progress(range(start, tcfg.total_steps), initial=start, total=tcfg.total_steps,
-                   desc=stage, enabled=tcfg.progress_bar)
-    try:
-        for i in bar:
-            step = i + 1
-            t0 = time.perf_counter()
-            idx = step_prompt_indices(config.seed, step, len(train_prompts), batch)
-            problems = [train_problems[j] for j in idx]
-            rollout, gen = trainer.rollout(state.params["policy"],
-                                           [train_prompts[j] for j in idx],
-                                           rollout_seed(config.seed, step))
-            texts = scorer.texts(gen)
-            gold = scorer.gold(problems, texts)
-            rm = scorer.rm(rollout)
-            scores = gold if pc.reward_source == "gold" else rm
-            t1 = time.perf_counter()
-            ptx = np.asarray(next(ptx_iter)["tokens"]) if ptx_iter is not None else None
-            state, metrics = trainer.step(state, ref_params, rollout, scores, beta, rng, ptx)
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            t2 = time.perf_counter()
-            if step == start + 1:
-                first_update_seconds = t2 - t1
-            else:
-                timing["update"] += t2 - t1
-            timing["rollout"] += t1 - t0
-            if not np.isfinite(metrics["loss"]):
-                raise NonFiniteLossError(
-                    f"non-finite PPO loss {metrics['loss']} at step {step} in {stage_dir}; "
-                    f"the last good checkpoint is step {ckpt.latest_step()}")
-            if pc.adaptive_kl:
-                beta = float(_update_beta(beta, metrics["kl"], batch, pc))
-            row = {**metrics, "rm_reward": float(rm.mean()), "gold_reward": float(gold.mean()),
-                   "accuracy": float(np.mean([labeler.is_correct(p, t)
-                                              for p, t in zip(problems, texts)])),
-                   "lr": float(trainer.schedule(int(state.step) - 1)), "step_seconds": t2 - t0}
-            writer.write(step, row)
-            if step % max(tcfg.log_every, 1) == 0:
-                _log_samples(stage_dir, step, "train", [
-                    {"question": p.question, "response": t, "gold": float(g), "rm": float(r)}
-                    for p, t, g, r in list(zip(problems, texts, gold, rm))[:pc.samples_logged]])
-            last_step = step == tcfg.total_steps
-            if step % max(tcfg.log_every, 1) == 0 or last_step:  # lines mode: one per log step
-                bar.set_postfix(loss=f"{row['loss']:.4f}", rm=f"{row['rm_reward']:.3f}",
-                                gold=f"{row['gold_reward']:.3f}", kl=f"{row['kl']:.2f}")
-            if (tcfg.eval_every and step % tcfg.eval_every == 0) or last_step:
-                te = time.perf_counter()
-                last_eval, shown = run_eval(state.params["policy"])
-                timing["eval"] += time.perf_counter() - te
-                writer.write(step, {f"eval_{k}": v for k, v in last_eval.items()})
-                _log_samples(stage_dir, step, "eval", shown)
-            if (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or last_step:
-                data = {"beta": beta, "sft_eval": sft_eval}
-                if ptx_iter is not None:
-                    data["ptx"] = ptx_iter.get_state()
-                ckpt.save(step, state, data, {"stage": stage}, wait=last_step)
-    finally:
-        bar.close()
-        writer.close()
-        ckpt.close()
+    def eval_hook(params, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        result, shown = evaluate(trainer, scorer, params["policy"], ref_params, held_prompts,
+                                 held_problems, batch, int(pc.eval_samples), eval_seed)
+        timing["eval"] += time.perf_counter() - t0
+        if step == 0:
+            source.sft_eval = result
+        timing["last_eval"] = result
+        _log_samples(stage_dir, step, "eval", shown)
+        return {f"eval_{k}": v for k, v in result.items()}
 
-    if last_eval is sft_eval:  # no step ran here (resumed after the last one): evaluate now
-        last_eval, _ = run_eval(state.params["policy"])
+    def train_step(state, b, rng):
+        t1 = time.perf_counter()
+        state, metrics = trainer.step(state, ref_params, b["rollout"], b["scores"], source.beta,
+                                      rng, b["ptx"])
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        timing["update"].append(time.perf_counter() - t1)
+        if pc.adaptive_kl and not metrics["nonfinite"]:
+            source.beta = float(_update_beta(source.beta, metrics["kl"], batch, pc))
+        problems, texts, gold, rm = b["problems"], b["texts"], b["gold"], b["rm"]
+        if source.step % max(tcfg.log_every, 1) == 0:
+            _log_samples(stage_dir, source.step, "train", [
+                {"question": p.question, "response": t, "gold": float(g), "rm": float(r)}
+                for p, t, g, r in list(zip(problems, texts, gold, rm))[:pc.samples_logged]])
+        return state, {
+            **metrics, "rm_reward": float(rm.mean()), "gold_reward": float(gold.mean()),
+            "accuracy": float(np.mean([labeler.is_correct(p, t) for p, t in zip(problems, texts)])),
+            "lr": float(trainer.schedule(int(state.step) - 1)),
+            "step_seconds": time.perf_counter() - b["t0"]}
+
+    loop = Loop(
+        stage_dir=str(stage_dir), train_cfg=tcfg, train_step=train_step, train_iter=source,
+        put_batch=lambda b: b, abstract_state=trainer.abstract_state,
+        state_shardings=trainer.shardings, eval_hook=eval_hook, meta={"stage": stage},
+        desc=stage, eval_at_start=True, log_all_rows=True, extra_jsonl=("samples.jsonl",),
+        postfix=lambda r: {"loss": f"{r['loss']:.4f}", "rm": f"{r['rm_reward']:.3f}",
+                           "gold": f"{r['gold_reward']:.3f}", "kl": f"{r['kl']:.2f}"})
+    value_init = lambda: _value_params(pc, sft_params, rm_config, rm_params,  # noqa: E731
+                                       model_config, config.seed)
+    result = loop.run(lambda: trainer.init_state(sft_params, value_init()),
+                      jax.random.key(config.seed))
+    state, sft_eval = result.state, source.sft_eval
+    last_eval = timing["last_eval"]
+    if last_eval is None:  # no step ran here (resumed after the last one): evaluate now
+        last_eval, _ = evaluate(trainer, scorer, state.params["policy"], ref_params, held_prompts,
+                                held_problems, batch, int(pc.eval_samples), eval_seed)
     final = Checkpointer(stage_dir / "final", max_to_keep=1, async_save=False)
     final.save(0, {"params": jax.device_get(state.params["policy"])}, meta={"stage": stage})
     final.close()
     rows = read_metrics(stage_dir / "metrics.jsonl")
     plot_reward_vs_kl(rows, stage_dir / "reward_vs_kl.png")
     train_rows = [r for r in rows if "kl" in r]
-    steps_timed = max(tcfg.total_steps - start - 1, 1)
+    updates = timing["update"]
     summary = {
         "stage": stage,
         "parent": config.parent,
@@ -362,16 +357,16 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
         "ppo": last_eval,
         "final_kl": last_eval["kl"],
         "gold_gain": last_eval["gold_reward"] - sft_eval["gold_reward"],
-        "beta_final": beta,
+        "beta_final": source.beta,
         "adaptive_kl": bool(pc.adaptive_kl),
         "train_kl_last": train_rows[-1]["kl"] if train_rows else None,
         "train_gold_reward_last": train_rows[-1]["gold_reward"] if train_rows else None,
         "rollout_batch": batch,
         "updates_per_step": int(pc.epochs * pc.minibatches),
         "steps": int(tcfg.total_steps),
-        "rollout_seconds_per_step": timing["rollout"] / max(tcfg.total_steps - start, 1),
-        "update_seconds_per_step": timing["update"] / steps_timed,
-        "first_update_seconds": first_update_seconds,
+        "rollout_seconds_per_step": source.seconds / max(result.steps_run, 1),
+        "update_seconds_per_step": float(np.mean(updates[1:])) if len(updates) > 1 else 0.0,
+        "first_update_seconds": updates[0] if updates else 0.0,
         "eval_seconds": timing["eval"],
         "wall_seconds": time.perf_counter() - t_start,
     }

@@ -37,6 +37,7 @@ from gpt_jax.seq_utils import positions_from_valid
 from gpt_jax.train import ppo_core as C
 from gpt_jax.train.losses import cross_entropy
 from gpt_jax.train.state import TrainState
+from gpt_jax.train.step import all_finite, keep_if_finite
 
 ROLLOUT_KEYS = ("tokens", "valid", "response_mask", "finished")
 
@@ -197,6 +198,12 @@ def make_ppo_step(model_config: GPTConfig, tx: optax.GradientTransformation, hp:
         metrics = {k: v.mean() for k, v in stats.items()}
         for k in ("ratio_mean", "approx_kl", "clip_frac"):
             metrics[f"first_{k}"] = stats[k][0]
+        # a non-finite loss, gradient or param anywhere skips the whole step (train/step.py)
+        finite = (jnp.all(jnp.isfinite(stats["loss"])) & jnp.all(jnp.isfinite(stats["grad_norm"]))
+                  & all_finite(params))
+        params = keep_if_finite(finite, params, state.params)
+        opt_state = keep_if_finite(finite, opt_state, state.opt_state)
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         metrics.update(exp_stats)
         metrics["beta"] = beta
         n_updates = hp.epochs * hp.minibatches

@@ -30,10 +30,16 @@ def _split_microbatches(batch, n: int):
     return jax.tree.map(split, batch)
 
 
-def _all_finite(tree) -> jax.Array:
+def all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
               if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def keep_if_finite(finite, new, old):
+    """`new` where `finite`, else `old` (trees of the same shape): a step whose loss, gradients
+    or updated params are not all finite leaves params and optimizer state as they were."""
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
@@ -74,10 +80,9 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
         grad_norm = optax.global_norm(grads)
         # a non-finite loss, gradient or updated param skips the update (params and optimizer
         # state stay as they were; the step counter still advances); the loop counts the streak
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        params = jax.tree.map(keep, params, state.params)
-        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+        params = keep_if_finite(finite, params, state.params)
+        opt_state = keep_if_finite(finite, opt_state, state.opt_state)
         metrics = {"loss": loss, "grad_norm": grad_norm, **aux,
                    "nonfinite": 1.0 - finite.astype(jnp.float32)}
         if schedule is not None:
