@@ -242,7 +242,8 @@ class Attention(nn.Module):
         def project(name, heads, heads_axis):
             w = self.param(name, _init(cfg.init_std, ("embed", heads_axis, "head_dim")),
                            (d, heads, hd), cfg.weight_dtype)
-            y = jnp.einsum("btd,dnh->btnh", x, w.astype(dt))
+            # 2-D matmul: XLA:CPU copies a 3-D weight at every decode step for the einsum form
+            y = (x @ w.reshape(d, heads * hd).astype(dt)).reshape(*x.shape[:2], heads, hd)
             if cfg.use_bias:
                 y = y + self.param(f"{name}_bias", _zeros((heads_axis, "head_dim")),
                                    (heads, hd), cfg.weight_dtype).astype(dt)
@@ -273,12 +274,13 @@ class Attention(nn.Module):
         cfg = self.config
         dt = cfg.compute_dtype
         out = constrain(out, ("act_batch", "act_length", "act_heads", None), self.mesh)
+        h, hd, d = cfg.n_heads, cfg.head_dim, cfg.d_model
         proj_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
-        wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")),
-                        (cfg.n_heads, cfg.head_dim, cfg.d_model), cfg.weight_dtype)
-        y = jnp.einsum("btnh,nhd->btd", out, wo.astype(dt))
+        wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")), (h, hd, d),
+                        cfg.weight_dtype)
+        y = out.reshape(*out.shape[:2], h * hd) @ wo.reshape(h * hd, d).astype(dt)
         if cfg.use_bias:
-            y = y + self.param("o_bias", _zeros(("embed",)), (cfg.d_model,), cfg.weight_dtype).astype(dt)
+            y = y + self.param("o_bias", _zeros(("embed",)), (d,), cfg.weight_dtype).astype(dt)
         return y
 
 
