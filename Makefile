@@ -35,7 +35,7 @@ run: $(RUN_STAMP)
 	$(PY) -m gpt_jax.main --config=experiments/configs/recipe_tiny.py --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q --durations=30 $(PYTEST_ARGS) tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests

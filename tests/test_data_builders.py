@@ -66,6 +66,14 @@ def test_splits_are_deterministic(data_dir, tmp_path):
     assert ids(a) == ids(b) and len(ids(a)) == 50
 
 
+def test_building_writes_no_progress_bars_outside_a_terminal(data_dir, tmp_path, capfd,
+                                                             monkeypatch):
+    monkeypatch.setenv("GPT_JAX_PROGRESS", "lines")
+    registry.prepare("alpaca_zh_demo", data_dir=data_dir, cache_dir=tmp_path)
+    err = capfd.readouterr().err
+    assert "\r" not in err and "examples/s" not in err, err[-300:]
+
+
 # -- bad input --------------------------------------------------------------------------------
 def _fake_data_dir(tmp_path, rel, content: bytes):
     root = tmp_path / "data"

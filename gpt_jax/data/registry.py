@@ -12,9 +12,12 @@ import hashlib
 from pathlib import Path
 from typing import Iterator
 
+import tensorflow_datasets as tfds
+
 from gpt_jax import paths
 from gpt_jax.data import builders_eval, builders_ranking, builders_sft, builders_text, records
 from gpt_jax.data.builder_base import SourceBuilder
+from gpt_jax.progress import progress_mode
 
 _CLASSES = [
     builders_text.TinyShakespeare, builders_text.GutenbergEn, builders_text.NltkEn,
@@ -107,6 +110,8 @@ def prepare(
         data_dir=str(Path(cache_dir) / "tfds" / key),
         **kwargs,
     )
+    if progress_mode() != "bar":  # TFDS's own tqdm bars: carriage returns in CI and pipe logs
+        tfds.disable_progress_bar()
     builder.download_and_prepare()
     return builder
 
