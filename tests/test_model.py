@@ -53,24 +53,26 @@ def test_num_params_is_exact(family):
     assert cfg.num_params() == sum(x.size for x in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_fused_attention_equals_einsum_attention(family):
+def test_fused_attention_equals_einsum_attention():
     """GPTConfig.attention="fused" (jax.nn.dot_product_attention, what "auto" picks on a GPU)
-    gives the einsum path's logits and gradients; packed segments keep the einsum path."""
+    gives the einsum path's logits and gradients (grouped-query heads); packed segments keep the
+    einsum path."""
     import dataclasses
 
-    cfg, params = _model(family, True)
+    from test_sampling import make_model
+
+    cfg, params = make_model("llama_gqa")
     fused = dataclasses.replace(cfg, attention="fused")
     tokens = np.asarray(jax.random.randint(jax.random.key(2), (2, 16), 1, cfg.vocab_size))
 
-    def loss(p, c, **kw):
-        return GPT(c).apply({"params": p}, tokens, **kw).std()
+    def loss(p, c):
+        return GPT(c).apply({"params": p}, tokens).std()
 
     np.testing.assert_allclose(GPT(fused).apply({"params": params}, tokens),
-                               GPT(cfg).apply({"params": params}, tokens), atol=1e-5)
+                               GPT(cfg).apply({"params": params}, tokens), atol=1e-4)
     g_fused, g_ref = jax.grad(loss)(params, fused), jax.grad(loss)(params, cfg)
     for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_ref)):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a, b, atol=1e-4)
     segments = np.array([[1] * 8 + [2] * 8] * 2)
     np.testing.assert_allclose(GPT(fused).apply({"params": params}, tokens, segment_ids=segments),
                                GPT(cfg).apply({"params": params}, tokens, segment_ids=segments))
