@@ -15,7 +15,7 @@ against the datasheet's dense bf16 figure (989 TFLOP/s). Last line:
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import ast
 import statistics
 import time
 
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gpt_jax import sharding as shd
+from gpt_jax import sweep
 from gpt_jax.flops import cpu_name, measure_matmul_peak, train_flops_per_token
 from gpt_jax.model import GPTConfig
 from gpt_jax.train.pretrain import build
@@ -34,19 +35,19 @@ DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12}  # dense, SXM
 
 
 def load_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    if "pretrain" in config and "model" not in config:  # a recipe: take its pretraining stage
-        config = config.pretrain
+    """The config file (a recipe: its pretraining stage) with `key=value` overrides applied
+    through `sweep.load_config` (an unknown key is a KeyError), on synthetic tokens."""
+    values = {}
     for item in overrides:
         key, value = item.split("=", 1)
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
+        try:
+            value = ast.literal_eval(value)  # 16, 1e-3, False; anything else stays a string
+        except (ValueError, SyntaxError):
+            pass
+        values[f"config.{key}"] = value
+    config = sweep.load_config(path, values)
+    if "pretrain" in config and "model" not in config:
+        config = config.pretrain
     config.train.data_source = "synthetic"
     return config
 

@@ -167,8 +167,9 @@ class PolicyEval:
         out = []
         # equal chunks of at most gen_batch rows: one compiled batch shape per call, not a
         # smaller one for the remainder (200 rows at 32 -> 7 x 29, all in the 32-row bucket)
-        size = -(-len(prompts) // -(-len(prompts) // int(c.gen_batch)))
-        for start in range(0, len(prompts), size):
+        chunks = -(-len(prompts) // int(c.gen_batch))
+        size = -(-len(prompts) // max(chunks, 1))
+        for start in range(0, len(prompts), max(size, 1)):
             end = start + size
             gen = generate(self.params, self.model_config, prompts[start:end], sampling,
                            logit_processor=processor, pad_id=tok.pad_id, tokenizer=tok,

@@ -221,9 +221,10 @@ class Rollouts:
         self.problems, self.prompts, self.ptx_iter = problems, prompts, ptx_iter
         self.step, self.beta, self.sft_eval = 0, float(config.ppo.kl_coef), None
         self.seconds = 0.0  # rollout + scoring time of the steps run in this process
+        self.started = 0.0  # perf_counter() when the current step's rollout began
 
     def next_for(self, state) -> dict:
-        t0 = time.perf_counter()
+        t0 = self.started = time.perf_counter()
         self.step += 1
         seed, batch = self.config.seed, int(self.config.train.batch_size)
         idx = step_prompt_indices(seed, self.step, len(self.prompts), batch)
@@ -235,8 +236,7 @@ class Rollouts:
         ptx = np.asarray(next(self.ptx_iter)["tokens"]) if self.ptx_iter is not None else None
         self.seconds += time.perf_counter() - t0
         return {"rollout": rollout, "scores": gold if self.config.ppo.reward_source == "gold" else rm,
-                "ptx": ptx, "problems": problems, "texts": texts, "gold": gold, "rm": rm,
-                "t0": t0}
+                "ptx": ptx, "problems": problems, "texts": texts, "gold": gold, "rm": rm}
 
     def get_state(self) -> dict:
         out = {"step": self.step, "beta": self.beta, "sft_eval": self.sft_eval}
@@ -320,7 +320,7 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
             **metrics, "rm_reward": float(rm.mean()), "gold_reward": float(gold.mean()),
             "accuracy": float(np.mean([labeler.is_correct(p, t) for p, t in zip(problems, texts)])),
             "lr": float(trainer.schedule(int(state.step) - 1)),
-            "step_seconds": time.perf_counter() - b["t0"]}
+            "step_seconds": time.perf_counter() - source.started}
 
     loop = Loop(
         stage_dir=str(stage_dir), train_cfg=tcfg, train_step=train_step, train_iter=source,
