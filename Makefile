@@ -34,8 +34,12 @@ install: $(STAMP)
 run: $(RUN_STAMP)
 	$(PY) -m gpt_jax.main --config=experiments/configs/recipe_tiny.py --workdir=$(WORKDIR)
 
+# Two pytest workers (pytest-xdist), a test file each at a time: most tests are bound by XLA's
+# single-threaded compilation, so two files in parallel use the 2 cores better than one.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=30 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests

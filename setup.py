@@ -38,6 +38,8 @@ setup(
     extras_require={
         "test": [
             "pytest==9.2.0",
+            "pytest-xdist==3.8.0",
+            "execnet==2.1.2",
             "hypothesis==6.170.15",
             "nbclient==0.11.0",
             "nbformat==5.11.1",

@@ -9,6 +9,7 @@ token counts are the recipe's, at a fraction of the cost of an 8k-id head. One J
 goes to --out; --plot draws every given JSONL file as one curve (worked accuracy vs tokens).
 
   python experiments/drill_curve.py --out runs/curves/b16.jsonl --batch 16 --steps 1250
+  python experiments/drill_curve.py --out runs/curves/muon.jsonl --optim muon --steps 1000
   python experiments/drill_curve.py --plot docs/figures/drill_curve.png runs/curves/*.jsonl
 """
 from __future__ import annotations
@@ -68,7 +69,7 @@ def train(args) -> None:
                       ["params"])
     optim = ml_collections.ConfigDict(dict(
         learning_rate=args.lr, warmup_steps=50, min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
-        weight_decay=0.1, grad_clip=1.0))
+        weight_decay=0.1, grad_clip=1.0, name=args.optim, muon_beta=0.95))
     tx, _ = make_optimizer(optim, args.steps)
     opt_state = tx.init(params)
 
@@ -164,6 +165,7 @@ def main(argv=None) -> None:
     p.add_argument("--docs", type=int, default=4000)
     p.add_argument("--worked_share", type=float, default=0.7)
     p.add_argument("--spaces", type=int, default=1)
+    p.add_argument("--optim", default="adamw", help="adamw or muon (gpt_jax/train/optim.py)")
     args = p.parse_args(argv)
     if args.plot:
         plot(args.plot, args.files)

@@ -31,8 +31,10 @@ def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collection
 def optim_config(learning_rate: float = 1e-3, warmup_steps: int = 100,
                  **overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict({
+        "name": "adamw",  # or "muon" (block matrices; see gpt_jax/train/optim.py)
         "learning_rate": learning_rate, "warmup_steps": warmup_steps, "min_lr_ratio": 0.1,
         "b1": 0.9, "b2": 0.95, "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 1.0,
+        "muon_beta": 0.95,  # Muon's momentum (name="muon")
     })
     cfg.update(overrides)
     return cfg

@@ -130,9 +130,11 @@ def constrain(x: jax.Array, names: Sequence[str | None], mesh: Mesh | None, rule
 
 
 def tree_shardings(logical_specs, abstract_tree, mesh: Mesh, rules=RULES):
-    """NamedShardings for a pytree, given its logical PartitionSpecs and abstract shapes."""
+    """NamedShardings for a pytree, given its logical PartitionSpecs and abstract shapes. A node
+    with no arrays (optax's MaskedNode, in a partitioned optimizer's state) stays as it is."""
     return jax.tree.map(
-        lambda spec, leaf: logical_to_sharding(tuple(spec), leaf.shape, mesh, rules)
+        lambda spec, leaf: leaf if not hasattr(leaf, "shape")
+        else logical_to_sharding(tuple(spec), leaf.shape, mesh, rules)
         if len(spec) == len(leaf.shape)
         else NamedSharding(mesh, P()),
         logical_specs,

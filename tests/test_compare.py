@@ -177,6 +177,41 @@ def test_a_rows_answer_does_not_depend_on_its_batch(compared, tok_and_sets):
             assert [a[2] for a in alone] == [a[2] for a in batch[i * samples:(i + 1) * samples]]
 
 
+@pytest.mark.slow
+def test_base_stops_at_a_blank_line_with_the_same_answers(compared, tok_and_sets, monkeypatch):
+    """The base model's rows stop decoding at a token holding its first stop string; every
+    answer (text, ids, log-probs, greedy and sampled, with and without the calculator) equals
+    decoding to the budget and truncating afterwards. The tiny test model seldom writes a blank
+    line, so the stop string here is the character its free-running answers hold most often."""
+    from collections import Counter
+
+    from gpt_jax.checkpoint import load_stage
+
+    workdir, _ = compared
+    tok, config, (task, sets, demos) = tok_and_sets
+    model_config, params = load_stage(workdir, "pretrain")
+    policy = arith.PolicyEval("base", model_config, params, tok, demos, config.compare)
+    problems = [task.with_mode(p, "calc") for p in sets["L1"] + sets["L2"]]
+    monkeypatch.setattr(arith, "BASE_STOP_STRINGS", ("\x00",))  # never met: the free answers
+    free = [a[0] for a in policy.answer(problems, tool=False, temperature=0.0)]
+    stop = Counter(c for text in free for c in set(text[1:])).most_common(1)[0][0]
+    monkeypatch.setattr(arith, "BASE_STOP_STRINGS", (stop, "\nQuestion:"))
+    breaks = arith.break_ids(tok, stop)
+    assert breaks and all(stop in tok.decode([i]) for i in breaks)
+    real = arith.break_ids
+    runs = {}
+    for use_stop in (True, False):
+        monkeypatch.setattr(arith, "break_ids", real if use_stop else lambda tok, text: ())
+        runs[use_stop] = [policy.answer(problems, tool=tool, temperature=temperature,
+                                        samples=samples)
+                          for tool, temperature, samples in ((False, 0.0, 1), (True, 1.0, 2))]
+    assert sum(a[2][-1] in breaks for a in runs[True][0] if a[2]) >= 2  # rows that stopped there
+    for with_stop, without in zip(runs[True], runs[False]):
+        assert [a[:3] for a in with_stop] == [a[:3] for a in without]
+        for a, b in zip(with_stop, without):
+            np.testing.assert_array_equal(a[3], b[3])
+
+
 def test_visible_text_and_demo_ids(tmp_path, data_dir):
     from gpt_jax.tokenizer import train_bpe
 

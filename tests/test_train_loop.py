@@ -33,16 +33,19 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_sigkill_is_bitwise_exact(tmp_path, optimizer):
+    """Muon's state (partitioned, with empty MaskedNodes) checkpoints and resumes as AdamW's does."""
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    _main(straight)
-    killed = _main(crashed, check=False, kill_at_step=10)
+    opt = f"--config.optim.name={optimizer}"
+    _main(straight, opt)
+    killed = _main(crashed, opt, check=False, kill_at_step=10)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (crashed / "pretrain" / "summary.json").exists()
     assert max(_losses(crashed)) == 10
     with open(crashed / "pretrain" / "metrics.jsonl", "a") as f:
         f.write('{"step": 11, "loss": 3.')  # a row torn by a kill mid-write
-    _main(crashed)  # resumes from the step-10 checkpoint
+    _main(crashed, opt)  # resumes from the step-10 checkpoint
     a, b = _losses(straight), _losses(crashed)
     assert sorted(b) == list(range(1, 21))
     lines = (crashed / "pretrain" / "metrics.jsonl").read_text().splitlines()

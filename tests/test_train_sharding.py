@@ -74,3 +74,16 @@ def test_grad_accumulation_matches_full_batch():
     np.testing.assert_allclose(accum, full, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  s1.params, s2.params)
+
+
+def test_muon_losses_match_single_device_on_a_2x2x2_mesh():
+    """Muon's Newton-Schulz runs on sharded matrices (and its partitioned state holds empty
+    MaskedNodes, which keep no sharding): the losses equal one device's."""
+    config = tiny_config()
+    config.optim.name = "muon"
+    one, _ = _losses(config, shd.make_mesh((1, 1, 1), jax.devices()[:1]), steps=4)
+    eight, state = _losses(config, shd.make_mesh((2, 2, 2)), steps=4)
+    np.testing.assert_allclose(eight, one, rtol=1e-5)
+    assert eight[-1] < eight[0]
+    q = state.params["blocks"]["attn"]["q"]
+    assert q.sharding.spec == P(None, "fsdp", "tensor", None)

@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.model = load_experiment("pretrain_tiny").model  # must equal the parent's
     config.mesh = configs.mesh_config()
-    config.optim = configs.optim_config(learning_rate=1e-3, warmup_steps=20)
+    config.optim = configs.optim_config(name="muon", learning_rate=1e-3, warmup_steps=20)
     config.train = configs.train_config(batch_size=8, seq_len=256, total_steps=240,
                                         log_every=10, eval_every=80, eval_batches=4,
                                         checkpoint_every=80)

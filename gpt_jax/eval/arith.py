@@ -17,6 +17,7 @@ the same mode), the chat models the task's chat prompt.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -126,6 +127,14 @@ def base_prompt_ids(tokenizer, demos, problem, room: int) -> list[int]:
         demos = demos[1:]
 
 
+@functools.lru_cache(maxsize=8)
+def break_ids(tokenizer, text: str) -> tuple[int, ...]:
+    """Ids of the tokens whose text holds `text` (the base model's first stop string, a blank
+    line: a token of it ends the reply, whatever else it holds)."""
+    return tuple(i for i in range(tokenizer.vocab_size)
+                 if tokenizer.special_name(i) is None and text in tokenizer.decode([i]))
+
+
 def chat_prompt_ids(tokenizer, problem, room: int) -> list[int]:
     ids = tokenizer.render_for_completion(ArithmeticTask.prompt_messages(problem))
     return fit_prompt(ids, room)
@@ -154,8 +163,12 @@ class PolicyEval:
         from gpt_jax.train.sft import vocab_limit_processor
 
         tok, c = self.tok, self.c
-        stop_ids = (tok.eos_id,) if self.name == "base" else (tok.token_id("assistant_end"),
-                                                              tok.eos_id)
+        drop = (tok.eos_id,) if self.name == "base" else (tok.token_id("assistant_end"),
+                                                          tok.eos_id)
+        # The base model's reply ends at a blank line (truncated there afterwards); a row stops
+        # decoding at the first token holding one, so a chunk ends with its longest answer,
+        # not at the budget. Those tokens stay in `ids` (the truncation keeps them too).
+        stop_ids = drop + (break_ids(tok, BASE_STOP_STRINGS[0]) if self.name == "base" else ())
         stops = BASE_STOP_STRINGS if self.name == "base" else ()
         processor = (vocab_limit_processor(tok.vocab_size)
                      if self.model_config.vocab_size > tok.vocab_size else None)
@@ -175,7 +188,7 @@ class PolicyEval:
                            logit_processor=processor, pad_id=tok.pad_id, tokenizer=tok,
                            row_ids=rows[start:end], tool=self.calculate if tool else None)
             for i in range(len(prompts[start:end])):
-                ids = [t for t in gen.row(i) if t not in stop_ids]
+                ids = [t for t in gen.row(i) if t not in drop]
                 text, used = visible_text(tok, ids)
                 if stops:
                     hits = [text.find(s) for s in stops if s in text]
