@@ -49,9 +49,9 @@ def train(args) -> None:
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    import ml_collections
     import optax
 
+    from gpt_jax import configs
     from gpt_jax.model import GPT, GPTConfig
     from gpt_jax.tasks import drills
     from gpt_jax.train.optim import make_optimizer
@@ -67,9 +67,7 @@ def train(args) -> None:
     model = GPT(cfg)
     params = nn.unbox(model.init(jax.random.key(args.seed), jnp.zeros((1, args.seq), jnp.int32))
                       ["params"])
-    optim = ml_collections.ConfigDict(dict(
-        learning_rate=args.lr, warmup_steps=50, min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
-        weight_decay=0.1, grad_clip=1.0, name=args.optim, muon_beta=0.95))
+    optim = configs.optim_config(learning_rate=args.lr, warmup_steps=50, name=args.optim)
     tx, _ = make_optimizer(optim, args.steps)
     opt_state = tx.init(params)
 
