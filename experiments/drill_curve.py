@@ -140,7 +140,7 @@ def plot(path: str, files: list[str]) -> None:
     ax.set_ylabel("held-out worked exact match")
     ax.set_title("Drills alone: 2-digit +/- by the column method")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", fontsize="small", framealpha=0.7)
     print(_save(fig, plt, Path(path)))
 
 

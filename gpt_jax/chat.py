@@ -10,6 +10,8 @@ Replies stream to stdout as they decode (`streaming.stream`). With `--calculator
 reply may call the calculator in-line (<|tool_call_start|> expr <|tool_call_end|>, see
 `gpt_jax.engine_tools`): the engine inserts the result, the reply shows "expr = result", a notice
 "[calc] expr -> result" goes to stderr, and the history keeps the call and result as parts.
+`--python` adds sandboxed Python (`gpt_jax.tools.sandbox`): a call whose text starts `python:`
+runs as a program and its output is the result (`gpt_jax.tools.toolbox` routes the calls).
 Commands: /reset, /system <text>, /temp <x> (0 = greedy), /help, /quit. When the history no
 longer fits the model context with room for the reply, the oldest turns are dropped and a notice
 says so (notices go to stderr).
@@ -101,7 +103,8 @@ class ChatSession:
         tool_kw = {}
         if self.tool is not None:
             tool_kw = {"tool": self.tool,
-                       "on_tool": lambda expr, result: self.notice(f"[calc] {expr} -> {result}")}
+                       "on_tool": lambda expr, result: self.notice(
+                           f"[{getattr(self.tool, 'label', 'calc')}] {expr} -> {result}")}
         gen, reply = streaming.stream(self.params, self.config, ids, cfg, tokenizer=self.tok,
                                      on_text=on_text, logit_processor=self.processor,
                                      pad_id=self.tok.pad_id, **tool_kw)
@@ -212,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system", default=None, help="system message (chat mode)")
     parser.add_argument("--calculator", action="store_true",
                         help="let replies call the calculator in-line (chat mode)")
+    parser.add_argument("--python", action="store_true",
+                        help="let replies run Python in the sandbox (gpt_jax/tools/sandbox.py): "
+                             "a call starting 'python:'; with --calculator, other calls compute")
     parser.add_argument("--stop", action="append", default=[],
                         help="stop string (repeatable), e.g. --stop='\\n\\n' for few-shot prompts")
     args = parser.parse_args(argv)
@@ -219,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          max_new_tokens=args.max_new_tokens, seed=args.seed, stop_strings=stops)
     tool = None
-    if args.calculator:
-        from gpt_jax.tools.calculator import calculate as tool
+    names = [n for n, on in (("calculator", args.calculator), ("python", args.python)) if on]
+    if names:
+        from gpt_jax.tools import toolbox
+
+        tool = toolbox(names)
     session = load_session(args.workdir, args.stage, cfg, args.mode, args.system, args.step,
                            tool=tool)
     return run(session, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())

@@ -39,6 +39,7 @@ go on). Output buffers live on the host between calls ([B, N], small); the cache
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -48,7 +49,7 @@ import numpy as np
 from gpt_jax import sampling as S
 from gpt_jax import streaming
 from gpt_jax.model import GPTConfig
-from gpt_jax.seq_utils import bucket
+from gpt_jax.seq_utils import bucket, length_bucket
 
 SCHEDULES = {"any": 0, "all": 2**30}  # name -> steps a paused row may wait
 DEFAULT_WAIT = 8
@@ -94,6 +95,15 @@ def run_tool(tool: Callable[[str], str], expr: str | None) -> str:
         return f"error: tool returned {type(result).__name__}"
     except Exception as e:  # noqa: BLE001 - a tool must never crash generation
         return f"error: {type(e).__name__}: {e}"
+
+
+def run_tools(tool: Callable[[str], str], exprs: Sequence[str | None]) -> list[str]:
+    """`run_tool` on each call, concurrently when there are several (threads: a sandboxed Python
+    call waits on its subprocess), results in call order."""
+    if len(exprs) <= 1:
+        return [run_tool(tool, e) for e in exprs]
+    with ThreadPoolExecutor(max_workers=min(8, len(exprs))) as pool:
+        return list(pool.map(lambda e: run_tool(tool, e), exprs))
 
 
 def result_ids(tokenizer, result: str) -> list[int]:
@@ -224,7 +234,7 @@ def generate_with_tool(params, config: GPTConfig, prompts: Sequence[Sequence[int
     # Sliced once here: every loop call and chunk prefill would otherwise slice stacked weights.
     config, params = S.unstack_layers(config, params)
     k = len(prompts)
-    b, p = bucket(k), bucket(max(len(x) for x in prompts), 8)
+    b, p = bucket(k), length_bucket(max(len(x) for x in prompts), 8)
     tokens = np.full((b, p), pad_id, np.int32)
     valid = np.zeros((b, p), bool)
     for i, ids in enumerate(prompts):
@@ -255,10 +265,10 @@ def generate_with_tool(params, config: GPTConfig, prompts: Sequence[Sequence[int
             st = (token, out, logps, finished, paused, lengths)
             continue
         chunks = {}
-        for i in np.flatnonzero(paused):
-            seq = list(prompts[i]) + out[i, : lengths[i]].tolist()
-            expr = open_call(tokenizer, seq)
-            result = run_tool(tool, expr)
+        waiting = np.flatnonzero(paused)
+        exprs = [open_call(tokenizer, list(prompts[i]) + out[i, : lengths[i]].tolist())
+                 for i in waiting]
+        for i, expr, result in zip(waiting, exprs, run_tools(tool, exprs)):
             if on_tool is not None:
                 on_tool(int(i), expr if expr is not None else "", result)
             ins = result_ids(tokenizer, result)[: n - lengths[i]]

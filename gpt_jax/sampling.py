@@ -22,7 +22,8 @@ training and decoding); tests check token-for-token equality with full recompute
 
 Padding: prompts are left-padded; each row's positions count only its real tokens and padded slots
 are masked out, so a prompt decodes to the same tokens alone or in a batch of mixed lengths.
-Shapes are bucketed (powers of two for batch and prompt length) so a new prompt rarely recompiles.
+Shapes are bucketed (batch: powers of two; prompt length: `seq_utils.length_bucket`) so a new
+prompt rarely recompiles.
 
 Sampling order: logit processor -> temperature -> top-k -> top-p -> categorical (greedy when
 temperature == 0). The returned log-probs are the log-softmax of the processed logits divided by
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt_jax.model import Block, GPTConfig, Norm, attention_mask, embed, lm_logits
-from gpt_jax.seq_utils import bucket, positions_from_valid
+from gpt_jax.seq_utils import bucket, length_bucket, positions_from_valid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,7 +314,7 @@ def generate(params, config: GPTConfig, prompts: Sequence[Sequence[int]],
             row_ids=row_ids, schedule=tool_schedule)
     n = sampling.max_new_tokens
     _check_prompts(config, prompts, n)
-    b, p = bucket(len(prompts)), bucket(max(len(x) for x in prompts), 8)
+    b, p = bucket(len(prompts)), length_bucket(max(len(x) for x in prompts), 8)
     tokens = np.full((b, p), pad_id, np.int32)
     valid = np.zeros((b, p), bool)
     for i, ids in enumerate(prompts):

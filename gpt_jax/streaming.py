@@ -16,7 +16,7 @@ import numpy as np
 
 from gpt_jax import sampling as S
 from gpt_jax.model import GPTConfig
-from gpt_jax.seq_utils import bucket
+from gpt_jax.seq_utils import length_bucket
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -41,7 +41,7 @@ def _held_back(text: str, stop_strings: Sequence[str]) -> int:
 def one_row(config: GPTConfig, prompt: Sequence[int], n: int, pad_id: int):
     """A checked prompt, left-padded to its bucket: (tokens [1, P], valid [1, P])."""
     S._check_prompts(config, [prompt], n)
-    p = bucket(len(prompt), 8)
+    p = length_bucket(len(prompt), 8)
     tokens = np.full((1, p), pad_id, np.int32)
     tokens[0, p - len(prompt):] = prompt
     return tokens, np.arange(p)[None] >= p - len(prompt)

@@ -133,3 +133,25 @@ def test_calculator_runs_inside_the_reply(workdir):
         forced + inserted) + 1]
     with pytest.raises(ValueError, match="chat mode"):
         chat.load_session(str(workdir), "pretrain", cfg, tool=calculate)
+
+
+def test_python_tool_runs_inside_the_reply(workdir):
+    from gpt_jax.tools import toolbox
+
+    notices = []
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=40)
+    s = chat.load_session(str(workdir), "sft", cfg, notice=notices.append,
+                          tool=toolbox(["calculator", "python"]))
+    t = s.tok.special_ids
+    forced = [t["tool_call_start"], *s.tok.encode("python:print(12*3)"), t["tool_call_end"]]
+    inserted = [t["tool_result_start"], *s.tok.encode("36"), t["tool_result_end"]]
+    table = jnp.asarray(forced + [-1] * len(inserted) + [t["assistant_end"]] + [-1] * 40)
+
+    def force(logits, state):
+        want = table[jnp.clip(state.step, 0, table.shape[0] - 1)]
+        hit = jnp.where(jnp.arange(logits.shape[-1])[None] == want[:, None], 0.0, -1e9)
+        return jnp.where((want >= 0)[:, None], hit, logits)
+
+    s.processor = force
+    assert s.respond("What is 12*3?") == "python:print(12*3) = 36"
+    assert notices == ["[tool] python:print(12*3) -> 36"]

@@ -225,3 +225,10 @@ def test_stream_matches_generate_and_stop_strings(gpt2, tok):
     gen2, text2 = streaming.stream(dparams, dconfig, prompt, s2, tokenizer=tok, on_text=pieces.append)
     assert gen2.row(0) == cut.row(0) and gen2.finished[0]
     assert "".join(pieces) == text2 == text[: text.find(stop)]
+
+
+def test_prompt_lengths_pad_to_powers_of_two_then_multiples_of_32():
+    from gpt_jax.seq_utils import length_bucket
+
+    assert [length_bucket(n) for n in (1, 8, 9, 33, 64, 65, 96, 97, 200)] == \
+        [8, 8, 16, 64, 64, 96, 96, 128, 224]

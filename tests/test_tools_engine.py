@@ -86,8 +86,9 @@ def _gen(params, tok, prompts, forced, s, **kw):
     banned = np.zeros(CONFIG.vocab_size, bool)
     banned[list(engine_tools.ToolIds.of(tok))] = True
     state = (jnp.asarray(_table(forced, bucket(len(prompts)))), jnp.asarray(banned))
+    kw.setdefault("tool", calculate)
     return sampling.generate(params, CONFIG, prompts, s, logit_processor=forcing,
-                             processor_state=state, tokenizer=tok, tool=calculate, **kw)
+                             processor_state=state, tokenizer=tok, **kw)
 
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=N)
@@ -216,3 +217,28 @@ def test_a_raising_tool_becomes_an_error_result(tok):
 
     assert engine_tools.run_tool(boom, "1+1") == "error: RuntimeError: nope"
     assert engine_tools.run_tool(lambda e: 3, "1+1").startswith("error: tool returned int")
+
+
+def test_python_and_calculator_calls_share_a_batch(model, tok):
+    """`toolbox`: a "python:" call runs in the sandbox, a plain one in the calculator, in one
+    batch (the calls of paused rows run concurrently), each row equal to itself alone."""
+    from gpt_jax.tools import toolbox
+    from gpt_jax.tools.sandbox import run_python
+
+    t, call, result = _ids(tok)
+    box = toolbox(["calculator", "python"])
+    base = tok.encode("What is 12*3?")
+    code = "print(6*7)"
+    cases = [(base, call(f"python:{code}")), (base, call("12*3")),
+             (tok.encode("Hello world"), []), (base, call("python: 1/0"))]
+    prompts, forced = [c[0] for c in cases], [c[1] for c in cases]
+    gen = _gen(model, tok, prompts, forced, GREEDY, tool=box)
+    for i in range(len(cases)):
+        alone = _gen(model, tok, [prompts[i]], [forced[i]], GREEDY, tool=box)
+        assert gen.row(i) == alone.row(0), f"row {i}"
+    assert run_python(code).as_tool_result() == "42"
+    for i, res in ((0, "42"), (1, "36"), (3, "error: ZeroDivisionError: division by zero")):
+        want = (forced[i] + result(res))[:N]
+        assert gen.row(i)[: len(want)] == want, i
+    with pytest.raises(ValueError, match="expected a non-empty list"):
+        toolbox(["shell"])

@@ -36,8 +36,8 @@ from gpt_jax.scoring import token_logprobs
 from gpt_jax.seq_utils import positions_from_valid
 from gpt_jax.train import ppo_core as C
 from gpt_jax.train.losses import cross_entropy
+from gpt_jax.train.minibatch import minibatch_updates
 from gpt_jax.train.state import TrainState
-from gpt_jax.train.step import all_finite, keep_if_finite
 
 ROLLOUT_KEYS = ("tokens", "valid", "response_mask", "finished")
 
@@ -168,42 +168,18 @@ def make_ppo_step(model_config: GPTConfig, tx: optax.GradientTransformation, hp:
         exp, exp_stats = experience(policy, value_model, state.params, ref_params, rollout,
                                     scores, beta, hp)
         data = {**{k: rollout[k] for k in ROLLOUT_KEYS}, **exp}
-        b = rollout["tokens"].shape[0]
-        if b % hp.minibatches:
-            raise ValueError(f"rollout batch {b} not divisible by minibatches={hp.minibatches}")
-        mb_size = b // hp.minibatches
-        keys = jax.random.split(jax.random.fold_in(rng, state.step), hp.epochs)
-        order = jnp.concatenate([jax.random.permutation(k, b) for k in keys])
-        order = order.reshape(hp.epochs * hp.minibatches, mb_size)
-        ptx_mbs = None
+        extra = None
         if use_ptx:
             if ptx is None:
                 raise ValueError("ptx_coef > 0 needs rollout['ptx'] (pretraining tokens)")
             ptx_mbs = ptx.reshape(hp.minibatches, -1, ptx.shape[-1])
-
-        def update(carry, xs):
-            params, opt_state = carry
-            idx, i = xs
-            mb = jax.tree.map(lambda x: x[idx], data)
-            if use_ptx:
-                mb["ptx"] = ptx_mbs[i % hp.minibatches]
-            (_, stats), grads = grad_fn(params, mb)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            stats["grad_norm"] = optax.global_norm(grads)
-            return (optax.apply_updates(params, updates), opt_state), stats
-
-        (params, opt_state), stats = jax.lax.scan(
-            update, (state.params, state.opt_state),
-            (order, jnp.arange(hp.epochs * hp.minibatches)))
+            extra = lambda i: {"ptx": ptx_mbs[i % hp.minibatches]}  # noqa: E731
+        params, opt_state, stats, nonfinite = minibatch_updates(
+            grad_fn, tx, state, data, hp.epochs, hp.minibatches, rng, extra)
         metrics = {k: v.mean() for k, v in stats.items()}
         for k in ("ratio_mean", "approx_kl", "clip_frac"):
             metrics[f"first_{k}"] = stats[k][0]
-        # a non-finite loss, gradient or param anywhere skips the whole step (train/step.py)
-        finite = (jnp.all(jnp.isfinite(stats["loss"])) & jnp.all(jnp.isfinite(stats["grad_norm"]))
-                  & all_finite(params))
-        params = keep_if_finite(finite, params, state.params)
-        opt_state = keep_if_finite(finite, opt_state, state.opt_state)
-        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+        metrics["nonfinite"] = nonfinite  # the whole step was skipped (train/minibatch.py)
         metrics.update(exp_stats)
         metrics["beta"] = beta
         n_updates = hp.epochs * hp.minibatches
