@@ -32,6 +32,7 @@ STAGES = {
     "ppo_seeds": "gpt_jax.train.ppo_seeds",
     "bon": "gpt_jax.train.bon",
     "feedme": "gpt_jax.train.feedme",
+    "grpo": "gpt_jax.train.grpo",
     "compare": "gpt_jax.compare",
     "recipe": "gpt_jax.recipe",
 }

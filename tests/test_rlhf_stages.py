@@ -187,3 +187,52 @@ def test_ppo_seeds_reuses_the_finished_ppo_stage_only_when_configs_match(tmp_pat
     assert reuse_finished_ppo(config, tmp_path, "ppo_seed0")
     assert (tmp_path / "ppo_seed0").resolve() == (tmp_path / "ppo").resolve()
     assert not reuse_finished_ppo(config, tmp_path, "ppo_seed0")  # already there: left alone
+
+
+@pytest.mark.slow
+def test_grpo_stage_then_resume_after_a_crash(workdir, tmp_path, monkeypatch):
+    from gpt_jax.train import grpo
+
+    (tmp_path / "straight").mkdir()
+    straight = _fresh(tmp_path / "straight", workdir)
+    summary = grpo.run(config_from_tests("grpo_test"), str(straight))
+    for key in ("sft", "grpo", "final_kl", "gold_gain", "accuracy_gain", "dropped_groups",
+                "groups", "update_seconds_per_step", "wall_seconds"):
+        assert key in summary, key
+    assert summary["sft"]["kl"] == 0.0 and summary["grpo"]["responses"] == 8
+    assert summary["groups"] == 8 and 0 <= summary["dropped_groups"] <= 8
+    rows = read_metrics(straight / "grpo" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "eval_kl" in r] == [0, 2, 4]
+    train = {r["step"]: r for r in rows if "loss" in r}
+    assert sorted(train) == [1, 2, 3, 4]
+    assert train[1]["first_ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    for key in ("gold_reward", "rm_reward", "kl", "clip_frac", "response_length", "accuracy"):
+        assert np.isfinite(train[4][key]), key
+    model_config, params = load_stage(straight, "grpo")  # the policy, as a GPT
+    assert set(params) >= {"wte", "ln_f"}
+    assert grpo.run(config_from_tests("grpo_test"), str(straight)) == summary  # done: skipped
+
+    # A crash in the third step (after the step-2 checkpoint), then a resume: steps 3-4 are
+    # bitwise the same, rollouts included (prompts and seeds are functions of the step).
+    (tmp_path / "crashed").mkdir()
+    crashed = _fresh(tmp_path / "crashed", workdir)
+    real_next, calls = grpo.GroupRollouts.next_for, []
+
+    def crash_on_third(self, state):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real_next(self, state)
+
+    monkeypatch.setattr(grpo.GroupRollouts, "next_for", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        grpo.run(config_from_tests("grpo_test"), str(crashed))
+    monkeypatch.setattr(grpo.GroupRollouts, "next_for", real_next)
+    resumed = grpo.run(config_from_tests("grpo_test"), str(crashed))
+    a = {r["step"]: r for r in read_metrics(straight / "grpo" / "metrics.jsonl") if "loss" in r}
+    b = {r["step"]: r for r in read_metrics(crashed / "grpo" / "metrics.jsonl") if "loss" in r}
+    assert sorted(b) == [1, 2, 3, 4]
+    for step in (3, 4):
+        for key in ("loss", "kl", "gold_reward", "rm_reward"):
+            assert a[step][key] == b[step][key], (step, key)
+    assert resumed["grpo"]["gold_reward"] == summary["grpo"]["gold_reward"]

@@ -39,8 +39,6 @@ import ml_collections
 import numpy as np
 
 from gpt_jax import labeler
-from gpt_jax import sharding as shd
-from gpt_jax.checkpoint import Checkpointer, load_stage
 from gpt_jax.metrics import write_summary
 from gpt_jax.stages import begin_stage
 from gpt_jax.train.ppo_trainer import PPOTrainer
@@ -251,11 +249,9 @@ class Rollouts:
 
 
 def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
-    from gpt_jax.data import tasks_data
     from gpt_jax.metrics import read_metrics
-    from gpt_jax.tokenizer import Tokenizer
+    from gpt_jax.train import rl_common
     from gpt_jax.train.loop import Loop
-    from gpt_jax.train.reward import load_reward_model
 
     stage_dir, done = begin_stage(config, workdir, stage, parent=config.parent)
     if done is not None:
@@ -264,44 +260,25 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
     pc, tcfg = config.ppo, config.train
     if pc.reward_source not in ("model", "gold"):
         raise ValueError(f"ppo.reward_source={pc.reward_source!r}; expected 'model' or 'gold'")
-    tokenizer = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
-    mesh = shd.mesh_from_config(config.mesh)
-    model_config, sft_params = load_stage(workdir, config.parent)
-    rm_config, rm_params = load_reward_model(workdir, pc.reward_stage)
+    m = rl_common.load_models(config, workdir, pc.reward_stage)
+    tokenizer, model_config, sft_params = m.tokenizer, m.model_config, m.sft_params
+    rm_config, rm_params = m.rm_config, m.rm_params
     batch = int(tcfg.batch_size)
-    stop = (tokenizer.token_id("assistant_end"), tokenizer.eos_id)
-    trainer = PPOTrainer(model_config, pc, config.optim, int(tcfg.total_steps), mesh,
-                         tokenizer.pad_id, stop, tokenizer.vocab_size, seed=config.seed)
+    trainer = PPOTrainer(model_config, pc, config.optim, int(tcfg.total_steps), m.mesh,
+                         tokenizer.pad_id, m.stop_ids, tokenizer.vocab_size, seed=config.seed)
     maybe_use_calculator(trainer, config, tokenizer)
     scorer = Scorer(trainer, tokenizer, rm_config, rm_params)
-
-    task, train_problems = tasks_data.rl_problems(config, "train", workdir,
-                                                    n=int(pc.train_prompts))
-    _, held_problems = tasks_data.rl_problems(config, "heldout", workdir,
-                                                n=int(pc.heldout_prompts))
-
-    def prompt_ids(problems):
-        return [tokenizer.render_for_completion(task.prompt_messages(p)) for p in problems]
-
-    train_prompts, held_prompts = prompt_ids(train_problems), prompt_ids(held_problems)
-    if len(train_prompts) < batch:
-        raise ValueError(f"ppo.train_prompts={len(train_prompts)} < train.batch_size={batch}")
+    prompts = rl_common.load_prompts(config, workdir, tokenizer, pc, batch, "ppo")
+    held_prompts, held_problems = prompts.held_prompts, prompts.held_problems
     ref_params = trainer.place_reference(sft_params)
     ptx_iter = _ptx_iterator(config, tokenizer, workdir) if pc.ptx_coef > 0 else None
-    source = Rollouts(trainer, scorer, config, train_problems, train_prompts, ptx_iter)
+    source = Rollouts(trainer, scorer, config, prompts.train_problems, prompts.train_prompts,
+                      ptx_iter)
     eval_seed = config.seed * 7919 + 104_729
     timing = {"update": [], "eval": 0.0, "last_eval": None}
-
-    def eval_hook(params, step: int) -> dict[str, float]:
-        t0 = time.perf_counter()
-        result, shown = evaluate(trainer, scorer, params["policy"], ref_params, held_prompts,
-                                 held_problems, batch, int(pc.eval_samples), eval_seed)
-        timing["eval"] += time.perf_counter() - t0
-        if step == 0:
-            source.sft_eval = result
-        timing["last_eval"] = result
-        _log_samples(stage_dir, step, "eval", shown)
-        return {f"eval_{k}": v for k, v in result.items()}
+    eval_hook = rl_common.make_eval_hook(trainer, scorer, ref_params, prompts, batch,
+                                         int(pc.eval_samples), eval_seed, stage_dir, source,
+                                         timing, policy=lambda params: params["policy"])
 
     def train_step(state, b, rng):
         t1 = time.perf_counter()
@@ -311,14 +288,9 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
         timing["update"].append(time.perf_counter() - t1)
         if pc.adaptive_kl and not metrics["nonfinite"]:
             source.beta = float(_update_beta(source.beta, metrics["kl"], batch, pc))
-        problems, texts, gold, rm = b["problems"], b["texts"], b["gold"], b["rm"]
-        if source.step % max(tcfg.log_every, 1) == 0:
-            _log_samples(stage_dir, source.step, "train", [
-                {"question": p.question, "response": t, "gold": float(g), "rm": float(r)}
-                for p, t, g, r in list(zip(problems, texts, gold, rm))[:pc.samples_logged]])
         return state, {
-            **metrics, "rm_reward": float(rm.mean()), "gold_reward": float(gold.mean()),
-            "accuracy": float(np.mean([labeler.is_correct(p, t) for p, t in zip(problems, texts)])),
+            **metrics,
+            **rl_common.step_scores(stage_dir, source.step, tcfg.log_every, pc.samples_logged, b),
             "lr": float(trainer.schedule(int(state.step) - 1)),
             "step_seconds": time.perf_counter() - source.started}
 
@@ -338,9 +310,7 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
     if last_eval is None:  # no step ran here (resumed after the last one): evaluate now
         last_eval, _ = evaluate(trainer, scorer, state.params["policy"], ref_params, held_prompts,
                                 held_problems, batch, int(pc.eval_samples), eval_seed)
-    final = Checkpointer(stage_dir / "final", max_to_keep=1, async_save=False)
-    final.save(0, {"params": jax.device_get(state.params["policy"])}, meta={"stage": stage})
-    final.close()
+    rl_common.save_policy(stage_dir, state.params["policy"], stage)
     rows = read_metrics(stage_dir / "metrics.jsonl")
     plot_reward_vs_kl(rows, stage_dir / "reward_vs_kl.png")
     train_rows = [r for r in rows if "kl" in r]
