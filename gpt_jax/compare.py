@@ -38,7 +38,8 @@ from gpt_jax.metrics import read_summary, write_summary
 from gpt_jax.stages import begin_stage
 
 STAGE = "compare"
-MODEL_STAGES = {"base": "pretrain", "sft": "sft", "ppo": "ppo", "feedme": "feedme", "grpo": "grpo"}
+MODEL_STAGES = {"base": "pretrain", "sft": "sft", "ppo": "ppo", "feedme": "feedme", "grpo": "grpo",
+                "dpo": "dpo"}
 
 
 def compare_config(**overrides) -> ml_collections.ConfigDict:

@@ -33,6 +33,7 @@ STAGES = {
     "bon": "gpt_jax.train.bon",
     "feedme": "gpt_jax.train.feedme",
     "grpo": "gpt_jax.train.grpo",
+    "dpo": "gpt_jax.train.dpo",
     "compare": "gpt_jax.compare",
     "recipe": "gpt_jax.recipe",
 }

@@ -2,6 +2,9 @@
 an untrained reward model): files, summary keys, the SFT baseline at KL 0, the policies loadable
 as GPTs, skipping when done, and PPO's exact resume after a crash. Plus the best-of-N arithmetic
 and FeedME's data selection on hand-made numbers."""
+import contextlib
+import dataclasses
+import itertools
 import json
 import math
 import shutil
@@ -31,8 +34,30 @@ def test_best_of_n_table_on_hand_made_scores():
     # N=4: the RM-best of all four -> 1.0 (0.9) and 0.0 (0.8)
     assert table[2]["gold_reward"] == pytest.approx(0.5) and table[2]["accuracy"] == 0.5
     assert table[2]["kl_analytic"] == pytest.approx(math.log(4) - 3 / 4)
+    # the verifier picks the first correct draw of a group: N=2 finds 1 of 2 groups per prompt
+    assert [r["verifier_accuracy"] for r in table] == [0.25, 0.5, 1.0]
+    assert table[2]["verifier_gold_reward"] == 1.0
+    q = 1 - 0.75**4  # both prompts have 1 correct draw of 4
+    assert table[2]["verifier_kl"] == pytest.approx(q * math.log(q / 0.25)
+                                                    + (1 - q) * math.log((1 - q) / 0.75))
     with pytest.raises(ValueError, match="does not divide"):
         bon.best_of_n_table(rm, gold, correct, [3])
+
+
+def test_verifier_kl_equals_brute_force():
+    """Best-of-n with a binary verifier over a 4-outcome policy (2 outcomes correct), enumerated:
+    the first correct draw is kept, else the first draw."""
+    pi, ok = np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, False, True, False])
+    for n in (1, 2, 3, 5):
+        picked = np.zeros(4)
+        for draws in itertools.product(range(4), repeat=n):
+            good = [d for d in draws if ok[d]]
+            picked[good[0] if good else draws[0]] += np.prod(pi[list(draws)])
+        brute = float((picked * np.log(picked / pi)).sum())
+        assert float(bon.verifier_kl(pi[ok].sum(), n)) == pytest.approx(brute, rel=1e-9, abs=1e-12)
+    assert float(bon.verifier_kl(0.0, 4)) == 0.0 and float(bon.verifier_kl(1.0, 4)) == 0.0
+    # an upper bound only for rewards without ties: a binary reward is far below it
+    assert float(bon.verifier_kl(0.3, 8)) < bon.analytic_kl(8)
 
 
 def test_empirical_kl_plug_in_values():
@@ -189,6 +214,24 @@ def test_ppo_seeds_reuses_the_finished_ppo_stage_only_when_configs_match(tmp_pat
     assert not reuse_finished_ppo(config, tmp_path, "ppo_seed0")  # already there: left alone
 
 
+@contextlib.contextmanager
+def _crash_on_third_call(monkeypatch, cls, name: str):
+    """`cls.name` raises on its third call inside the block (a simulated crash the block must
+    raise), and is itself again afterwards."""
+    real, calls = getattr(cls, name), []
+
+    def crashing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        yield
+    monkeypatch.setattr(cls, name, real)
+
+
 @pytest.mark.slow
 def test_grpo_stage_then_resume_after_a_crash(workdir, tmp_path, monkeypatch):
     from gpt_jax.train import grpo
@@ -216,18 +259,8 @@ def test_grpo_stage_then_resume_after_a_crash(workdir, tmp_path, monkeypatch):
     # bitwise the same, rollouts included (prompts and seeds are functions of the step).
     (tmp_path / "crashed").mkdir()
     crashed = _fresh(tmp_path / "crashed", workdir)
-    real_next, calls = grpo.GroupRollouts.next_for, []
-
-    def crash_on_third(self, state):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("simulated crash")
-        return real_next(self, state)
-
-    monkeypatch.setattr(grpo.GroupRollouts, "next_for", crash_on_third)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with _crash_on_third_call(monkeypatch, grpo.GroupRollouts, "next_for"):
         grpo.run(config_from_tests("grpo_test"), str(crashed))
-    monkeypatch.setattr(grpo.GroupRollouts, "next_for", real_next)
     resumed = grpo.run(config_from_tests("grpo_test"), str(crashed))
     a = {r["step"]: r for r in read_metrics(straight / "grpo" / "metrics.jsonl") if "loss" in r}
     b = {r["step"]: r for r in read_metrics(crashed / "grpo" / "metrics.jsonl") if "loss" in r}
@@ -236,3 +269,63 @@ def test_grpo_stage_then_resume_after_a_crash(workdir, tmp_path, monkeypatch):
         for key in ("loss", "kl", "gold_reward", "rm_reward"):
             assert a[step][key] == b[step][key], (step, key)
     assert resumed["grpo"]["gold_reward"] == summary["grpo"]["gold_reward"]
+
+
+def _rankings(workdir, out_dir):
+    """A comparisons.jsonl as the reward stage writes it: per problem, the reference solution
+    ranked above a wrong one (group 0 over group 1), train and held-out problems."""
+    from gpt_jax.data import tasks_data
+    from gpt_jax.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(str(workdir / "tokenizer" / "tokenizer.json"))
+    config = config_from_tests("dpo_test")
+    out_dir.mkdir()
+    with open(out_dir / "comparisons.jsonl", "w") as f:
+        for split, n in (("train", 12), ("heldout", 4)):
+            _, problems = tasks_data.rl_problems(config, split, str(workdir), n=n)
+            for p in problems:
+                good, bad = p.solution, f"The answer is {int(p.answer) + 1}."  # differs early
+                f.write(json.dumps({"problem": dataclasses.asdict(p), "completions": [good, bad],
+                                    "completion_ids": [tok.encode(good), tok.encode(bad)],
+                                    "groups": [0, 1], "gold": [1.0, 0.0], "split": split}) + "\n")
+        # a tie on top (two pairs, each tied reply over the bad one), and a pair whose two
+        # replies are the same (no preference: left out and counted)
+        ids = [tok.encode(good), tok.encode(good), tok.encode(bad)]
+        f.write(json.dumps({"problem": dataclasses.asdict(p), "completions": [good, good, bad],
+                            "completion_ids": ids, "groups": [0, 0, 1], "gold": [1.0, 1.0, 0.0],
+                            "split": "train"}) + "\n")
+        f.write(json.dumps({"problem": dataclasses.asdict(p), "completions": [good, good],
+                            "completion_ids": ids[:2], "groups": [0, 1], "gold": [1.0, 1.0],
+                            "split": "train"}) + "\n")
+
+
+@pytest.mark.slow
+def test_dpo_stage_then_resume_after_a_crash(workdir, tmp_path, monkeypatch):
+    from gpt_jax.train import dpo
+
+    (tmp_path / "straight").mkdir()
+    straight = _fresh(tmp_path / "straight", workdir)
+    _rankings(workdir, straight / "rankings")
+    summary = dpo.run(config_from_tests("dpo_test"), str(straight))
+    assert summary["train_pairs"] == 12 + 2 and summary["heldout_pairs"] == 4
+    assert summary["heldout_gold_pairs"] == 4 and summary["identical_pairs_left_out"] == 1
+    rows = read_metrics(straight / "dpo" / "metrics.jsonl")
+    evals = {r["step"]: r for r in rows if "eval_heldout_accuracy" in r}
+    assert sorted(evals) == [0, 2, 4]
+    assert evals[0]["eval_heldout_margin"] == 0.0  # the SFT model against itself
+    train = {r["step"]: r for r in rows if "reward_accuracy" in r}
+    assert 2 in train and 4 in train
+    assert summary["heldout_margin"] > 0.0  # the held-out chosen replies gained on the rejected
+    assert set(load_stage(straight, "dpo")[1]) >= {"wte", "ln_f"}
+    assert dpo.run(config_from_tests("dpo_test"), str(straight)) == summary  # done: skipped
+
+    # a crash in step 3, then a resume: the same final state (bitwise equal metrics and evals)
+    (tmp_path / "crashed").mkdir()
+    crashed = _fresh(tmp_path / "crashed", workdir)
+    _rankings(workdir, crashed / "rankings")
+    with _crash_on_third_call(monkeypatch, dpo.PairBatches, "__next__"):
+        dpo.run(config_from_tests("dpo_test"), str(crashed))
+    resumed = dpo.run(config_from_tests("dpo_test"), str(crashed))
+    a = {r["step"]: r for r in read_metrics(crashed / "dpo" / "metrics.jsonl") if "loss" in r}
+    assert a[4]["loss"] == train[4]["loss"] and a[4]["grad_norm"] == train[4]["grad_norm"]
+    assert resumed["heldout_margin"] == summary["heldout_margin"]

@@ -59,9 +59,13 @@ def ppo_section(run: RunFiles, fig_dir: Path) -> list[str]:
 def bon_section(run: RunFiles, fig_dir: Path) -> list[str]:
     s = run.summary("bon")
     rows = [r for r in (s.get("table") or []) if isinstance(r, dict)]
-    keys = ("n", "gold_reward", "rm_reward", "accuracy", "kl_analytic", "kl_empirical")
-    lines = ["Best of n SFT samples by reward-model score (KL analytic = log n - (n-1)/n):", ""]
-    lines += table(list(keys), [[fmt(r.get(k)) for k in keys] for r in rows] or [["n/a"] * 6])
+    keys = ("n", "gold_reward", "rm_reward", "accuracy", "kl_analytic", "kl_empirical",
+            "verifier_accuracy", "verifier_kl")
+    lines = ["Best of n SFT samples by reward-model score (KL analytic = log n - (n-1)/n, an upper "
+             "bound), and by the verifier (verifier_accuracy = pass@n; verifier_kl exact for a "
+             "binary reward at each prompt's empirical success rate):", ""]
+    lines += table(list(keys), [[fmt(r.get(k)) for k in keys] for r in rows]
+                   or [["n/a"] * len(keys)])
     png = plots.plot_lines(fig_dir / "bon_reward_vs_kl.png", rows, "kl_analytic",
                            {"gold_reward": "gold reward", "rm_reward": "RM reward"},
                            "best-of-n: reward vs KL", "KL analytic (nats)", "reward", marker="o")

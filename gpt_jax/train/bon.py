@@ -6,9 +6,15 @@ N in `bon.n_values`, the n_max samples of a prompt are cut into n_max / N disjoi
 RM-best of each group is "the" best-of-N answer, so every N is measured on the same draws with
 n_max / N answers per prompt. Reported per N: mean gold score (the labeler), mean RM score,
 accuracy, and two KLs from the sampling policy:
-- analytic: log N - (N - 1) / N, the KL of best-of-N when rewards have no ties (an upper bound);
+- analytic: log N - (N - 1) / N, the KL of best-of-N when rewards have no ties: an upper bound
+  (ties, like a verifier's two values, lower it);
 - empirical: the exact KL of best-of-N over the empirical distribution of each prompt's n_max
   draws (`empirical_kl`): identical responses tie, which lowers it below the analytic value.
+
+The same draws are also picked by the verifier (the gold labeler's correctness: the first correct
+draw of a group): `verifier_accuracy` is then pass@N, and `verifier_kl` is its exact KL for a
+binary reward, q log(q/p) + (1 - q) log((1 - q)/(1 - p)) with q = 1 - (1 - p)^N, at each prompt's
+empirical success rate p (`verifier_kl`).
 
 FeedME data (`best_of_n_samples`): the RM-best of N responses to each TRAINING prompt, as token
 ids, which gpt_jax/train/feedme.py fine-tunes on.
@@ -70,22 +76,44 @@ def empirical_kl(scores: np.ndarray, n: int) -> float:
     return float(np.mean(out))
 
 
+def verifier_kl(p, n: int):
+    """KL(best-of-N || pi) when a binary verifier picks: any correct draw if there is one.
+
+    With success probability p per draw, the pick is correct with probability q = 1 - (1 - p)^n
+    and, within each class, distributed as pi is, so the KL is exactly
+    q log(q / p) + (1 - q) log((1 - q) / (1 - p)); 0 when p is 0 or 1. Elementwise on arrays."""
+    p = np.asarray(p, np.float64)
+    q = 1.0 - (1.0 - p) ** n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        right = np.where(q > 0, q * np.log(q / p), 0.0)
+        wrong = np.where(q < 1, (1 - q) * np.log((1 - q) / (1 - p)), 0.0)
+    return np.where((p <= 0) | (p >= 1), 0.0, right + wrong)
+
+
 def best_of_n_table(rm: np.ndarray, gold: np.ndarray, correct: np.ndarray,
                     n_values) -> list[dict[str, float]]:
-    """rm/gold/correct [P, n_max] -> one row per N (see the module docstring)."""
+    """rm/gold/correct [P, n_max] -> one row per N (see the module docstring), with the RM as the
+    selector and (`verifier_*`) with the verifier: the first correct draw of each group, else its
+    first draw; its KL is `verifier_kl` at each prompt's empirical success rate (a plug-in
+    estimate from n_max draws), averaged over prompts."""
     p, n_max = rm.shape
+    p_hat = correct.mean(axis=1)
     rows = []
     for n in n_values:
         if n_max % n:
             raise ValueError(f"bon.n_values: {n} does not divide n_max={n_max}")
         groups = n_max // n
         pick = rm.reshape(p, groups, n).argmax(-1) + np.arange(groups) * n  # [P, G]
-        take = lambda x: np.take_along_axis(x, pick, axis=1)  # noqa: E731
+        verified = correct.reshape(p, groups, n).argmax(-1) + np.arange(groups) * n
+        take = lambda x, at=pick: np.take_along_axis(x, at, axis=1)  # noqa: E731
         rows.append({"n": int(n), "gold_reward": float(take(gold).mean()),
                      "rm_reward": float(take(rm).mean()),
                      "accuracy": float(take(correct).mean()),
                      "kl_analytic": analytic_kl(n),
                      "kl_empirical": empirical_kl(rm, n),
+                     "verifier_accuracy": float(take(correct, verified).mean()),
+                     "verifier_gold_reward": float(take(gold, verified).mean()),
+                     "verifier_kl": float(verifier_kl(p_hat, n).mean()),
                      "answers": int(p * groups)})
     return rows
 
