@@ -132,7 +132,7 @@ class _Reader(threading.Thread):
 
     def run(self):
         while True:
-            chunk = self.pipe.read1(65536) if hasattr(self.pipe, "read1") else self.pipe.read(65536)
+            chunk = self.pipe.read1(65536)  # whatever is there, up to 64 KB
             if not chunk:
                 return
             room = self.cap - len(self.kept)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -123,8 +122,7 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
     from gpt_jax.train.dpo_core import DPOHyper, make_dpo_step, sequence_logprobs
     from gpt_jax.train.loop import Loop
     from gpt_jax.train.optim import make_optimizer
-    from gpt_jax.train.rl_common import save_policy
-    from gpt_jax.train.state import state_from_params, state_shardings
+    from gpt_jax.train.rl_common import fresh_policy_state, policy_state_layout, save_policy
 
     stage_dir, done = begin_stage(config, workdir, stage, parent=config.parent)
     if done is not None:
@@ -153,10 +151,7 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
                   label_smoothing=float(dc.label_smoothing), vocab_limit=vocab_limit)
     steps = int(tcfg.total_steps)
     tx, schedule = make_optimizer(config.optim, steps)
-    dummy = jnp.zeros((1, 8), jnp.int32)
-    abstract_state, shardings = state_shardings(
-        lambda rng: GPT(model_config).init(rng, dummy)["params"], tx, mesh,
-        jax.random.key(config.seed))
+    abstract_state, shardings = policy_state_layout(model_config, tx, mesh, config.seed)
     step_fn = jax.jit(make_dpo_step(model_config, tx, hp, mesh),
                       in_shardings=(shardings, None, None), out_shardings=(shardings, None),
                       donate_argnums=0)
@@ -204,11 +199,8 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
         eval_hook=eval_hook, meta={"stage": stage}, desc=stage, eval_at_start=True,
         postfix=lambda r: {"loss": f"{r['loss']:.4f}", "acc": f"{r['reward_accuracy']:.2f}"})
 
-    def init_state():  # copies of the SFT params: the step donates its state
-        return state_from_params(jax.device_put(sft_params, shardings.params, may_alias=False),
-                                 tx, shardings)
-
-    result = loop.run(init_state, jax.random.key(config.seed))
+    result = loop.run(lambda: fresh_policy_state(sft_params, tx, shardings),
+                      jax.random.key(config.seed))
     last = evals.get("last") or {k.removeprefix("eval_"): v
                                  for k, v in eval_hook(result.state.params, steps).items()}
     save_policy(stage_dir, result.state.params, stage)

@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -108,14 +107,12 @@ class GroupRollouts:
 
 def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
     from gpt_jax.metrics import read_metrics
-    from gpt_jax.model import GPT
     from gpt_jax.train import rl_common
     from gpt_jax.train.grpo_step import GRPOHyper, make_grpo_step
     from gpt_jax.train.loop import Loop
     from gpt_jax.train.optim import make_optimizer
     from gpt_jax.train.ppo import Scorer, evaluate, maybe_use_calculator
     from gpt_jax.train.ppo_trainer import PPOTrainer
-    from gpt_jax.train.state import state_from_params, state_shardings
 
     stage_dir, done = begin_stage(config, workdir, stage, parent=config.parent)
     if done is not None:
@@ -137,10 +134,8 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
                    aggregate=str(gc.aggregate), epochs=int(gc.epochs),
                    minibatches=int(gc.minibatches), vocab_limit=trainer.hp.vocab_limit)
     tx, schedule = make_optimizer(config.optim, steps * hp.epochs * hp.minibatches)
-    dummy = jnp.zeros((1, 8), jnp.int32)
-    abstract_state, shardings = state_shardings(
-        lambda rng: GPT(model_config).init(rng, dummy)["params"], tx, m.mesh,
-        jax.random.key(config.seed))
+    abstract_state, shardings = rl_common.policy_state_layout(model_config, tx, m.mesh,
+                                                              config.seed)
     step_fn = jax.jit(make_grpo_step(model_config, tx, hp, m.mesh),
                       in_shardings=(shardings, shardings.params, None, None, None),
                       out_shardings=(shardings, None), donate_argnums=0)
@@ -174,11 +169,8 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
         postfix=lambda r: {"loss": f"{r['loss']:.4f}", "gold": f"{r['gold_reward']:.3f}",
                            "kl": f"{r['kl']:.3f}"})
 
-    def init_state():  # copies of the SFT params: the step donates its state, not the reference
-        return state_from_params(jax.device_put(m.sft_params, shardings.params, may_alias=False),
-                                 tx, shardings)
-
-    result = loop.run(init_state, jax.random.key(config.seed))
+    result = loop.run(lambda: rl_common.fresh_policy_state(m.sft_params, tx, shardings),
+                      jax.random.key(config.seed))
     state, sft_eval, last_eval = result.state, source.sft_eval, timing["last_eval"]
     if last_eval is None:  # no step ran here (resumed after the last one): evaluate now
         last_eval, _ = evaluate(trainer, scorer, state.params, ref_params, prompts.held_prompts,

@@ -99,6 +99,28 @@ def step_scores(stage_dir: Path, step: int, log_every: int, logged: int, b: dict
             "accuracy": float(np.mean([labeler.is_correct(p, t) for p, t in zip(problems, texts)]))}
 
 
+def policy_state_layout(model_config, tx, mesh, seed: int):
+    """(abstract state, shardings) of a train state whose params are one GPT's (the policy
+    alone: GRPO, DPO)."""
+    import jax.numpy as jnp
+
+    from gpt_jax.model import GPT
+    from gpt_jax.train.state import state_shardings
+
+    dummy = jnp.zeros((1, 8), jnp.int32)
+    return state_shardings(lambda rng: GPT(model_config).init(rng, dummy)["params"], tx, mesh,
+                           jax.random.key(seed))
+
+
+def fresh_policy_state(params, tx, shardings):
+    """A step-0 state on COPIES of `params` (the SFT policy): the steps donate their state, and
+    the caller's params (the reference) must survive."""
+    from gpt_jax.train.state import state_from_params
+
+    return state_from_params(jax.device_put(params, shardings.params, may_alias=False), tx,
+                             shardings)
+
+
 def save_policy(stage_dir: Path, params, stage: str) -> None:
     """`<stage_dir>/final`: the policy's params, loadable as a GPT by checkpoint.load_stage."""
     final = Checkpointer(stage_dir / "final", max_to_keep=1, async_save=False)
