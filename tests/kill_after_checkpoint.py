@@ -15,7 +15,23 @@ import os
 import runpy
 import signal
 import sys
+import time
 from pathlib import Path
+
+
+def _kill_self() -> None:
+    """SIGKILL this process. In a multi-process run the processes first meet at a barrier and the
+    coordination leader (process 0) dies last: were it first, the others' in-flight RPCs to it would
+    fail and they would abort (SIGABRT) instead of being killed, with their side of the save done."""
+    import jax
+
+    if jax.process_count() > 1:
+        from orbax.checkpoint import multihost
+
+        multihost.sync_global_processes("kill_after_checkpoint")
+        if jax.process_index() == 0:
+            time.sleep(3.0)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def install(kill_step: int) -> None:
@@ -28,7 +44,7 @@ def install(kill_step: int) -> None:
         if step != kill_step:
             return save(self, step, *args, **kwargs)
         save(self, step, *args, **{**kwargs, "wait": True})
-        os.kill(os.getpid(), signal.SIGKILL)
+        _kill_self()
 
     Checkpointer.save = save_then_kill
 
