@@ -222,8 +222,12 @@ def attend_slots_minor(q, k, v, mask):
 
 def write_cache(cache, new, index):
     """new keys/values [B, T, K, D] -> cache slots [index, index + T), in place. The cache is
-    [B, K, S, D], or [K, D, S] at batch 1 (see `attend_slots_minor`)."""
+    [B, K, S, D], or [K, D, S] at batch 1 (see `attend_slots_minor`). `index` is a scalar, or [B]
+    (one write position per row: the serving engine's decode slots, `gpt_jax.serve.slots`)."""
     new = new.astype(cache.dtype)
+    if jnp.ndim(index) == 1:
+        return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (0, i, 0)))(
+            cache, new.transpose(0, 2, 1, 3), index)
     if cache.ndim == 3:
         return jax.lax.dynamic_update_slice(cache, new[0].transpose(1, 2, 0), (0, 0, index))
     return jax.lax.dynamic_update_slice(cache, new.transpose(0, 2, 1, 3), (0, 0, index, 0))

@@ -131,17 +131,30 @@ def _forward(params, config: GPTConfig, tokens, positions, valid, cache, layers=
     index = cache["index"]
     cache_valid = jax.lax.dynamic_update_slice(cache["valid"], valid, (0, index))
     mask = attention_mask(positions, cache_valid=cache_valid, cache_index=index, t=tokens.shape[1])
+    x, new_layers = run_blocks(params, config, tokens, positions, mask, cache["layers"], index,
+                               layers)
+    if last_only:
+        x = x[:, -1:]
+    new_cache = {"layers": new_layers, "valid": cache_valid, "index": index + tokens.shape[1]}
+    return head_logits(params, config, x), new_cache
+
+
+def run_blocks(params, config: GPTConfig, tokens, positions, mask, cache_layers, index,
+               layers=None):
+    """Embeddings + every block with its layer cache: (hidden [B, T, D] before the final norm,
+    new cache layers). `index`: the cache write position, a scalar or [B] (per row)."""
     x = embed(config, params, tokens, positions)
     layers = _layer_params(config, params) if layers is None else layers
     new_layers = []
-    for layer_params, layer_cache in zip(layers, cache["layers"]):
+    for layer_params, layer_cache in zip(layers, cache_layers):
         x, c = Block(config).apply({"params": layer_params}, x, positions, mask, layer_cache, index)
         new_layers.append(c)
-    if last_only:
-        x = x[:, -1:]
-    logits = lm_logits(config, params, Norm(config).apply({"params": params["ln_f"]}, x))
-    new_cache = {"layers": new_layers, "valid": cache_valid, "index": index + tokens.shape[1]}
-    return logits, new_cache
+    return x, new_layers
+
+
+def head_logits(params, config: GPTConfig, x):
+    """Hidden [B, T, D] -> float32 logits [B, T, V]: the final norm, then the output head."""
+    return lm_logits(config, params, Norm(config).apply({"params": params["ln_f"]}, x))
 
 
 def _prefill(params, config, tokens, cache, valid=None, layers=None):

@@ -20,3 +20,41 @@ def tiny_config(family="llama", total_steps=3, **train) -> ml_collections.Config
     config.train.update(train)
     config.distributed = configs.distributed_config()
     return config
+
+
+CHAT_TEXT = ("The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
+             "Hello world, hello there; how are you today? Numbers 12 34 56 78 and 23 + 45 = 68. "
+             "Chinese too: 你好，世界。今天天气很好。\n")
+
+
+def random_model_workdir(workdir, config, stages=("sft",), seed: int = 0, std: float = 0.3):
+    """A workdir with a BPE tokenizer and random-weight `stages` saved as finished stages (config,
+    checkpoint, summary): what the chat CLI and the server load, without training anything."""
+    import dataclasses
+    import json
+
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gpt_jax.checkpoint import Checkpointer
+    from gpt_jax.metrics import write_summary
+    from gpt_jax.model import GPT
+    from gpt_jax.tokenizer import train_bpe
+
+    train_bpe([CHAT_TEXT * 3], vocab_size=300, min_frequency=1).save(
+        workdir / "tokenizer" / "tokenizer.json")
+    shapes = jax.eval_shape(GPT(config).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda s: rng.normal(0, std, s.shape).astype(np.float32),
+                          nn.unbox(shapes["params"]))
+    for stage in stages:
+        (workdir / stage).mkdir()
+        (workdir / stage / "config.json").write_text(
+            json.dumps({"model": dataclasses.asdict(config)}))
+        ckpt = Checkpointer(workdir / stage / "checkpoints", async_save=False)
+        ckpt.save(1, {"params": params}, wait=True)
+        ckpt.close()
+        write_summary(workdir / stage, {"step": 1})
+    return workdir

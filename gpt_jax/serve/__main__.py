@@ -1,0 +1,55 @@
+"""`python -m gpt_jax.serve --workdir=runs/tiny`: the OpenAI-compatible server (see README).
+
+Serves every finished chat stage of the workdir (or `--stages`) under its stage name, on
+127.0.0.1:8000 by default. Capacity: `--slots` rows decode together per model, `--max-queue`
+requests may wait for a slot (then 429), `--timeout` seconds per request, `--prefix-cache-mb` of
+reusable KV per model (0 = off). `--tools` names the built-in tools that run inside decoding
+(calculator, python). `--api-key` (or GPT_JAX_API_KEY) requires `Authorization: Bearer <key>`.
+`--max-requests` makes the server exit after that many requests (tests, benchmarks).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m gpt_jax.serve", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--stages", default="", help="comma-separated (default: every finished chat stage)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--slots", type=int, default=16, help="decode slots per model")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    p.add_argument("--prefix-cache-mb", type=float, default=256.0)
+    p.add_argument("--tools", default="calculator", help="built-in tools ('' = none)")
+    p.add_argument("--api-key", default=os.environ.get("GPT_JAX_API_KEY"))
+    p.add_argument("--max-requests", type=int, default=None)
+    p.add_argument("--log-level", default="warning")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    import uvicorn
+
+    from gpt_jax.serve.app import create_app
+    from gpt_jax.serve.registry import load_models
+
+    args = parse(argv)
+    logging.basicConfig(level=args.log_level.upper())
+    stages = [s for s in args.stages.split(",") if s] or None
+    tools = [t for t in args.tools.split(",") if t]
+
+    def load():
+        return load_models(args.workdir, stages, slots=args.slots, max_queue=args.max_queue,
+                           prefix_cache_mb=args.prefix_cache_mb, tools=tools)
+
+    app = create_app(load, api_key=args.api_key, timeout_s=args.timeout)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                limit_max_requests=args.max_requests)
+
+
+if __name__ == "__main__":
+    main()

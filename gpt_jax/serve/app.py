@@ -1,0 +1,233 @@
+"""The OpenAI-compatible HTTP layer (FastAPI + sse-starlette) over the serving engines.
+
+Routes: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions,
+POST /v1/moderations (404 until a moderation model exists), GET /stats (slots, queue, prefix
+cache: an extension). Models load on a background thread at startup; until they are loaded and
+compiled /health and every route answer 503. With an API key, every route but /health needs
+`Authorization: Bearer <key>` (401 otherwise).
+
+This module turns a body into `requests.Request`s (one per prompt; `n` choices each), submits
+them, and turns the engine's events into OpenAI's response or its SSE chunks
+(`response_format`): nothing here knows the model. Errors always have OpenAI's shape; a full
+admission queue is a 429 with Retry-After; a request past its timeout is a 408 (in a stream: an
+error event, then [DONE]); a client that disconnects has its rows cancelled, freeing the slots.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from fastapi import FastAPI, Request as HTTPRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sse_starlette.sse import EventSourceResponse
+
+from gpt_jax.serve import formats as fmt
+from gpt_jax.serve.engine import QueueFull
+from gpt_jax.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest
+from gpt_jax.serve.registry import ServedModel
+from gpt_jax.serve.requests import Done, Request
+
+log = logging.getLogger("gpt_jax.serve")
+
+
+def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None = None,
+               timeout_s: float = 300.0) -> FastAPI:
+    state = {"models": None, "error": None}
+
+    def load_in_background():
+        try:
+            state["models"] = load()
+        except Exception as e:  # noqa: BLE001 - reported by /health
+            log.exception("loading the models failed")
+            state["error"] = f"{type(e).__name__}: {e}"
+
+    @asynccontextmanager
+    async def lifespan(app):
+        threading.Thread(target=load_in_background, name="load", daemon=True).start()
+        yield
+        for m in (state["models"] or {}).values():
+            m.engine.stop()
+
+    app = FastAPI(title="gpt_jax", lifespan=lifespan)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            msg, loc = "the body is not valid JSON", []
+        param = ".".join(loc) or None
+        return JSONResponse(APIError(400, f"{param + ': ' if param else ''}{msg}",
+                                     param=param).body(), status_code=400)
+
+    @app.middleware("http")
+    async def _auth(request: HTTPRequest, call_next):
+        if api_key and request.url.path != "/health":
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                err = APIError(401, "missing or wrong API key (Authorization: Bearer <key>)",
+                               code="invalid_api_key")
+                return JSONResponse(err.body(), status_code=401)
+        return await call_next(request)
+
+    def models() -> dict[str, ServedModel]:
+        if state["models"] is None:
+            raise APIError(503, state["error"] or "the models are still loading",
+                           type="server_error", code="loading")
+        return state["models"]
+
+    def model(name: str) -> ServedModel:
+        found = models().get(name)
+        if found is None:
+            raise APIError(404, f"the model {name!r} does not exist; served: "
+                                f"{sorted(models())}", param="model", code="model_not_found")
+        return found
+
+    @app.get("/health")
+    async def health():
+        if state["models"] is None:
+            return JSONResponse({"status": "error" if state["error"] else "loading",
+                                 "detail": state["error"]}, status_code=503)
+        return {"status": "ok", "models": sorted(state["models"])}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [
+            {"id": m.name, "object": "model", "created": m.created, "owned_by": "gpt_jax",
+             "context_length": m.context, "chat": m.chat, "builtin_tools": list(m.tool_names)}
+            for m in models().values()]}
+
+    @app.get("/stats")
+    async def stats():
+        return {name: {"slots": m.engine.n_slots, "busy_slots": m.engine.busy_slots(),
+                       "waiting": len(m.engine.waiting), "decode_steps": m.engine.steps,
+                       "prefix_cache": m.engine.prefix.stats() if m.engine.prefix else None}
+                for name, m in models().items()}
+
+    @app.post("/v1/moderations")
+    async def moderations():
+        raise APIError(404, "no moderation model is served from this workdir",
+                       param="model", code="model_not_found")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest):
+        m = model(body.model)
+        body.refuse_unsupported()
+        if not m.chat:
+            raise APIError(400, f"{m.name!r} is a base model: use /v1/completions", param="model")
+        messages = [{"role": "system" if x.role == "developer" else x.role, "content": x.text()}
+                    for x in body.messages]
+        prompt = m.tokenizer.render_for_completion(messages)
+        n_top = (body.top_logprobs or 0) if body.logprobs else None
+        req = _request(m, body, prompt, body.limit(), n_top, chat=True, param="messages")
+        return await _respond(m, body, [req], fmt.Chat(m, body), http)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, http: HTTPRequest):
+        m = model(body.model)
+        body.refuse_unsupported()
+        reqs = []
+        for p in body.prompts():
+            ids = [m.tokenizer.eos_id, *m.tokenizer.encode(p)] if isinstance(p, str) else list(p)
+            if any(not 0 <= i < m.tokenizer.vocab_size for i in ids):
+                raise APIError(400, "prompt has token ids outside the vocabulary", param="prompt")
+            reqs.append(_request(m, body, ids, body.max_tokens, body.logprobs, chat=False,
+                                 param="prompt"))
+        return await _respond(m, body, reqs, fmt.Text(m, body), http)
+
+    def _request(m: ServedModel, body, prompt: list[int], limit: int | None, n_top, chat: bool,
+                 param: str) -> Request:
+        ctx = m.context
+        if len(prompt) >= ctx:
+            raise APIError(400, f"this model's context is {ctx} tokens; the prompt has "
+                                f"{len(prompt)}", param=param, code="context_length_exceeded")
+        limit = ctx - len(prompt) if limit is None else limit
+        if len(prompt) + limit > ctx:
+            raise APIError(400, f"this model's context is {ctx} tokens; {len(prompt)} in the "
+                                f"prompt + max_tokens={limit} exceed it", param="max_tokens",
+                           code="context_length_exceeded")
+        temperature = 1.0 if body.temperature is None else body.temperature
+        return Request(
+            prompt=prompt, max_tokens=limit, on_event=lambda e: None, n=body.n,
+            temperature=temperature, top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=body.top_k or 0,
+            seed=secrets.randbits(31) if body.seed is None else body.seed,
+            stop_ids=m.stop_ids(chat), stop_strings=body.stop_list(), logprobs=n_top,
+            tool=m.tool if chat else None, tool_name="+".join(m.tool_names) or "tool",
+            timeout_s=timeout_s)
+
+    async def _respond(m: ServedModel, body, reqs: list[Request], out: fmt.Format,
+                       http: HTTPRequest):
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        for k, q in enumerate(reqs):
+            q.on_event = lambda e, k=k: loop.call_soon_threadsafe(queue.put_nowait, (k, e))
+        try:
+            for q in reqs:
+                m.engine.submit(q)
+        except QueueFull as e:
+            for q in reqs:
+                q.cancel()
+            raise APIError(429, f"server busy: {e}; retry later", type="rate_limit_exceeded",
+                           code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+        except ValueError as e:
+            raise APIError(400, str(e), param="n") from None
+        if body.stream:
+            return EventSourceResponse(_stream(reqs, queue, out, body), ping=15)
+        pending = len(reqs)
+        while pending:
+            try:
+                k, event = await asyncio.wait_for(queue.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                if await http.is_disconnected():
+                    for q in reqs:
+                        q.cancel()
+                    return JSONResponse({}, status_code=499)
+                continue
+            out.add(k, event)
+            pending -= isinstance(event, Done)
+        if out.timed_out:
+            raise APIError(408, f"the request took longer than {timeout_s:g} s",
+                           type="timeout", code="timeout")
+        return out.response()
+
+    async def _stream(reqs, queue, out: fmt.Format, body):
+        try:
+            for chunk in out.first_chunks():
+                yield json.dumps(chunk)
+            pending = len(reqs)
+            while pending:
+                k, event = await queue.get()
+                for chunk in out.chunks(k, event):
+                    yield json.dumps(chunk)
+                pending -= isinstance(event, Done)
+            if out.timed_out:
+                yield json.dumps(APIError(408, "the request timed out", type="timeout",
+                                          code="timeout").body())
+            elif body.stream_options and body.stream_options.include_usage:
+                yield json.dumps(out.usage_chunk())
+            yield "[DONE]"
+        finally:  # also on a client disconnect (the generator is cancelled)
+            for q in reqs:
+                q.cancel()
+
+    return app
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,314 @@
+"""The serving engine: continuous batching of requests over decode slots, on its own thread.
+
+One loop (`_run`) owns the device state (`slots`) and repeats:
+1. drop cancelled / timed-out rows and waiting requests (their slots are free at once);
+2. admit waiting requests into free slots, FIFO: look the prompt up in the prefix cache, load the
+   hit into the slot, prefill the rest (`slots.extend`), sample the first token;
+3. resume rows whose tool call has returned: the call's end token and the result are prefilled as
+   one chunk into the row, and it samples on (tools run on a thread pool, so a slow call, such as
+   sandboxed Python, pauses its own row only);
+4. one `slots.decode` step for every running row.
+Each sampled token goes through `_accept`: end tokens, stop strings, max_tokens and the context
+finish a row; a <|tool_call_end|> pauses it for its tool. A finished row's KV (prompt + reply)
+goes to the prefix cache, so the next turn of its chat starts from there.
+
+Admission control: at most `max_queue` requests wait for a slot; `submit` raises `QueueFull` past
+that (the server answers 429). Every request has a deadline; past it, its rows end "timeout".
+The engine knows nothing of HTTP: requests come in as `requests.Request` and leave as events.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import jax
+import numpy as np
+
+from gpt_jax import sampling
+from gpt_jax.engine_tools import ToolIds, open_call, result_ids, run_tool
+from gpt_jax.model import GPTConfig
+from gpt_jax.seq_utils import length_bucket
+from gpt_jax.serve import slots
+from gpt_jax.serve.prefix_cache import PrefixCache
+from gpt_jax.serve.requests import Delta, Done, Finish, Request, RowText, TokenLogprob
+
+log = logging.getLogger("gpt_jax.serve")
+N_TOP = 20  # most top_logprobs a request may ask (OpenAI's limit)
+
+
+class QueueFull(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(eq=False)
+class _Row:
+    request: Request
+    choice: int
+    slot: int
+    text: RowText
+    length: int = 0  # columns of the slot holding this row's tokens
+    tokens: list = dataclasses.field(default_factory=list)  # prompt + every token in the cache
+    next_token: int = -1  # sampled, not yet in the cache
+    generated: int = 0
+    pending_logprobs: list = dataclasses.field(default_factory=list)
+    tool_future: Future | None = None
+    tool_expr: str | None = None
+
+
+class Engine:
+    def __init__(self, params, config: GPTConfig, tokenizer, n_slots: int = 8,
+                 max_queue: int = 64, prefix_cache_mb: float = 256, tool_workers: int = 4):
+        self.config, self.params = sampling.unstack_layers(config, params)
+        self.tok, self.n_slots, self.max_queue = tokenizer, int(n_slots), int(max_queue)
+        self.max_len = config.max_seq_len + 64  # room for a chunk's bucket padding at the end
+        vocab_limit = min(config.vocab_size, tokenizer.vocab_size)
+        self.static = {f: slots.SlotStatic(self.config, f, min(N_TOP, vocab_limit), vocab_limit)
+                       for f in (False, True)}
+        self.cache = slots.init_slots(self.config, self.n_slots, self.max_len)
+        self.prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
+        try:
+            self.tool_ids = ToolIds.of(tokenizer)
+        except KeyError:
+            self.tool_ids = None
+        self.rows: list[_Row | None] = [None] * self.n_slots
+        self.waiting: collections.deque[Request] = collections.deque()
+        self._lock = threading.Condition()
+        self._stop = False
+        self._tools = ThreadPoolExecutor(max_workers=tool_workers, thread_name_prefix="tool")
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # -- the outside: submit, cancel, start, stop ------------------------------------------------
+    def submit(self, request: Request) -> None:
+        if request.n > self.n_slots:
+            raise ValueError(f"n={request.n} exceeds the {self.n_slots} decode slots")
+        if len(request.prompt) + request.max_tokens > self.config.max_seq_len:
+            raise ValueError(f"{len(request.prompt)} prompt tokens + max_tokens="
+                             f"{request.max_tokens} exceed the context of "
+                             f"{self.config.max_seq_len} tokens")
+        with self._lock:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self.waiting)} requests are waiting for a slot")
+            self.waiting.append(request)
+            self._lock.notify()
+
+    def start(self) -> "Engine":
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+        self._tools.shutdown(wait=False, cancel_futures=True)
+
+    def busy_slots(self) -> int:
+        return sum(r is not None for r in self.rows)
+
+    def warmup(self, prompt_lengths=(8, 16, 32, 64)) -> None:
+        """Compiles decode (both sampling variants) and extend for the given chunk buckets."""
+        for n in prompt_lengths:
+            self._extend(0, 0, [0] * n, (0.0, 1.0, 0, 0, 0, 0), filtered=False)
+        self._extend(0, 0, [0] * 8, (1.0, 0.9, 5, 0, 0, 0), filtered=True)
+        for f in (False, True):
+            self._decode(np.zeros(self.n_slots, bool), filtered=f)
+        self.cache = slots.init_slots(self.config, self.n_slots, self.max_len)
+
+    # -- device calls ----------------------------------------------------------------------------
+    def _extend(self, slot: int, start: int, ids: list[int], row: tuple, filtered: bool):
+        t = length_bucket(len(ids), 8)
+        chunk = np.zeros((1, t), np.int32)
+        chunk[0, : len(ids)] = ids
+        self.cache, out = slots.extend(self.params, self.static[filtered], self.cache, np.int32(slot),
+                                       np.int32(start), chunk, np.int32(len(ids)),
+                                       slots.RowSampling.of([row]))
+        return jax.device_get(out)
+
+    def _decode(self, active: np.ndarray, filtered: bool):
+        tokens = np.zeros(self.n_slots, np.int32)
+        lengths = np.zeros(self.n_slots, np.int32)
+        rows = [(0.0, 1.0, 0, 0, 0, 0)] * self.n_slots
+        for r in self.rows:
+            if r is not None and active[r.slot]:
+                tokens[r.slot], lengths[r.slot] = r.next_token, r.length
+                rows[r.slot] = self._row_params(r)
+        self.cache, out = slots.decode(self.params, self.static[filtered], self.cache, tokens,
+                                       lengths, active, slots.RowSampling.of(rows))
+        return jax.device_get(out)
+
+    @staticmethod
+    def _row_params(r: _Row) -> tuple:
+        q = r.request
+        return (q.temperature, q.top_p, q.top_k, q.seed, r.choice, r.generated)
+
+    @staticmethod
+    def _filtered(rs) -> bool:
+        return any(r.request.temperature > 0 and (r.request.top_k > 0 or r.request.top_p < 1)
+                   for r in rs)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while (not self._stop and not self.waiting
+                       and not any(r is not None for r in self.rows)):
+                    self._lock.wait(timeout=0.5)
+                if self._stop:
+                    return
+            try:
+                self._step()
+            except Exception:  # noqa: BLE001 - a bug must not leave clients hanging
+                log.exception("engine step failed; failing its rows")
+                for r in [r for r in self.rows if r is not None]:
+                    self._finish(r, "error")
+                self.cache = slots.init_slots(self.config, self.n_slots, self.max_len)
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        self._expire(now)
+        self._admit()
+        for r in [r for r in self.rows if r is not None and r.tool_future is not None]:
+            if r.tool_future.done():
+                self._resume_after_tool(r)
+        running = [r for r in self.rows if r is not None and r.tool_future is None]
+        if not running:
+            if any(r is not None for r in self.rows):
+                time.sleep(0.002)  # only rows waiting on tools
+            return
+        active = np.zeros(self.n_slots, bool)
+        for r in running:
+            active[r.slot] = True
+        out = self._decode(active, self._filtered(running))
+        self.steps += 1
+        for r in running:
+            r.tokens.append(r.next_token)
+            r.length += 1
+            self._accept(r, out, r.slot)
+
+    def _expire(self, now: float) -> None:
+        with self._lock:
+            keep = collections.deque()
+            for q in self.waiting:
+                if q.cancelled.is_set():
+                    continue
+                if now > q.deadline:
+                    for c in range(q.n):
+                        q.on_event(Finish(c, "timeout"))
+                    q.on_event(Done(len(q.prompt), 0, 0))
+                    continue
+                keep.append(q)
+            self.waiting = keep
+        for r in [r for r in self.rows if r is not None]:
+            if r.request.cancelled.is_set():
+                self._finish(r, "cancelled")
+            elif now > r.request.deadline:
+                self._finish(r, "timeout")
+
+    def _admit(self) -> None:
+        while True:
+            free = [i for i, r in enumerate(self.rows) if r is None]
+            with self._lock:
+                if not self.waiting or len(free) < self.waiting[0].n:
+                    return
+                q = self.waiting.popleft()
+            for choice in range(q.n):
+                self._insert(q, choice, free[choice])
+
+    def _insert(self, q: Request, choice: int, slot: int) -> None:
+        ids = list(q.prompt)
+        n_cached, keys, values = 0, None, None
+        if self.prefix is not None:  # at least one token is left to prefill (for the logits)
+            n_cached, keys, values = self.prefix.lookup(ids, limit=len(ids) - 1)
+        if n_cached:
+            p = length_bucket(n_cached, 16)
+            pad = [(0, 0), (0, 0), (0, p - n_cached), (0, 0)]
+            self.cache = slots.load_prefix(self.cache, np.int32(slot), np.pad(keys, pad),
+                                           np.pad(values, pad), np.int32(n_cached))
+        if choice == 0:
+            q.cached_tokens = n_cached
+        r = _Row(q, choice, slot, RowText(self.tok, q.stop_ids, q.stop_strings),
+                 length=len(ids), tokens=ids)
+        self.rows[slot] = r
+        out = self._extend(slot, n_cached, ids[n_cached:], self._row_params(r),
+                           self._filtered([r]))
+        self._store_prefix(r, upto=len(ids))
+        self._accept(r, out, 0)
+
+    def _resume_after_tool(self, r: _Row) -> None:
+        try:
+            result = r.tool_future.result()
+        except Exception as e:  # noqa: BLE001 - run_tool already turns errors into text
+            result = f"error: {type(e).__name__}: {e}"
+        r.tool_future = None
+        inserted = [r.next_token, *result_ids(self.tok, result)]
+        room = self.config.max_seq_len - r.length - 1  # keep one column for the next token
+        if len(inserted) > room or r.generated + len(inserted) - 1 > r.request.max_tokens:
+            self._finish(r, "length")
+            return
+        r.request.on_event(Delta(r.choice, r.text.add(inserted[1:]), (),
+                                 {"name": r.request.tool_name, "input": r.tool_expr,
+                                  "output": result}))
+        start = r.length
+        r.tokens.extend(inserted)
+        r.length += len(inserted)
+        r.generated += len(inserted) - 1  # the result counts toward max_tokens and usage
+        r.request.completion_tokens += len(inserted) - 1
+        out = self._extend(r.slot, start, inserted, self._row_params(r), self._filtered([r]))
+        self._accept(r, out, 0)
+
+    def _accept(self, r: _Row, out: slots.Sampled, i: int) -> None:
+        """Row `r` sampled out[i]: record it and decide whether it goes on."""
+        q, token = r.request, int(out.token[i])
+        r.next_token = token
+        r.generated += 1
+        q.completion_tokens += 1
+        if q.logprobs is not None:
+            top = tuple((int(t), float(lp)) for t, lp in
+                        zip(out.top_ids[i][: q.logprobs], out.top_logprobs[i][: q.logprobs]))
+            r.pending_logprobs.append(TokenLogprob(token, float(out.logprob[i]), top))
+        if token in q.stop_ids:
+            self._finish(r, "stop")
+            return
+        text = r.text.add([token])
+        if text or r.pending_logprobs:
+            q.on_event(Delta(r.choice, text, tuple(r.pending_logprobs)))
+            r.pending_logprobs = []
+        if r.text.stopped:
+            self._finish(r, "stop")
+        elif r.generated >= q.max_tokens or r.length >= self.config.max_seq_len:
+            self._finish(r, "length")
+        elif q.tool is not None and self.tool_ids is not None and token == self.tool_ids.call_end:
+            r.tool_expr = open_call(self.tok, r.tokens[len(q.prompt):] + [token])
+            r.tool_future = self._tools.submit(run_tool, q.tool, r.tool_expr)
+
+    def _finish(self, r: _Row, reason: str) -> None:
+        q = r.request
+        if reason in ("stop", "length"):
+            self._store_prefix(r, upto=r.length)
+        tail = r.text.flush() if reason in ("stop", "length") else ""
+        if tail or r.pending_logprobs:
+            q.on_event(Delta(r.choice, tail, tuple(r.pending_logprobs)))
+        self.rows[r.slot] = None
+        q.on_event(Finish(r.choice, reason))
+        q.finished_choices += 1
+        if q.finished_choices == q.n:
+            q.on_event(Done(len(q.prompt), q.completion_tokens, q.cached_tokens))
+
+    def _store_prefix(self, r: _Row, upto: int) -> None:
+        if self.prefix is None:
+            return
+        tokens = r.tokens[:upto]
+        have = self.prefix.missing_from(tokens)
+        n = len(tokens) // self.prefix.block * self.prefix.block
+        if n <= have:
+            return
+        keys, values = (np.asarray(x) for x in slots.read_prefix(
+            self.cache, np.int32(r.slot), length_bucket(n, 16)))
+        self.prefix.store(tokens[:n], keys, values, start=have)

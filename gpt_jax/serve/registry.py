@@ -1,0 +1,76 @@
+"""The models a server serves: every finished stage of a workdir under its stage name.
+
+Chat stages (sft and the RL stages after it) answer /v1/chat/completions through the chat
+template and /v1/completions on raw text; the base model (`pretrain`, only when asked for by
+`--stages`) answers /v1/completions alone. Each model gets its own `Engine` (own slots, queue and
+prefix cache) and the workdir's tokenizer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from gpt_jax.serve.engine import Engine
+
+CHAT_STAGES = ("sft", "ppo", "feedme", "grpo", "dpo")
+BASE_STAGES = ("pretrain",)
+
+
+@dataclasses.dataclass
+class ServedModel:
+    name: str
+    engine: Engine
+    tokenizer: object
+    chat: bool
+    tool: Callable[[str], str] | None
+    tool_names: tuple[str, ...]
+    created: int
+
+    @property
+    def context(self) -> int:
+        return self.engine.config.max_seq_len
+
+    def stop_ids(self, chat: bool) -> frozenset[int]:
+        tok = self.tokenizer
+        return frozenset({tok.eos_id, tok.token_id("assistant_end")} if chat else {tok.eos_id})
+
+
+def finished_stages(workdir: str | Path) -> list[str]:
+    from gpt_jax.metrics import read_summary
+
+    return [s for s in CHAT_STAGES if read_summary(Path(workdir) / s) is not None]
+
+
+def load_models(workdir: str | Path, stages: list[str] | None, *, slots: int, max_queue: int,
+                prefix_cache_mb: float, tools: list[str], warmup: bool = True) -> dict[str, ServedModel]:
+    from gpt_jax.checkpoint import load_stage
+    from gpt_jax.metrics import read_summary
+    from gpt_jax.tokenizer import Tokenizer
+    from gpt_jax.tools import toolbox
+
+    workdir = Path(workdir)
+    tok_path = workdir / "tokenizer" / "tokenizer.json"
+    if not tok_path.exists():
+        raise FileNotFoundError(f"{tok_path} not found: has the tokenizer stage run in {workdir}?")
+    tokenizer = Tokenizer.load(tok_path)
+    stages = stages or finished_stages(workdir)
+    if not stages:
+        raise FileNotFoundError(f"no finished chat stage ({', '.join(CHAT_STAGES)}) in {workdir}")
+    tool = toolbox(tools) if tools else None
+    models = {}
+    for stage in stages:
+        if stage not in CHAT_STAGES + BASE_STAGES:
+            raise ValueError(f"--stages has {stage!r}; servable: {CHAT_STAGES + BASE_STAGES}")
+        if read_summary(workdir / stage) is None:
+            raise FileNotFoundError(f"stage {stage!r} has not finished in {workdir}")
+        config, params = load_stage(workdir, stage)
+        engine = Engine(params, config, tokenizer, n_slots=slots, max_queue=max_queue,
+                        prefix_cache_mb=prefix_cache_mb)
+        if warmup:
+            engine.warmup()
+        created = int((workdir / stage / "config.json").stat().st_mtime)
+        chat = stage in CHAT_STAGES
+        models[stage] = ServedModel(stage, engine.start(), tokenizer, chat,
+                                    tool if chat else None, tuple(tools) if chat else (), created)
+    return models

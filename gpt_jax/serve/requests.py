@@ -1,0 +1,116 @@
+"""What the serving engine is asked and what it answers, independent of HTTP.
+
+A `Request` is one prompt (token ids) with its sampling settings and `n` choices; the engine runs
+each choice as one row in a decode slot and reports through `on_event` (called on the engine's
+thread, so the server hands events over to its event loop):
+
+- `Delta(choice, text, logprobs, tool_call)`: new visible text (never half a UTF-8 character,
+  never the start of a stop string that may still complete), the tokens behind it with their
+  log-probs, or a built-in tool call that just ran ({"name", "input", "output"});
+- `Finish(choice, reason)`: "stop" (an end token or stop string), "length" (max_tokens or the
+  context), "timeout", "cancelled";
+- `Done(prompt_tokens, completion_tokens, cached_tokens)`: after the last choice finished.
+
+`RowText` turns a row's generated ids into those deltas: the reply's visible text (tool markers
+rendered "expr = result" as in `engine_tools.visible_text`), held back while it might be the start
+of a stop string or ends inside a UTF-8 character (`streaming._held_back`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Callable, NamedTuple, Sequence
+
+from gpt_jax.engine_tools import visible_text
+from gpt_jax.streaming import _held_back
+
+
+class TokenLogprob(NamedTuple):
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (id, logprob) best first; empty unless asked
+
+
+class Delta(NamedTuple):
+    choice: int
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    tool_call: dict | None = None
+
+
+class Finish(NamedTuple):
+    choice: int
+    reason: str
+
+
+class Done(NamedTuple):
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    prompt: list[int]
+    max_tokens: int
+    on_event: Callable[[object], None]
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop_ids: frozenset[int] = frozenset()
+    stop_strings: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-prob and its k best
+    tool: Callable[[str], str] | None = None
+    tool_name: str = "calculator"
+    timeout_s: float = 300.0
+    # set by the engine
+    submitted: float = dataclasses.field(default_factory=time.monotonic)
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    finished_choices: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def deadline(self) -> float:
+        return self.submitted + self.timeout_s
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class RowText:
+    """A reply's visible text as its ids arrive; `add` returns the text now safe to show."""
+
+    def __init__(self, tokenizer, stop_ids: Sequence[int], stop_strings: Sequence[str]):
+        self.tok, self.skip, self.stops = tokenizer, set(stop_ids), tuple(stop_strings)
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.stopped = False  # a stop string completed: the text ends before it
+
+    def _text(self) -> str:
+        return visible_text(self.tok, self.ids, skip=self.skip)
+
+    def add(self, ids: Sequence[int]) -> str:
+        self.ids.extend(int(i) for i in ids)
+        text = self._text()
+        hit = min((text.find(s) for s in self.stops if s in text), default=-1)
+        if hit >= 0:
+            self.stopped = True
+            return self._emit(text[:hit])
+        return self._emit(text[: len(text) - _held_back(text, self.stops)])
+
+    def flush(self) -> str:
+        """The rest of the text at the end of the row (held-back text included, unless a stop
+        string cut it)."""
+        if self.stopped:
+            return ""
+        return self._emit(self._text())
+
+    def _emit(self, text: str) -> str:
+        if len(text) <= self.emitted:
+            return ""
+        out, self.emitted = text[self.emitted:], len(text)
+        return out

@@ -1,0 +1,180 @@
+"""Serving engine (continuous batching over decode slots): every row equals itself decoded alone and
+`sampling.generate`'s reference, seeds reproduce, the prefix cache reuses KV without changing the
+tokens, tools run inside decoding, admission control and timeouts."""
+import functools
+import threading
+
+import numpy as np
+import pytest
+
+from gpt_jax import sampling as S
+from gpt_jax.chat import _mask_from
+from gpt_jax.checkpoint import load_stage
+from gpt_jax.engine_tools import visible_text
+from gpt_jax.model import GPTConfig
+from gpt_jax.serve.engine import Engine, QueueFull
+from gpt_jax.serve.prefix_cache import PrefixCache
+from gpt_jax.serve.requests import Delta, Done, Finish, Request
+from gpt_jax.tokenizer import Tokenizer
+from helpers import random_model_workdir
+
+CONFIG = GPTConfig(family="llama", vocab_size=320, max_seq_len=160, n_layers=2, d_model=32,
+                   n_heads=4, n_kv_heads=2, init_std=0.3)
+TEXTS = ["Hello world", "The quick brown fox jumps over the lazy dog. A stitch in time",
+         "12 34", "how are you today? Numbers 12 34 56 78 and 23 + 45 = 68. Hello there",
+         "A", "你好，世界。"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    wd = random_model_workdir(tmp_path_factory.mktemp("serve_engine"), CONFIG)
+    tok = Tokenizer.load(wd / "tokenizer" / "tokenizer.json")
+    config, params = load_stage(wd, "sft")
+    return tok, config, params
+
+
+def run(engine: Engine, requests: list[dict]) -> list[dict]:
+    """Submits all requests at once; per request: text, token ids (from logprobs), finish."""
+    results = [{"text": "", "ids": [], "finish": [], "events": []} for _ in requests]
+    done = threading.Semaphore(0)
+
+    def on_event(i, e):
+        res = results[i]
+        res["events"].append(e)
+        if isinstance(e, Delta):
+            res["text"] += e.text
+            res["ids"] += [lp.token for lp in e.logprobs]
+        elif isinstance(e, Finish):
+            res["finish"].append(e.reason)
+        elif isinstance(e, Done):
+            res["done"] = e
+            done.release()
+
+    for i, kw in enumerate(requests):
+        engine.submit(Request(on_event=lambda e, i=i: on_event(i, e), logprobs=0, **kw))
+    for _ in requests:
+        assert done.acquire(timeout=120)
+    return results
+
+
+def make(model, **kw) -> Engine:
+    tok, config, params = model
+    return Engine(params, config, tok, **{"n_slots": 8, "prefix_cache_mb": 0, **kw}).start()
+
+
+def prompts(tok):
+    return [[tok.bos_id, *tok.encode(t)] for t in TEXTS]
+
+
+def test_batched_rows_equal_each_alone_and_the_reference(model):
+    tok, config, params = model
+    engine = make(model)
+    try:
+        reqs = [{"prompt": p, "max_tokens": 12 + 5 * i} for i, p in enumerate(prompts(tok))]
+        together = run(engine, reqs)
+        alone = [run(engine, [r])[0] for r in reqs]
+    finally:
+        engine.stop()
+    cfg, prm = S.unstack_layers(config, params)
+    for r, t, a in zip(reqs, together, alone):
+        gen = S.generate(prm, cfg, [r["prompt"]], S.SamplingConfig(
+            temperature=0, max_new_tokens=r["max_tokens"]), pad_id=tok.pad_id,
+            logit_processor=functools.partial(_mask_from, first_unused=tok.vocab_size))
+        assert t["ids"] == a["ids"] == gen.row(0)
+        assert t["text"] == a["text"] == visible_text(tok, gen.row(0))
+        assert t["finish"] == ["length"]
+
+
+def test_seeded_sampling_is_the_same_alone_and_among_others(model):
+    tok, _, _ = model
+    engine = make(model)
+    try:
+        kw = {"temperature": 1.0, "top_k": 40, "top_p": 0.9, "max_tokens": 20}
+        reqs = [{"prompt": p, "seed": 7 + i % 2, "n": 2, **kw} for i, p in enumerate(prompts(tok))]
+        together = run(engine, reqs)
+        alone = [run(engine, [r])[0] for r in reqs]
+        other_seed = run(engine, [{**reqs[0], "seed": 1234}])[0]
+    finally:
+        engine.stop()
+    for t, a in zip(together, alone):
+        assert t["ids"] == a["ids"] and len(t["ids"]) == 40  # two choices of 20
+    assert other_seed["ids"] != together[0]["ids"]
+
+
+def test_prefix_cache_hit_gives_the_tokens_of_a_full_prefill(model):
+    tok, _, _ = model
+    history = prompts(tok)[3] + prompts(tok)[1]
+    turn2 = history + tok.encode(" and the next question")
+    cold = make(model)
+    warm = make(model, prefix_cache_mb=16)
+    try:
+        want = run(cold, [{"prompt": turn2, "max_tokens": 16}])[0]
+        first = run(warm, [{"prompt": history, "max_tokens": 16}])[0]
+        second = run(warm, [{"prompt": turn2, "max_tokens": 16}])[0]
+    finally:
+        cold.stop()
+        warm.stop()
+    assert first["done"].cached_tokens == 0
+    assert second["done"].cached_tokens == len(history) // 16 * 16 >= 64
+    assert second["ids"] == want["ids"]
+    assert warm.prefix.stats()["hits"] == 1
+
+
+def test_tool_call_runs_inside_decoding(model, monkeypatch):
+    """The sampled tokens are scripted (a random model never calls a tool): the call's result is
+    prefilled into the row, shown as text and as a tool-call event, and the row samples on."""
+    tok, _, _ = model
+    call = [tok.token_id("tool_call_start"), *tok.encode("23 + 45"), tok.token_id("tool_call_end")]
+    engine = make(model)
+    script = iter(call)
+    accept = Engine._accept
+
+    def scripted(self, r, out, i):
+        forced = next(script, None)
+        if forced is not None:
+            out = out._replace(token=np.array(out.token))
+            out.token[i] = forced
+        accept(self, r, out, i)
+
+    monkeypatch.setattr(Engine, "_accept", scripted)
+    calls = []
+    try:
+        res = run(engine, [{"prompt": prompts(tok)[0], "max_tokens": 30,
+                            "tool": lambda e: calls.append(e) or str(eval(e))}])[0]
+    finally:
+        engine.stop()
+    assert calls == ["23 + 45"]
+    tool_events = [e.tool_call for e in res["events"] if isinstance(e, Delta) and e.tool_call]
+    assert tool_events == [{"name": "calculator", "input": "23 + 45", "output": "68"}]
+    assert res["text"].startswith("23 + 45 = 68")
+    assert res["done"].completion_tokens == 30  # the inserted result counts toward max_tokens
+
+
+def test_queue_full_and_timeout(model):
+    tok, config, params = model
+    engine = Engine(params, config, tok, n_slots=1, max_queue=1)  # not started: nothing is admitted
+    long = {"prompt": prompts(tok)[0], "max_tokens": 100, "on_event": lambda e: None}
+    engine.submit(Request(**long))
+    with pytest.raises(QueueFull):
+        engine.submit(Request(**long))
+    with pytest.raises(ValueError, match="exceed the context"):
+        engine.submit(Request(**{**long, "max_tokens": 1000}))
+    engine.waiting.clear()
+    engine.start()
+    try:
+        res = run(engine, [{"prompt": prompts(tok)[0], "max_tokens": 100, "timeout_s": 0.0}])[0]
+    finally:
+        engine.stop()
+    assert res["finish"] == ["timeout"] and engine.busy_slots() == 0
+
+
+def test_prefix_cache_lru_evicts_the_tail_of_a_prefix_first():
+    kv = np.zeros((1, 1, 8, 4), np.float32)  # [L, K, S, D]: a block = 2 x 4 x 4 bytes per k/v
+    cache = PrefixCache(budget_bytes=3 * 64, block=2)  # 3 blocks (k + v: 64 bytes each)
+    cache.store([1, 2, 3, 4, 5, 6], kv, kv)
+    assert cache.missing_from([1, 2, 3, 4, 5, 6]) == 6
+    cache.store([7, 8, 9, 10], kv, kv)  # over budget: the oldest prefix loses its tail first
+    assert cache.missing_from([1, 2, 3, 4, 5, 6]) == 2 and cache.missing_from([7, 8, 9, 10]) == 4
+    n, k, v = cache.lookup([1, 2, 3, 4, 5, 6], limit=5)
+    assert n == 2 and k.shape == (1, 1, 2, 4)
+    assert cache.lookup([9, 9], limit=2)[0] == 0
