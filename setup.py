@@ -34,6 +34,10 @@ setup(
         "matplotlib==3.11.2",
         "safetensors==0.8.0",
         "simpleeval==1.0.8",
+        # the OpenAI-compatible server (gpt_jax.serve)
+        "fastapi==0.163.2",
+        "uvicorn==0.54.0",
+        "sse-starlette==3.7.0",
     ],
     extras_require={
         "test": [
@@ -44,6 +48,7 @@ setup(
             "nbclient==0.11.0",
             "nbformat==5.11.1",
             "ipykernel==7.4.0",
+            "openai==3.51.0",
         ],
         "hf": ["torch==2.13.0", "transformers==5.23.0"],
         "cuda": [f"jax[cuda12]=={JAX_VERSION}"],

@@ -154,7 +154,8 @@ def test_queue_full_and_timeout(model):
     tok, config, params = model
     engine = Engine(params, config, tok, n_slots=1, max_queue=1)  # not started: nothing is admitted
     long = {"prompt": prompts(tok)[0], "max_tokens": 100, "on_event": lambda e: None}
-    engine.submit(Request(**long))
+    engine.submit(Request(**long))  # takes the free slot
+    engine.submit(Request(**long))  # waits
     with pytest.raises(QueueFull):
         engine.submit(Request(**long))
     with pytest.raises(ValueError, match="exceed the context"):

@@ -2,7 +2,7 @@
 
 Serves every finished chat stage of the workdir (or `--stages`) under its stage name, on
 127.0.0.1:8000 by default. Capacity: `--slots` rows decode together per model, `--max-queue`
-requests may wait for a slot (then 429), `--timeout` seconds per request, `--prefix-cache-mb` of
+rows (n choices = n rows) may wait for a slot beyond the free ones (then 429), `--timeout` seconds per request, `--prefix-cache-mb` of
 reusable KV per model (0 = off). `--tools` names the built-in tools that run inside decoding
 (calculator, python). `--api-key` (or GPT_JAX_API_KEY) requires `Authorization: Bearer <key>`.
 `--max-requests` makes the server exit after that many requests (tests, benchmarks).
@@ -21,7 +21,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--slots", type=int, default=16, help="decode slots per model")
-    p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot")
+    p.add_argument("--max-queue", type=int, default=64, help="rows that may wait for a slot")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.add_argument("--prefix-cache-mb", type=float, default=256.0)
     p.add_argument("--tools", default="calculator", help="built-in tools ('' = none)")

@@ -12,8 +12,8 @@ Each sampled token goes through `_accept`: end tokens, stop strings, max_tokens 
 finish a row; a <|tool_call_end|> pauses it for its tool. A finished row's KV (prompt + reply)
 goes to the prefix cache, so the next turn of its chat starts from there.
 
-Admission control: at most `max_queue` requests wait for a slot; `submit` raises `QueueFull` past
-that (the server answers 429). Every request has a deadline; past it, its rows end "timeout".
+Admission control: at most `max_queue` rows (a request's `n` choices are n rows) wait for a slot
+beyond the free ones; `submit` raises `QueueFull` past that (the server answers 429). Every request has a deadline; past it, its rows end "timeout".
 The engine knows nothing of HTTP: requests come in as `requests.Request` and leave as events.
 """
 from __future__ import annotations
@@ -91,8 +91,12 @@ class Engine:
                              f"{request.max_tokens} exceed the context of "
                              f"{self.config.max_seq_len} tokens")
         with self._lock:
-            if len(self.waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self.waiting)} requests are waiting for a slot")
+            # rows that would wait once the free slots are taken (admission happens between
+            # decode steps, so a burst that fits the free slots must not count as queued)
+            waiting = sum(q.n for q in self.waiting) + request.n - (self.n_slots - self.busy_slots())
+            if waiting > self.max_queue:
+                raise QueueFull(f"all {self.n_slots} slots are busy and {self.max_queue} rows "
+                                "already wait for one")
             self.waiting.append(request)
             self._lock.notify()
 

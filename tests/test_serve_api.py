@@ -1,0 +1,224 @@
+"""The OpenAI-compatible server, started as `python -m gpt_jax.serve` in a subprocess on a free
+loopback port (random-weight model), driven by the official `openai` client and raw HTTP:
+stream vs non-stream, the SSE protocol, n / stop / seed / logprobs, 16 concurrent requests equal
+to the same alone, cancellation freeing slots, 429 under overload, a prefix-cache hit on a chat's
+second turn, and OpenAI-shaped 4xx errors after which the server is still healthy."""
+import json
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2 as httpx  # what the openai client itself uses
+import openai
+import pytest
+
+from gpt_jax.model import GPTConfig
+from helpers import random_model_workdir
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "test-key"
+CONFIG = GPTConfig(family="llama", vocab_size=320, max_seq_len=192, n_layers=2, d_model=32,
+                   n_heads=4, n_kv_heads=2, init_std=0.3)
+QUEUE = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    wd = random_model_workdir(tmp_path_factory.mktemp("serve_api"), CONFIG, ("sft", "pretrain"))
+    port = _free_port()
+    log = open(wd / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpt_jax.serve", f"--workdir={wd}", "--stages=sft,pretrain",
+         f"--port={port}", "--slots=16", f"--max-queue={QUEUE}", f"--api-key={KEY}",
+         "--timeout=120", "--max-requests=2000"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert proc.poll() is None, (wd / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "server not healthy in 180 s"
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def chat(client, text, **kw):
+    kw = {"model": "sft", "temperature": 0, "max_tokens": 24, **kw}
+    return client.chat.completions.create(messages=[{"role": "user", "content": text}], **kw)
+
+
+def stats(server):
+    return httpx.get(f"{server}/stats", headers={"Authorization": f"Bearer {KEY}"}).json()["sft"]
+
+
+def test_health_models_and_api_key(server, client):
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"  # no key needed
+    r = httpx.get(f"{server}/v1/models")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert sorted(m.id for m in client.models.list()) == ["pretrain", "sft"]
+
+
+def test_stream_equals_non_stream_and_follows_the_protocol(server, client):
+    text = "你好，世界。Hello there, how are you today?"
+    whole = chat(client, text, max_tokens=40)
+    body = {"model": "sft", "messages": [{"role": "user", "content": text}], "temperature": 0,
+            "max_tokens": 40, "stream": True, "stream_options": {"include_usage": True}}
+    lines = []
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln[len("data: "):] for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(ln) for ln in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert sum(f is not None for f in finishes) == 1 and finishes[-1] == whole.choices[0].finish_reason
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole.usage.model_dump(
+        exclude_none=True) | {"prompt_tokens_details": chunks[-1]["usage"]["prompt_tokens_details"]}
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    # equal to the whole reply, which is decoded from all its bytes at once: no delta ever
+    # carried half a UTF-8 character
+    assert streamed == whole.choices[0].message.content
+    # the official client reads the same stream
+    got = "".join(c.choices[0].delta.content or "" for c in chat(client, text, max_tokens=40,
+                                                                  stream=True) if c.choices)
+    assert got == streamed
+
+
+def test_n_seed_stop_and_logprobs(client):
+    kw = {"temperature": 1.0, "top_p": 0.95, "n": 3, "seed": 11, "max_tokens": 16}
+    a, b = chat(client, "Hello world", **kw), chat(client, "Hello world", **kw)
+    texts = [c.message.content for c in a.choices]
+    assert [c.index for c in a.choices] == [0, 1, 2] and len(set(texts)) > 1
+    assert texts == [c.message.content for c in b.choices]
+    assert texts != [c.message.content for c in chat(client, "Hello world", **{**kw, "seed": 12}).choices]
+
+    greedy = chat(client, "The quick brown fox", max_tokens=30, logprobs=True, top_logprobs=3)
+    content = greedy.choices[0].logprobs.content
+    assert len(content) == greedy.usage.completion_tokens
+    for entry in content:
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        assert entry.logprob == pytest.approx(tops[0])  # greedy picks the most likely token
+    text = greedy.choices[0].message.content
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    cut = chat(client, "The quick brown fox", max_tokens=30, stop=[stop, "@@@"])
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_16_concurrent_requests_equal_each_alone(client):
+    texts = [f"Question {i}: what is {i} + {2 * i}? Tell me about the lazy dog." for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda t: chat(client, t, max_tokens=32).choices[0].message.content,
+                                 texts))
+    alone = [chat(client, t, max_tokens=32).choices[0].message.content for t in texts]
+    assert together == alone
+
+
+def test_disconnect_cancels_the_row_and_frees_its_slot(server, client):
+    stream = chat(client, "Tell me a long story about the quick brown fox", max_tokens=150,
+                  stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    deadline = time.monotonic() + 10
+    while stats(server)["busy_slots"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats(server)["busy_slots"] == 0
+    steps = stats(server)["decode_steps"]
+    time.sleep(0.5)
+    assert stats(server)["decode_steps"] == steps  # nothing decodes for it any more
+
+
+def test_overload_answers_429_with_retry_after(server, client):
+    def one(i):
+        return httpx.post(f"{server}/v1/chat/completions", timeout=120,
+                          headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "sft", "temperature": 0, "max_tokens": 120,
+                                "messages": [{"role": "user", "content": f"Story {i}"}]})
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(one, range(32)))
+    codes = [r.status_code for r in answers]
+    assert set(codes) == {200, 429} and codes.count(200) >= 16 + QUEUE
+    busy = next(r for r in answers if r.status_code == 429)
+    assert busy.headers["retry-after"] == "1"
+    assert busy.json()["error"]["type"] == "rate_limit_exceeded"
+    assert chat(client, "still there?").choices[0].finish_reason in ("stop", "length")
+
+
+def test_second_chat_turn_hits_the_prefix_cache(server, client):
+    first_msg = "Tell me about the quick brown fox and the lazy dog, hello world. " * 2
+    turn1 = [{"role": "user", "content": first_msg}]
+    r1 = client.chat.completions.create(model="sft", messages=turn1, temperature=0, max_tokens=20)
+    hits = stats(server)["prefix_cache"]["hits"]
+    turn2 = turn1 + [{"role": "assistant", "content": r1.choices[0].message.content},
+                     {"role": "user", "content": "And then?"}]
+    r2 = client.chat.completions.create(model="sft", messages=turn2, temperature=0, max_tokens=20)
+    assert r2.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens // 16 * 16 >= 32
+    assert stats(server)["prefix_cache"]["hits"] == hits + 1
+
+
+def test_completions_endpoint(client):
+    r = client.completions.create(model="pretrain", prompt=["Hello world", "12 34"], n=2,
+                                  max_tokens=8, temperature=0, logprobs=2)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert r.choices[0].text == r.choices[1].text  # greedy: both choices alike
+    lp = r.choices[2].logprobs
+    assert "".join(lp.tokens) == r.choices[2].text and len(lp.top_logprobs[0]) == 2
+    assert r.usage.completion_tokens == 4 * 8 or r.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({"max_tokens": 0}, 400, "max_tokens"),
+    ({"temperature": 2.5}, 400, "temperature"),
+    ({"top_p": 0}, 400, "top_p"),
+    ({"n": 0}, 400, "n"),
+    ({"model": "nope"}, 404, "model"),
+    ({"model": "pretrain"}, 400, "model"),
+    ({"max_tokens": 10_000}, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "fox " * 400}]}, 400, "messages"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+    ({"response_format": {"type": "json_object"}}, 400, "response_format"),
+    ({"messages": []}, 400, "messages"),
+])
+def test_bad_requests_get_openai_errors_and_the_server_stays_healthy(server, body, status, param):
+    full = {"model": "sft", "messages": [{"role": "user", "content": "Hi"}], **body}
+    r = httpx.post(f"{server}/v1/chat/completions", json=full, timeout=30,
+                   headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["param"] == param
+    assert httpx.get(f"{server}/health").status_code == 200
+
+
+def test_malformed_json_is_a_400(server):
+    r = httpx.post(f"{server}/v1/chat/completions", content=b'{"model": "sft", "messages": [',
+                   headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
