@@ -179,3 +179,27 @@ def test_prefix_cache_lru_evicts_the_tail_of_a_prefix_first():
     n, k, v = cache.lookup([1, 2, 3, 4, 5, 6], limit=5)
     assert n == 2 and k.shape == (1, 1, 2, 4)
     assert cache.lookup([9, 9], limit=2)[0] == 0
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (3, 1.0), (0, 0.7), (4, 0.8)])
+def test_row_sampling_matches_the_filtered_distribution(top_k, top_p):
+    """4000 rows with distinct seeds: the tokens drawn (one uniform per row, inverse CDF) follow
+    `sampling.filter_logits`' distribution (the sort-based reference), and nothing outside it."""
+    import jax
+    import jax.numpy as jnp
+
+    from gpt_jax.serve import slots
+
+    logits = jnp.asarray(np.log([0.3, 0.25, 0.15, 0.1, 0.08, 0.06, 0.04, 0.02]), jnp.float32)
+    b, v, temperature = 4000, 8, 0.9
+    st = slots.SlotStatic(CONFIG, "filtered" if top_k or top_p < 1 else "sample",
+                          8 if top_k else 0, 4, v)
+    rows = slots.RowSampling.of([(temperature, top_p, top_k, seed, 0, 0) for seed in range(b)])
+    out = slots.sample_rows(st, jnp.broadcast_to(logits, (b, v)), rows)
+    want = jax.nn.softmax(S.filter_logits(logits[None] / temperature, top_k,
+                                          top_p if top_p < 1 else None))[0]
+    freq = np.bincount(np.asarray(out.token), minlength=v) / b
+    assert set(np.flatnonzero(freq)) <= set(np.flatnonzero(np.asarray(want) > 0))
+    np.testing.assert_allclose(freq, want, atol=0.025)
+    full = jax.nn.log_softmax(logits / temperature)  # log-probs before truncation
+    np.testing.assert_allclose(out.logprob, full[np.asarray(out.token)], rtol=1e-5)

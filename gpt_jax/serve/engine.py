@@ -31,7 +31,7 @@ import numpy as np
 from gpt_jax import sampling
 from gpt_jax.engine_tools import ToolIds, open_call, result_ids, run_tool
 from gpt_jax.model import GPTConfig
-from gpt_jax.seq_utils import length_bucket
+from gpt_jax.seq_utils import bucket, length_bucket
 from gpt_jax.serve import slots
 from gpt_jax.serve.prefix_cache import PrefixCache
 from gpt_jax.serve.requests import Delta, Done, Finish, Request, RowText, TokenLogprob
@@ -65,9 +65,7 @@ class Engine:
         self.config, self.params = sampling.unstack_layers(config, params)
         self.tok, self.n_slots, self.max_queue = tokenizer, int(n_slots), int(max_queue)
         self.max_len = config.max_seq_len + 64  # room for a chunk's bucket padding at the end
-        vocab_limit = min(config.vocab_size, tokenizer.vocab_size)
-        self.static = {f: slots.SlotStatic(self.config, f, min(N_TOP, vocab_limit), vocab_limit)
-                       for f in (False, True)}
+        self.vocab_limit = min(config.vocab_size, tokenizer.vocab_size)
         self.cache = slots.init_slots(self.config, self.n_slots, self.max_len)
         self.prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         try:
@@ -117,25 +115,35 @@ class Engine:
         return sum(r is not None for r in self.rows)
 
     def warmup(self, prompt_lengths=(8, 16, 32, 64)) -> None:
-        """Compiles decode (both sampling variants) and extend for the given chunk buckets."""
+        """Compiles extend for the given chunk buckets and decode (both sampling variants) for one
+        short row; other blocks compile when first used."""
+        greedy = Request([0], 1, lambda e: None)
         for n in prompt_lengths:
-            self._extend(0, 0, [0] * n, (0.0, 1.0, 0, 0, 0, 0), filtered=False)
-        self._extend(0, 0, [0] * 8, (1.0, 0.9, 5, 0, 0, 0), filtered=True)
-        for f in (False, True):
-            self._decode(np.zeros(self.n_slots, bool), filtered=f)
+            self._extend(0, 0, [0] * n, (0.0, 1.0, 0, 0, 0, 0), self._static([greedy]))
+        one = np.arange(self.n_slots) == 0  # slot 0 at length 0: the (1 row, 64 columns) block
+        for q in (greedy, Request([0], 1, lambda e: None, temperature=1.0),
+                  Request([0], 1, lambda e: None, temperature=1.0, top_p=0.9)):
+            self._decode(one, self._static([q]))
         self.cache = slots.init_slots(self.config, self.n_slots, self.max_len)
 
     # -- device calls ----------------------------------------------------------------------------
-    def _extend(self, slot: int, start: int, ids: list[int], row: tuple, filtered: bool):
+    def _extend(self, slot: int, start: int, ids: list[int], row: tuple, st: slots.SlotStatic):
         t = length_bucket(len(ids), 8)
         chunk = np.zeros((1, t), np.int32)
         chunk[0, : len(ids)] = ids
-        self.cache, out = slots.extend(self.params, self.static[filtered], self.cache, np.int32(slot),
+        self.cache, out = slots.extend(self.params, st, self.cache, np.int32(slot),
                                        np.int32(start), chunk, np.int32(len(ids)),
                                        slots.RowSampling.of([row]))
         return jax.device_get(out)
 
-    def _decode(self, active: np.ndarray, filtered: bool):
+    def _block(self, active: np.ndarray, lengths: np.ndarray) -> tuple[int, int]:
+        """The (rows, columns) a decode step covers: power-of-two buckets around the active rows
+        (slots are handed out lowest first, so they stay packed) and their longest length."""
+        n_rows = min(self.n_slots, bucket(int(np.flatnonzero(active).max()) + 1))
+        n_cols = min(self.max_len, bucket(int(lengths[active].max()) + 1, 64))
+        return n_rows, n_cols
+
+    def _decode(self, active: np.ndarray, st: slots.SlotStatic):
         tokens = np.zeros(self.n_slots, np.int32)
         lengths = np.zeros(self.n_slots, np.int32)
         rows = [(0.0, 1.0, 0, 0, 0, 0)] * self.n_slots
@@ -143,8 +151,10 @@ class Engine:
             if r is not None and active[r.slot]:
                 tokens[r.slot], lengths[r.slot] = r.next_token, r.length
                 rows[r.slot] = self._row_params(r)
-        self.cache, out = slots.decode(self.params, self.static[filtered], self.cache, tokens,
-                                       lengths, active, slots.RowSampling.of(rows))
+        nr, nc = self._block(active, lengths) if active.any() else (self.n_slots, self.max_len)
+        sampling_rows = slots.RowSampling.of(rows[:nr])
+        self.cache, out = slots.decode(self.params, st, nr, nc, self.cache,
+                                       tokens[:nr], lengths[:nr], active[:nr], sampling_rows)
         return jax.device_get(out)
 
     @staticmethod
@@ -152,10 +162,15 @@ class Engine:
         q = r.request
         return (q.temperature, q.top_p, q.top_k, q.seed, r.choice, r.generated)
 
-    @staticmethod
-    def _filtered(rs) -> bool:
-        return any(r.request.temperature > 0 and (r.request.top_k > 0 or r.request.top_p < 1)
-                   for r in rs)
+    def _static(self, requests) -> slots.SlotStatic:
+        """The sampling program for rows of these requests (bucketed top-k candidates)."""
+        sampled = [q for q in requests if q.temperature > 0]
+        filtered = [q for q in sampled if q.top_k > 0 or q.top_p < 1]
+        mode = "filtered" if filtered else "sample" if sampled else "greedy"
+        k_max = max((q.top_k for q in filtered), default=0)
+        k_cap = min(bucket(k_max, 8), self.vocab_limit) if k_max else 0
+        return slots.SlotStatic(self.config, mode, k_cap, min(N_TOP, self.vocab_limit),
+                                self.vocab_limit)
 
     # -- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -189,7 +204,7 @@ class Engine:
         active = np.zeros(self.n_slots, bool)
         for r in running:
             active[r.slot] = True
-        out = self._decode(active, self._filtered(running))
+        out = self._decode(active, self._static([r.request for r in running]))
         self.steps += 1
         for r in running:
             r.tokens.append(r.next_token)
@@ -241,7 +256,7 @@ class Engine:
                  length=len(ids), tokens=ids)
         self.rows[slot] = r
         out = self._extend(slot, n_cached, ids[n_cached:], self._row_params(r),
-                           self._filtered([r]))
+                           self._static([q]))
         self._store_prefix(r, upto=len(ids))
         self._accept(r, out, 0)
 
@@ -264,7 +279,7 @@ class Engine:
         r.length += len(inserted)
         r.generated += len(inserted) - 1  # the result counts toward max_tokens and usage
         r.request.completion_tokens += len(inserted) - 1
-        out = self._extend(r.slot, start, inserted, self._row_params(r), self._filtered([r]))
+        out = self._extend(r.slot, start, inserted, self._row_params(r), self._static([r.request]))
         self._accept(r, out, 0)
 
     def _accept(self, r: _Row, out: slots.Sampled, i: int) -> None:

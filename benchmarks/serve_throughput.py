@@ -1,0 +1,179 @@
+"""Serving throughput and latency of `python -m gpt_jax.serve`, measured through HTTP with the
+official `openai` client (streaming), the server in a subprocess on loopback.
+
+1. Throughput: the same `--requests` chat requests (greedy, `--max-tokens` each) sent by 1 client
+   (serially: the peer), then by 16 and 64 concurrent clients. Prints completion tokens/s, the
+   ratio to the serial run, and time to first token (TTFT: first content chunk) p50 / p99.
+   Target: >= 4x the serial tokens/s at 64 clients.
+2. Prefix cache: a chat whose second turn carries a >= 512-token history; TTFT of the second turn
+   with the prefix cache on and off (two servers, `--conversations` chats each, medians).
+   Target: <= 0.3x with the cache.
+
+The model: the tiny recipe's shape (4 x d128, vocab 2048) with random weights and a 1024-token
+context (so a 512-token history fits), unless `--workdir` names a trained one. The clients run
+in this process (threads) on the same cores as the server, as a local deployment would.
+A warm-up pass at each concurrency compiles the decode blocks first. Last line:
+`serial_tok_s=... c16_tok_s=... c64_tok_s=... ratio64=... ttft_turn2_on_ms=... off_ms=... ratio=...`
+
+    .venv/bin/python benchmarks/serve_throughput.py [--requests 64] [--max-tokens 64]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+import httpx2 as httpx  # noqa: E402
+import openai  # noqa: E402
+
+from gpt_jax.model import GPTConfig  # noqa: E402
+
+SHAPE = GPTConfig(family="llama", vocab_size=2048, max_seq_len=1024, n_layers=4, d_model=128,
+                  n_heads=4, init_std=0.02)
+TEXT = "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun. "
+
+
+class Server:
+    def __init__(self, workdir: Path, *flags: str):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = open(workdir / f"server_{self.port}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gpt_jax.serve", f"--workdir={workdir}", "--stages=sft",
+             f"--port={self.port}", "--tools=", *flags],
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not come up; see {self.log.name}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0,
+                                    timeout=600)
+
+    def stream(self, messages, max_tokens: int) -> tuple[float, int]:
+        """(TTFT seconds, completion tokens) of one streamed greedy chat request."""
+        start, first, usage = time.perf_counter(), None, None
+        for chunk in self.client.chat.completions.create(
+                model="sft", messages=messages, temperature=0, max_tokens=max_tokens,
+                stream=True, stream_options={"include_usage": True}):
+            if first is None and chunk.choices and (chunk.choices[0].delta.content
+                                                    or chunk.choices[0].finish_reason):
+                first = time.perf_counter() - start
+            if chunk.usage is not None:
+                usage = chunk.usage
+        return first, usage.completion_tokens
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def throughput(server: Server, n: int, clients: int, max_tokens: int) -> dict:
+    questions = [[{"role": "user", "content": f"Request {i}: " + TEXT[: 20 + 3 * (i % 20)]}]
+                 for i in range(n)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda m: server.stream(m, max_tokens), questions))
+    wall = time.perf_counter() - start
+    ttft = sorted(r[0] for r in results)
+    tokens = sum(r[1] for r in results)
+    return {"clients": clients, "tokens": tokens, "seconds": wall, "tok_s": tokens / wall,
+            "ttft_p50_ms": 1e3 * ttft[len(ttft) // 2],
+            "ttft_p99_ms": 1e3 * ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))]}
+
+
+def second_turn_ttft(server: Server, conversations: int, tok, history_tokens: int) -> float:
+    times = []
+    for c in range(conversations):
+        text = f"Conversation {c}. "
+        while len(tok.encode(text)) < history_tokens:
+            text += TEXT
+        turn1 = [{"role": "user", "content": text}]
+        reply = server.client.chat.completions.create(model="sft", messages=turn1, temperature=0,
+                                                      max_tokens=16).choices[0].message.content
+        turn2 = turn1 + [{"role": "assistant", "content": reply},
+                         {"role": "user", "content": "And then what happened?"}]
+        times.append(server.stream(turn2, max_tokens=1)[0])
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workdir", default=None, help="a workdir with a finished sft stage")
+    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--clients", default="1,16,64")
+    p.add_argument("--history", type=int, default=520)
+    p.add_argument("--conversations", type=int, default=5)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args()
+    from gpt_jax.tokenizer import Tokenizer
+
+    tmp = tempfile.TemporaryDirectory()
+    workdir = Path(args.workdir) if args.workdir else Path(tmp.name)
+    if not args.workdir:
+        from helpers import random_model_workdir
+
+        random_model_workdir(workdir, SHAPE, std=0.02)
+    tok = Tokenizer.load(workdir / "tokenizer" / "tokenizer.json")
+    clients = [int(c) for c in args.clients.split(",")]
+    slots = str(max(clients))
+
+    server = Server(workdir, f"--slots={slots}", f"--max-queue={4 * args.requests}",
+                    "--prefix-cache-mb=0")
+    try:
+        for c in clients:  # warm-up: compiles the blocks each concurrency uses
+            throughput(server, min(args.requests, 2 * c), c, args.max_tokens)
+        rows = [throughput(server, args.requests, c, args.max_tokens) for c in clients]
+    finally:
+        server.close()
+    serial = rows[0]["tok_s"]
+    print(f"{'clients':>8} {'tokens':>7} {'seconds':>8} {'tok/s':>8} {'x serial':>9} "
+          f"{'TTFT p50':>9} {'TTFT p99':>9}")
+    for r in rows:
+        print(f"{r['clients']:>8} {r['tokens']:>7} {r['seconds']:>8.2f} {r['tok_s']:>8.1f} "
+              f"{r['tok_s'] / serial:>9.2f} {r['ttft_p50_ms']:>7.0f}ms {r['ttft_p99_ms']:>7.0f}ms")
+
+    ttft = {}
+    for label, mb in (("on", "256"), ("off", "0")):
+        server = Server(workdir, "--slots=4", f"--prefix-cache-mb={mb}")
+        try:
+            second_turn_ttft(server, 1, tok, args.history)  # warm-up (compiles the chunk shapes)
+            ttft[label] = second_turn_ttft(server, args.conversations, tok, args.history)
+        finally:
+            server.close()
+    ratio = ttft["on"] / ttft["off"]
+    print(f"second turn after a >= {args.history}-token history: TTFT {ttft['on']:.0f} ms with the "
+          f"prefix cache, {ttft['off']:.0f} ms without: {ratio:.2f}x (target <= 0.3x)")
+    by = {r["clients"]: r for r in rows}
+    big = max(clients)
+    summary = (f"serial_tok_s={serial:.1f} " + " ".join(
+        f"c{c}_tok_s={by[c]['tok_s']:.1f}" for c in clients[1:])
+        + f" ratio{big}={by[big]['tok_s'] / serial:.2f} ttft_turn2_on_ms={ttft['on']:.0f} "
+        f"off_ms={ttft['off']:.0f} ratio={ratio:.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"throughput": rows, "ttft_turn2_ms": ttft}, indent=2))
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
