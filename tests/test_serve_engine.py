@@ -203,3 +203,36 @@ def test_row_sampling_matches_the_filtered_distribution(top_k, top_p):
     np.testing.assert_allclose(freq, want, atol=0.025)
     full = jax.nn.log_softmax(logits / temperature)  # log-probs before truncation
     np.testing.assert_allclose(out.logprob, full[np.asarray(out.token)], rtol=1e-5)
+
+
+def test_row_text_is_visible_text_token_by_token(model):
+    """RowText (incremental) shows exactly `engine_tools.visible_text` of the ids so far, minus
+    what may still turn into a stop string or a UTF-8 character, for random id streams with
+    special, tool and stop ids mixed in."""
+    from gpt_jax.serve.requests import RowText
+
+    tok = model[0]
+    rng = np.random.default_rng(0)
+    specials = sorted(tok.special_ids.values())
+    stop_ids = [tok.eos_id]
+    for _ in range(30):
+        ids = [int(rng.choice(specials)) if rng.random() < 0.15 else int(rng.integers(0, 300))
+               for _ in range(int(rng.integers(1, 60)))]
+        row, shown = RowText(tok, stop_ids, ()), ""
+        for i, t in enumerate(ids):
+            shown += row.add([t])
+            whole = visible_text(tok, ids[: i + 1], skip=set(stop_ids))
+            assert whole.startswith(shown) and set(whole[len(shown):]) <= {"\ufffd"}
+        assert shown + row.flush() == visible_text(tok, ids, skip=set(stop_ids))
+
+
+def test_merge_deltas_keeps_each_choices_order():
+    from gpt_jax.serve.formats import merge_deltas
+
+    tool = {"name": "calculator", "input": "1+1", "output": "2"}
+    events = [(0, Delta(0, "a")), (0, Delta(1, "x")), (0, Delta(0, "b")), (0, Delta(0, "=", (), tool)),
+              (0, Delta(0, "c")), (1, Delta(0, "p")), (0, Delta(0, "d")), (0, Finish(0, "stop")),
+              (0, Delta(1, "y")), (0, Finish(1, "length")), (0, Done(3, 5, 0))]
+    assert merge_deltas(events) == [
+        (0, Delta(0, "ab")), (0, Delta(1, "xy")), (0, Delta(0, "=", (), tool)), (0, Delta(0, "cd")),
+        (1, Delta(0, "p")), (0, Finish(0, "stop")), (0, Finish(1, "length")), (0, Done(3, 5, 0))]

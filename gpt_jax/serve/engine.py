@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -66,7 +67,10 @@ class Engine:
         self.tok, self.n_slots, self.max_queue = tokenizer, int(n_slots), int(max_queue)
         self.max_len = config.max_seq_len + 64  # room for a chunk's bucket padding at the end
         self.vocab_limit = min(config.vocab_size, tokenizer.vocab_size)
-        self.cache = slots.init_slots(self.config, self.n_slots, self.max_len)
+        self.cache = slots.init_slots(self.config, 1, 64)  # grown and cut as rows come and go
+        self._no_prefix = np.zeros((config.n_layers, self.config.kv_heads, 16,
+                                    self.config.head_dim), np.float32)
+        self.resizes = 0
         self.prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         try:
             self.tool_ids = ToolIds.of(tokenizer)
@@ -115,46 +119,78 @@ class Engine:
         return sum(r is not None for r in self.rows)
 
     def warmup(self, prompt_lengths=(8, 16, 32, 64)) -> None:
-        """Compiles extend for the given chunk buckets and decode (both sampling variants) for one
-        short row; other blocks compile when first used."""
+        """Compiles extend for the given chunk buckets and decode (each sampling mode) for one
+        short row; other shapes compile when first used."""
         greedy = Request([0], 1, lambda e: None)
         for n in prompt_lengths:
-            self._extend(0, 0, [0] * n, (0.0, 1.0, 0, 0, 0, 0), self._static([greedy]))
-        one = np.arange(self.n_slots) == 0  # slot 0 at length 0: the (1 row, 64 columns) block
-        for q in (greedy, Request([0], 1, lambda e: None, temperature=1.0),
+            self._fit(1, self._width(0, n))
+            self._extend(0, None, 0, [0] * n, (0.0, 1.0, 0, 0, 0, 0), self._static([greedy]))
+        one = np.arange(self.n_slots) == 0  # slot 0 at length 0
+        for q in (Request([0], 1, lambda e: None, temperature=1.0),
                   Request([0], 1, lambda e: None, temperature=1.0, top_p=0.9)):
+            self._fit(1, 64, shrink=True)
             self._decode(one, self._static([q]))
-        self.cache = slots.init_slots(self.config, self.n_slots, self.max_len)
+        rows = 1
+        while True:  # greedy decode at every row bucket, short and medium lengths
+            for cols in (64, 128):
+                self.cache = slots.init_slots(self.config, rows, cols)
+                self._decode(one, self._static([greedy]))
+            if rows >= self.n_slots:
+                break
+            rows = self._row_bucket(rows + 1)
+        self.cache = slots.init_slots(self.config, 1, 64)
 
     # -- device calls ----------------------------------------------------------------------------
-    def _extend(self, slot: int, start: int, ids: list[int], row: tuple, st: slots.SlotStatic):
+    def _width(self, start: int, n: int) -> int:
+        """Columns a row needs to take n more tokens at `start` (chunk padding included)."""
+        return min(self.max_len, bucket(start + length_bucket(n, 8), 64))
+
+    def _row_bucket(self, n: int) -> int:
+        """Rows as a power of 4 (at most the slots): few decode programs to compile."""
+        return min(self.n_slots, 4 ** max(0, math.ceil(math.log(max(n, 1), 4) - 1e-9)))
+
+    def _fit(self, n_rows: int, n_cols: int, shrink: bool = False) -> None:
+        """Resizes the slots to hold rows [0, n_rows) (a power of 4) and columns [0, n_cols) (a
+        power of two): grown when short; with `shrink`, cut when a quarter or less is in use."""
+        rows, cols = slots.cache_shape(self.cache)
+        want = (self._row_bucket(n_rows), min(self.max_len, bucket(n_cols, 64)))
+        if want[0] > rows or want[1] > cols:
+            want = (max(want[0], rows), max(want[1], cols))
+        elif not (shrink and (4 * want[0] <= rows or 4 * want[1] <= cols)):
+            return
+        self.cache = slots.resize(self.cache, *want)
+        self.resizes += 1
+
+    def _extend(self, slot: int, prefix, start: int, ids: list[int], row: tuple,
+                st: slots.SlotStatic):
+        """Prefills ids into `slot` at `start`: from the slot's own columns, or from `prefix`
+        ((keys, values, n) of a prefix-cache hit, or None: an empty row) when it is new."""
         t = length_bucket(len(ids), 8)
+        width = self._width(start, len(ids))
+        self._fit(slot + 1, width)
+        if start == 0 or prefix is not None:
+            keys, values, n = prefix if prefix is not None else (self._no_prefix, self._no_prefix, 0)
+            cache_row = slots.row_from_prefix(self.config, keys, values, np.int32(n), width)
+        else:
+            cache_row = slots.take_row(self.cache, np.int32(slot), width)
         chunk = np.zeros((1, t), np.int32)
         chunk[0, : len(ids)] = ids
-        self.cache, out = slots.extend(self.params, st, self.cache, np.int32(slot),
-                                       np.int32(start), chunk, np.int32(len(ids)),
-                                       slots.RowSampling.of([row]))
+        cache_row, out = slots.extend(self.params, st, cache_row, np.int32(start), chunk,
+                                      np.int32(len(ids)), slots.RowSampling.of([row]))
+        self.cache = slots.put_row(self.cache, cache_row, np.int32(slot))
         return jax.device_get(out)
 
-    def _block(self, active: np.ndarray, lengths: np.ndarray) -> tuple[int, int]:
-        """The (rows, columns) a decode step covers: power-of-two buckets around the active rows
-        (slots are handed out lowest first, so they stay packed) and their longest length."""
-        n_rows = min(self.n_slots, bucket(int(np.flatnonzero(active).max()) + 1))
-        n_cols = min(self.max_len, bucket(int(lengths[active].max()) + 1, 64))
-        return n_rows, n_cols
-
     def _decode(self, active: np.ndarray, st: slots.SlotStatic):
-        tokens = np.zeros(self.n_slots, np.int32)
-        lengths = np.zeros(self.n_slots, np.int32)
-        rows = [(0.0, 1.0, 0, 0, 0, 0)] * self.n_slots
+        n = slots.cache_shape(self.cache)[0]
+        tokens = np.zeros(n, np.int32)
+        lengths = np.zeros(n, np.int32)
+        rows = [(0.0, 1.0, 0, 0, 0, 0)] * n
         for r in self.rows:
-            if r is not None and active[r.slot]:
+            if r is not None and r.slot < n and active[r.slot]:
                 tokens[r.slot], lengths[r.slot] = r.next_token, r.length
                 rows[r.slot] = self._row_params(r)
-        nr, nc = self._block(active, lengths) if active.any() else (self.n_slots, self.max_len)
-        sampling_rows = slots.RowSampling.of(rows[:nr])
-        self.cache, out = slots.decode(self.params, st, nr, nc, self.cache,
-                                       tokens[:nr], lengths[:nr], active[:nr], sampling_rows)
+        self.cache, out = slots.decode(self.params, st, self.cache, tokens, lengths,
+                                       active[:n], slots.RowSampling.of(rows))
         return jax.device_get(out)
 
     @staticmethod
@@ -187,7 +223,7 @@ class Engine:
                 log.exception("engine step failed; failing its rows")
                 for r in [r for r in self.rows if r is not None]:
                     self._finish(r, "error")
-                self.cache = slots.init_slots(self.config, self.n_slots, self.max_len)
+                self.cache = slots.init_slots(self.config, 1, 64)
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -201,6 +237,9 @@ class Engine:
             if any(r is not None for r in self.rows):
                 time.sleep(0.002)  # only rows waiting on tools
             return
+        present = [r for r in self.rows if r is not None]
+        self._fit(max(r.slot for r in present) + 1, max(r.length for r in present) + 1,
+                  shrink=True)
         active = np.zeros(self.n_slots, bool)
         for r in running:
             active[r.slot] = True
@@ -237,6 +276,7 @@ class Engine:
                 if not self.waiting or len(free) < self.waiting[0].n:
                     return
                 q = self.waiting.popleft()
+            self._fit(free[q.n - 1] + 1 + len(self.waiting), 64)  # grow once for a burst
             for choice in range(q.n):
                 self._insert(q, choice, free[choice])
 
@@ -245,17 +285,16 @@ class Engine:
         n_cached, keys, values = 0, None, None
         if self.prefix is not None:  # at least one token is left to prefill (for the logits)
             n_cached, keys, values = self.prefix.lookup(ids, limit=len(ids) - 1)
+        prefix = None
         if n_cached:
-            p = length_bucket(n_cached, 16)
-            pad = [(0, 0), (0, 0), (0, p - n_cached), (0, 0)]
-            self.cache = slots.load_prefix(self.cache, np.int32(slot), np.pad(keys, pad),
-                                           np.pad(values, pad), np.int32(n_cached))
+            pad = [(0, 0), (0, 0), (0, length_bucket(n_cached, 16) - n_cached), (0, 0)]
+            prefix = (np.pad(keys, pad), np.pad(values, pad), n_cached)
         if choice == 0:
             q.cached_tokens = n_cached
         r = _Row(q, choice, slot, RowText(self.tok, q.stop_ids, q.stop_strings),
                  length=len(ids), tokens=ids)
         self.rows[slot] = r
-        out = self._extend(slot, n_cached, ids[n_cached:], self._row_params(r),
+        out = self._extend(slot, prefix, n_cached, ids[n_cached:], self._row_params(r),
                            self._static([q]))
         self._store_prefix(r, upto=len(ids))
         self._accept(r, out, 0)
@@ -279,7 +318,8 @@ class Engine:
         r.length += len(inserted)
         r.generated += len(inserted) - 1  # the result counts toward max_tokens and usage
         r.request.completion_tokens += len(inserted) - 1
-        out = self._extend(r.slot, start, inserted, self._row_params(r), self._static([r.request]))
+        out = self._extend(r.slot, None, start, inserted, self._row_params(r),
+                           self._static([r.request]))
         self._accept(r, out, 0)
 
     def _accept(self, r: _Row, out: slots.Sampled, i: int) -> None:
@@ -328,6 +368,6 @@ class Engine:
         n = len(tokens) // self.prefix.block * self.prefix.block
         if n <= have:
             return
-        keys, values = (np.asarray(x) for x in slots.read_prefix(
-            self.cache, np.int32(r.slot), length_bucket(n, 16)))
+        p = min(length_bucket(n, 16), slots.cache_shape(self.cache)[1])
+        keys, values = (np.asarray(x) for x in slots.read_prefix(self.cache, np.int32(r.slot), p))
         self.prefix.store(tokens[:n], keys, values, start=have)

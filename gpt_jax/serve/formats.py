@@ -18,6 +18,26 @@ from gpt_jax.serve.requests import Delta, Done, Finish
 FAILED = ("timeout", "error")
 
 
+def merge_deltas(events: list[tuple[int, object]]) -> list[tuple[int, object]]:
+    """(prompt, event) pairs with each choice's consecutive plain deltas joined into one (its
+    order kept; tool-call deltas and finishes stay as they are): a stream that fell behind the
+    engine catches up in fewer, larger chunks."""
+    out, open_at = [], {}
+    for k, e in events:
+        key = (k, getattr(e, "choice", None))
+        if isinstance(e, Delta) and e.tool_call is None and key in open_at:
+            j = open_at[key]
+            prev = out[j][1]
+            out[j] = (k, Delta(e.choice, prev.text + e.text, prev.logprobs + e.logprobs))
+            continue
+        out.append((k, e))
+        if isinstance(e, Delta) and e.tool_call is None:
+            open_at[key] = len(out) - 1
+        else:
+            open_at.pop(key, None)
+    return out
+
+
 class Format:
     object_name = ""
     chunk_name = ""

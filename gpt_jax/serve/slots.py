@@ -1,18 +1,21 @@
 """Decode slots for continuous batching: the device side of the serving engine.
 
-A fixed number of slots (rows) share one KV cache [slots, K, S, D] per layer. Each slot holds one
-sequence laid out from column 0 (column = position), with its own length, so requests of any
-lengths and ages decode together in ONE jitted step:
+Slots (rows) share one KV cache [R, K, C, D] per layer. Each slot holds one sequence laid out from
+column 0 (column = position), with its own length, so requests of any lengths and ages decode
+together in ONE jitted step:
 
-- `extend(slot, start, chunk)`: prefill a chunk (a prompt, the rest of a prompt after a prefix-cache
-  hit, or a tool's result) into one slot at columns [start, start + n); the chunk is right-padded
-  to a length bucket, the padding stays invalid and is overwritten later. Returns the next token,
-  sampled from the logits of the chunk's last real token.
 - `decode(tokens, lengths, active)`: every slot's last token written at its own column
-  (`model.write_cache` with a [B] index) and one new token sampled per slot, over the block of
-  slots and columns in use (bucketed, so few programs). Idle slots inside the block compute too
-  but their writes are never marked valid.
-- `load_prefix` / `read_prefix`: a slot's first P columns from / to host arrays (the prefix cache).
+  (`model.write_cache` with a [R] index) and one new token sampled per slot. The engine keeps R
+  and C at buckets of the rows and lengths in use (`resize`, one copy when they change), so a
+  step costs what is in use, not the capacity (slicing a block out per step cost 3x: copies).
+  Idle slots compute too but their writes are never marked valid.
+- `extend(row, start, chunk)`: prefill a chunk (a prompt, the rest of a prompt after a prefix-cache
+  hit, or a tool's result) into a one-row cache at columns [start, start + n); the chunk is
+  right-padded to a length bucket, the padding stays invalid and is overwritten later. Returns
+  the next token, sampled from the logits of the chunk's last real token. Rows move between the
+  slots and `extend` with `take_row` / `put_row` (`row_from_prefix` starts one from a
+  prefix-cache hit), so `extend` compiles per (row width, chunk) and not per slots shape.
+- `read_prefix`: a slot's first P columns to host arrays (for the prefix cache).
 
 Sampling is per row with traced parameters (temperature, top-p, top-k, seed, choice index, step),
 so requests with different settings share one compiled program; the static `mode` skips the
@@ -127,93 +130,107 @@ def sample_rows(st: SlotStatic, logits, rows: RowSampling) -> Sampled:
                    top_ids.astype(jnp.int32))
 
 
-def init_slots(config: GPTConfig, n_slots: int, max_len: int) -> dict:
-    """Empty slots: per-layer {"k","v"} [slots, K, max_len, D] and valid [slots, max_len]."""
-    shape = (n_slots, config.kv_heads, max_len, config.head_dim)
+def init_slots(config: GPTConfig, n_rows: int, n_cols: int) -> dict:
+    """Empty slots: per-layer {"k","v"} [n_rows, K, n_cols, D] and valid [n_rows, n_cols]."""
+    shape = (n_rows, config.kv_heads, n_cols, config.head_dim)
     return {"layers": [{"k": jnp.zeros(shape, config.compute_dtype),
                         "v": jnp.zeros(shape, config.compute_dtype)}
                        for _ in range(config.n_layers)],
-            "valid": jnp.zeros((n_slots, max_len), bool)}
+            "valid": jnp.zeros((n_rows, n_cols), bool)}
 
 
-def _row(x, slot):
-    return jax.lax.dynamic_slice_in_dim(x, slot, 1, axis=0)
+def cache_shape(cache) -> tuple[int, int]:
+    """(rows, columns) of a slots cache."""
+    return tuple(cache["valid"].shape)
 
 
-def _put_row(x, row, slot):
-    return jax.lax.dynamic_update_slice_in_dim(x, row, slot, axis=0)
+def _map_kv(f, cache, *rest):
+    """f applied to every layer's "k" and "v" (and the matching leaves of the caches `rest`)."""
+    return [{k: f(c[k], *(r["layers"][i][k] for r in rest)) for k in ("k", "v")}
+            for i, c in enumerate(cache["layers"])]
 
 
-@functools.partial(jax.jit, static_argnums=1, donate_argnums=2)
-def extend(params, st: SlotStatic, cache, slot, start, tokens, n_real, rows: RowSampling):
-    """tokens [1, T] (n_real real, then padding) into `slot` at columns [start, start + T) ->
-    (cache, Sampled [1]) for the token after the last real one. Columns >= start + n_real end up
-    invalid."""
-    config = st.config
-    t, s = tokens.shape[1], cache["valid"].shape[1]
-    cols = start + jnp.arange(t)
-    positions = jnp.minimum(cols, config.max_seq_len - 1)[None]  # padding may run past the table
-    row_valid = _row(cache["valid"], slot) & (jnp.arange(s) < start)[None]
-    row_valid = jax.lax.dynamic_update_slice(row_valid, (jnp.arange(t) < n_real)[None], (0, start))
-    mask = (row_valid[:, None, :] | (jnp.arange(s)[None, :] == cols[:, None])[None]) & (
-        jnp.arange(s)[None, None, :] <= cols[None, :, None])
-    rows_cache = [{k: _row(c[k], slot) for k in ("k", "v")} for c in cache["layers"]]
-    x, new_rows = run_blocks(params, config, tokens, positions, mask, rows_cache, start)
-    last = jax.lax.dynamic_slice_in_dim(x, n_real - 1, 1, axis=1)
-    logits = head_logits(params, config, last)[:, 0]
-    layers = [{k: _put_row(c[k], r[k], slot) for k in ("k", "v")}
-              for c, r in zip(cache["layers"], new_rows)]
-    cache = {"layers": layers, "valid": _put_row(cache["valid"], row_valid, slot)}
-    return cache, sample_rows(st, logits, rows)
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def resize(cache, n_rows: int, n_cols: int):
+    """The cache grown or cut to [n_rows, n_cols] (what is kept keeps its place; one copy)."""
+    r, c = min(n_rows, cache_shape(cache)[0]), min(n_cols, cache_shape(cache)[1])
+
+    def fit(x):
+        shape = (n_rows, *x.shape[1:-2], n_cols, x.shape[-1]) if x.ndim == 4 else (n_rows, n_cols)
+        part = x[:r, :, :c] if x.ndim == 4 else x[:r, :c]
+        return jax.lax.dynamic_update_slice(jnp.zeros(shape, x.dtype), part, (0,) * x.ndim)
+
+    return {"layers": _map_kv(fit, cache), "valid": fit(cache["valid"])}
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3), donate_argnums=4)
-def decode(params, st: SlotStatic, n_rows: int, n_cols: int, cache, tokens, lengths, active,
-           rows: RowSampling):
-    """tokens [n_rows] written at columns lengths [n_rows] (valid where `active`) -> (cache,
-    Sampled [n_rows]).
-
-    Only slots [0, n_rows) and columns [0, n_cols) take part (every active row lies inside; the
-    engine picks both as buckets): the step's cost follows the rows and lengths in use, not the
-    cache's capacity. Below the full size the block is sliced out (a copy) and attended, and only
-    the new column of each row is scattered back: about three passes over the block instead of
-    one over the whole cache; at full size nothing is copied.
-    """
-    config = st.config
-    full = (n_rows, n_cols) == cache["valid"].shape
-    if full:
-        sub, sub_valid = cache["layers"], cache["valid"]
-    else:
-        sub = [{k: jax.lax.slice(c[k], (0, 0, 0, 0), (n_rows, c[k].shape[1], n_cols, c[k].shape[3]))
-                for k in ("k", "v")} for c in cache["layers"]]
-        sub_valid = cache["valid"][:n_rows, :n_cols]
-    cols = jnp.arange(n_cols)[None, :]
-    valid = sub_valid | ((cols == lengths[:, None]) & active[:, None])
-    mask = ((valid | (cols == lengths[:, None])) & (cols <= lengths[:, None]))[:, None, :]
-    positions = jnp.minimum(lengths, config.max_seq_len - 1)[:, None]
-    x, layers = run_blocks(params, config, tokens[:, None], positions, mask, sub, lengths)
-    logits = head_logits(params, config, x)[:, 0]
-    if not full:
-        slot = jnp.arange(n_rows)
-        at = lengths[:, None, None, None]
-        layers = [{k: c[k].at[slot, :, lengths, :].set(
-                       jnp.take_along_axis(n[k], at, axis=2)[:, :, 0, :])
-                   for k in ("k", "v")} for c, n in zip(cache["layers"], layers)]
-        valid = cache["valid"].at[slot, lengths].set(valid[slot, lengths])
-    return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
+@functools.partial(jax.jit, static_argnums=2)
+def take_row(cache, slot, n_cols: int):
+    """Slot `slot`'s first n_cols columns as a one-row cache."""
+    def take(x):
+        size = (1, *x.shape[1:-2], n_cols, x.shape[-1]) if x.ndim == 4 else (1, n_cols)
+        return jax.lax.dynamic_slice(x, (slot,) + (0,) * (x.ndim - 1), size)
+    return {"layers": _map_kv(take, cache), "valid": take(cache["valid"])}
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def load_prefix(cache, slot, keys, values, n):
-    """Resets `slot` to hold a prefix: keys/values [L, K, P, D] (P >= n, a bucket) into columns
-    [0, P), of which the first n are valid."""
-    s = cache["valid"].shape[1]
+def put_row(cache, row, slot):
+    """A one-row cache (any width up to the cache's) back into slot `slot`, from column 0; the
+    slot's columns past the row's width become invalid (the row is the whole sequence)."""
+    def put(x, r):
+        return jax.lax.dynamic_update_slice(x, r.astype(x.dtype), (slot,) + (0,) * (x.ndim - 1))
+    valid = jnp.zeros((1, cache_shape(cache)[1]), bool).at[:, :row["valid"].shape[1]].set(
+        row["valid"])
+    return {"layers": _map_kv(put, cache, row), "valid": put(cache["valid"], valid)}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def row_from_prefix(config: GPTConfig, keys, values, n, n_cols: int):
+    """A one-row cache of n_cols columns holding a prefix: keys/values [L, K, P, D] in columns
+    [0, P), the first n valid (n = 0: an empty row)."""
+    row = init_slots(config, 1, n_cols)
     layers = [{"k": jax.lax.dynamic_update_slice(c["k"], keys[i][None].astype(c["k"].dtype),
-                                                 (slot, 0, 0, 0)),
+                                                 (0, 0, 0, 0)),
                "v": jax.lax.dynamic_update_slice(c["v"], values[i][None].astype(c["v"].dtype),
-                                                 (slot, 0, 0, 0))}
-              for i, c in enumerate(cache["layers"])]
-    return {"layers": layers, "valid": _put_row(cache["valid"], (jnp.arange(s) < n)[None], slot)}
+                                                 (0, 0, 0, 0))}
+              for i, c in enumerate(row["layers"])]
+    return {"layers": layers, "valid": (jnp.arange(n_cols) < n)[None]}
+
+
+@functools.partial(jax.jit, static_argnums=1, donate_argnums=2)
+def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling):
+    """tokens [1, T] (n_real real, then padding) into a one-row cache at columns
+    [start, start + T) -> (row, Sampled [1]) for the token after the last real one. Columns
+    >= start + n_real end up invalid. Compiled per (row width, T) only: the engine moves the row
+    out of and back into the slots (`take_row` / `put_row`), so the slots' shape never matters."""
+    config = st.config
+    t, s = tokens.shape[1], row["valid"].shape[1]
+    cols = start + jnp.arange(t)
+    positions = jnp.minimum(cols, config.max_seq_len - 1)[None]  # padding may run past the table
+    valid = row["valid"] & (jnp.arange(s) < start)[None]
+    valid = jax.lax.dynamic_update_slice(valid, (jnp.arange(t) < n_real)[None], (0, start))
+    mask = (valid[:, None, :] | (jnp.arange(s)[None, :] == cols[:, None])[None]) & (
+        jnp.arange(s)[None, None, :] <= cols[None, :, None])
+    x, layers = run_blocks(params, config, tokens, positions, mask, row["layers"], start)
+    last = jax.lax.dynamic_slice_in_dim(x, n_real - 1, 1, axis=1)
+    logits = head_logits(params, config, last)[:, 0]
+    return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
+
+
+@functools.partial(jax.jit, static_argnums=1, donate_argnums=2)
+def decode(params, st: SlotStatic, cache, tokens, lengths, active, rows: RowSampling):
+    """tokens [R] written at columns lengths [R] (valid where `active`) -> (cache, Sampled [R]).
+
+    Over the whole cache, which the engine keeps sized to the rows and lengths in use (`resize`):
+    a step reads each cached column once and copies nothing."""
+    config = st.config
+    cols = jnp.arange(cache_shape(cache)[1])[None, :]
+    valid = cache["valid"] | ((cols == lengths[:, None]) & active[:, None])
+    mask = ((valid | (cols == lengths[:, None])) & (cols <= lengths[:, None]))[:, None, :]
+    positions = jnp.minimum(lengths, config.max_seq_len - 1)[:, None]
+    x, layers = run_blocks(params, config, tokens[:, None], positions, mask, cache["layers"],
+                           lengths)
+    logits = head_logits(params, config, x)[:, 0]
+    return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
 
 
 @functools.partial(jax.jit, static_argnums=2)
