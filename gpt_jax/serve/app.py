@@ -24,8 +24,7 @@ from typing import Callable
 
 from fastapi import Depends, FastAPI, Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sse_starlette.sse import EventSourceResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from gpt_jax.serve import formats as fmt
 from gpt_jax.serve.engine import QueueFull
@@ -181,7 +180,8 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
         except ValueError as e:
             raise APIError(400, str(e), param="n") from None
         if body.stream:
-            return EventSourceResponse(_stream(reqs, queue, out, body), ping=15)
+            return StreamingResponse(_stream(reqs, queue, out, body), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         pending = len(reqs)
         while pending:
             try:
@@ -200,24 +200,28 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
         return out.response()
 
     async def _stream(reqs, queue, out: fmt.Format, body):
+        """SSE: one write per batch of events (a batch: what the engine produced since the last
+        write, usually one token; more when the client or the loop fell behind)."""
         try:
-            for chunk in out.first_chunks():
-                yield _json(chunk)
+            yield _sse(out.first_chunks())
             pending = len(reqs)
             while pending:
                 events = [await queue.get()]
                 while not queue.empty():
                     events.append(queue.get_nowait())
+                chunks = []
                 for k, event in fmt.merge_deltas(events):
-                    for chunk in out.chunks(k, event):
-                        yield _json(chunk)
+                    chunks += out.chunks(k, event)
                     pending -= isinstance(event, Done)
+                if chunks:
+                    yield _sse(chunks)
             if out.timed_out:
-                yield _json(APIError(408, "the request timed out", type="timeout",
-                                     code="timeout").body())
+                tail = [APIError(408, "the request timed out", type="timeout", code="timeout").body()]
             elif body.stream_options and body.stream_options.include_usage:
-                yield _json(out.usage_chunk())
-            yield "[DONE]"
+                tail = [out.usage_chunk()]
+            else:
+                tail = []
+            yield _sse(tail) + b"data: [DONE]\n\n"
         finally:  # also on a client disconnect (the generator is cancelled)
             for q in reqs:
                 q.cancel()
@@ -227,3 +231,8 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
 
 def _json(body: dict) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def _sse(chunks: list[dict]) -> bytes:
+    """Server-sent events, one `data:` line each (JSON has no raw newline)."""
+    return "".join(f"data: {_json(c)}\n\n" for c in chunks).encode()

@@ -39,6 +39,7 @@ from gpt_jax.serve.requests import Delta, Done, Finish, Request, RowText, TokenL
 
 log = logging.getLogger("gpt_jax.serve")
 N_TOP = 20  # most top_logprobs a request may ask (OpenAI's limit)
+SHRINK_AFTER_STEPS = 32  # decode steps with a quarter or less of the slots cache in use
 
 
 class QueueFull(RuntimeError):
@@ -71,6 +72,7 @@ class Engine:
         self._no_prefix = np.zeros((config.n_layers, self.config.kv_heads, 16,
                                     self.config.head_dim), np.float32)
         self.resizes = 0
+        self._small_steps = 0
         self.prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         try:
             self.tool_ids = ToolIds.of(tokenizer)
@@ -119,8 +121,8 @@ class Engine:
         return sum(r is not None for r in self.rows)
 
     def warmup(self, prompt_lengths=(8, 16, 32, 64)) -> None:
-        """Compiles extend for the given chunk buckets and decode (each sampling mode) for one
-        short row; other shapes compile when first used."""
+        """Compiles extend for the given chunk buckets, greedy decode at every slots shape, and
+        the sampling modes for one short row; other shapes compile when first used."""
         greedy = Request([0], 1, lambda e: None)
         for n in prompt_lengths:
             self._fit(1, self._width(0, n))
@@ -131,10 +133,14 @@ class Engine:
             self._fit(1, 64, shrink=True)
             self._decode(one, self._static([q]))
         rows = 1
-        while True:  # greedy decode at every row bucket, short and medium lengths
-            for cols in (64, 128):
+        while True:  # greedy decode at every (rows, columns) bucket
+            cols = 64
+            while True:
                 self.cache = slots.init_slots(self.config, rows, cols)
                 self._decode(one, self._static([greedy]))
+                if cols >= self.max_len:
+                    break
+                cols = min(self.max_len, 2 * cols)
             if rows >= self.n_slots:
                 break
             rows = self._row_bucket(rows + 1)
@@ -156,8 +162,14 @@ class Engine:
         want = (self._row_bucket(n_rows), min(self.max_len, bucket(n_cols, 64)))
         if want[0] > rows or want[1] > cols:
             want = (max(want[0], rows), max(want[1], cols))
-        elif not (shrink and (4 * want[0] <= rows or 4 * want[1] <= cols)):
+        elif shrink and (4 * want[0] <= rows or 4 * want[1] <= cols):
+            self._small_steps += 1  # cut only after a while: each new shape may compile
+            if self._small_steps < SHRINK_AFTER_STEPS and any(r is not None for r in self.rows):
+                return
+        else:
+            self._small_steps = 0
             return
+        self._small_steps = 0
         self.cache = slots.resize(self.cache, *want)
         self.resizes += 1
 
@@ -166,13 +178,13 @@ class Engine:
         """Prefills ids into `slot` at `start`: from the slot's own columns, or from `prefix`
         ((keys, values, n) of a prefix-cache hit, or None: an empty row) when it is new."""
         t = length_bucket(len(ids), 8)
-        width = self._width(start, len(ids))
-        self._fit(slot + 1, width)
+        self._fit(slot + 1, self._width(start, len(ids)))
+        width = slots.cache_shape(self.cache)[1]  # the row as wide as the slots: few programs
         if start == 0 or prefix is not None:
             keys, values, n = prefix if prefix is not None else (self._no_prefix, self._no_prefix, 0)
             cache_row = slots.row_from_prefix(self.config, keys, values, np.int32(n), width)
         else:
-            cache_row = slots.take_row(self.cache, np.int32(slot), width)
+            cache_row = slots.take_row(self.cache, np.int32(slot))
         chunk = np.zeros((1, t), np.int32)
         chunk[0, : len(ids)] = ids
         cache_row, out = slots.extend(self.params, st, cache_row, np.int32(start), chunk,
@@ -355,6 +367,8 @@ class Engine:
         if tail or r.pending_logprobs:
             q.on_event(Delta(r.choice, tail, tuple(r.pending_logprobs)))
         self.rows[r.slot] = None
+        if all(x is None for x in self.rows) and slots.cache_shape(self.cache) != (1, 64):
+            self.cache = slots.init_slots(self.config, 1, 64)  # idle: start small again
         q.on_event(Finish(r.choice, reason))
         q.finished_choices += 1
         if q.finished_choices == q.n:

@@ -14,7 +14,7 @@ together in ONE jitted step:
   right-padded to a length bucket, the padding stays invalid and is overwritten later. Returns
   the next token, sampled from the logits of the chunk's last real token. Rows move between the
   slots and `extend` with `take_row` / `put_row` (`row_from_prefix` starts one from a
-  prefix-cache hit), so `extend` compiles per (row width, chunk) and not per slots shape.
+  prefix-cache hit), so `extend` compiles per (columns, chunk) and not per number of slots.
 - `read_prefix`: a slot's first P columns to host arrays (for the prefix cache).
 
 Sampling is per row with traced parameters (temperature, top-p, top-k, seed, choice index, step),
@@ -150,37 +150,39 @@ def _map_kv(f, cache, *rest):
             for i, c in enumerate(cache["layers"])]
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
 def resize(cache, n_rows: int, n_cols: int):
-    """The cache grown or cut to [n_rows, n_cols] (what is kept keeps its place; one copy)."""
+    """The cache grown or cut to [n_rows, n_cols] (what is kept keeps its place). On the host
+    (numpy), not jitted: a jitted resize compiles once per (old shape, new shape) pair, and a
+    burst of requests meets new pairs for a while (a 0.1 s stall each); resizes are rare."""
     r, c = min(n_rows, cache_shape(cache)[0]), min(n_cols, cache_shape(cache)[1])
 
-    def fit(x):
-        shape = (n_rows, *x.shape[1:-2], n_cols, x.shape[-1]) if x.ndim == 4 else (n_rows, n_cols)
-        part = x[:r, :, :c] if x.ndim == 4 else x[:r, :c]
-        return jax.lax.dynamic_update_slice(jnp.zeros(shape, x.dtype), part, (0,) * x.ndim)
+    def fit(x):  # [R, K, C, D] or valid [R, C]
+        x = np.asarray(x)
+        if x.ndim == 2:
+            out = np.zeros((n_rows, n_cols), x.dtype)
+            out[:r, :c] = x[:r, :c]
+        else:
+            out = np.zeros((n_rows, x.shape[1], n_cols, x.shape[3]), x.dtype)
+            out[:r, :, :c] = x[:r, :, :c]
+        return jnp.asarray(out)
 
     return {"layers": _map_kv(fit, cache), "valid": fit(cache["valid"])}
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def take_row(cache, slot, n_cols: int):
-    """Slot `slot`'s first n_cols columns as a one-row cache."""
+@jax.jit
+def take_row(cache, slot):
+    """Slot `slot` as a one-row cache."""
     def take(x):
-        size = (1, *x.shape[1:-2], n_cols, x.shape[-1]) if x.ndim == 4 else (1, n_cols)
-        return jax.lax.dynamic_slice(x, (slot,) + (0,) * (x.ndim - 1), size)
+        return jax.lax.dynamic_slice_in_dim(x, slot, 1, axis=0)
     return {"layers": _map_kv(take, cache), "valid": take(cache["valid"])}
 
 
 @functools.partial(jax.jit, donate_argnums=0)
 def put_row(cache, row, slot):
-    """A one-row cache (any width up to the cache's) back into slot `slot`, from column 0; the
-    slot's columns past the row's width become invalid (the row is the whole sequence)."""
+    """A one-row cache (as wide as the cache) back into slot `slot`."""
     def put(x, r):
-        return jax.lax.dynamic_update_slice(x, r.astype(x.dtype), (slot,) + (0,) * (x.ndim - 1))
-    valid = jnp.zeros((1, cache_shape(cache)[1]), bool).at[:, :row["valid"].shape[1]].set(
-        row["valid"])
-    return {"layers": _map_kv(put, cache, row), "valid": put(cache["valid"], valid)}
+        return jax.lax.dynamic_update_slice_in_dim(x, r.astype(x.dtype), slot, axis=0)
+    return {"layers": _map_kv(put, cache, row), "valid": put(cache["valid"], row["valid"])}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -201,7 +203,7 @@ def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling
     """tokens [1, T] (n_real real, then padding) into a one-row cache at columns
     [start, start + T) -> (row, Sampled [1]) for the token after the last real one. Columns
     >= start + n_real end up invalid. Compiled per (row width, T) only: the engine moves the row
-    out of and back into the slots (`take_row` / `put_row`), so the slots' shape never matters."""
+    out of and back into the slots (`take_row` / `put_row`), so the number of slots never matters."""
     config = st.config
     t, s = tokens.shape[1], row["valid"].shape[1]
     cols = start + jnp.arange(t)
