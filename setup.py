@@ -37,7 +37,6 @@ setup(
         # the OpenAI-compatible server (gpt_jax.serve)
         "fastapi==0.163.2",
         "uvicorn==0.54.0",
-        "sse-starlette==3.7.0",
     ],
     extras_require={
         "test": [

@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,36 +37,20 @@ import httpx2 as httpx  # noqa: E402
 import openai  # noqa: E402
 
 from gpt_jax.model import GPTConfig  # noqa: E402
+from gpt_jax.serve.launch import ServerProcess  # noqa: E402
 
 SHAPE = GPTConfig(family="llama", vocab_size=2048, max_seq_len=1024, n_layers=4, d_model=128,
                   n_heads=4, init_std=0.02)
 TEXT = "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun. "
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, workdir: Path, *flags: str):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.log = open(workdir / f"server_{self.port}.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpt_jax.serve", f"--workdir={workdir}", "--stages=sft",
-             f"--port={self.port}", "--tools=", *flags],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 300
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not come up; see {self.log.name}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0,
+        super().__init__(workdir, "--stages=sft", "--tools=",
+                         f"--compile-cache={workdir / 'xla_cache'}", *flags)
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="none", max_retries=0,
                                     timeout=600)
-        self.http = httpx.Client(base_url=base, timeout=600,
+        self.http = httpx.Client(base_url=self.url, timeout=600,
                                  limits=httpx.Limits(max_connections=256))
 
     def stream(self, messages, max_tokens: int) -> tuple[float, int]:
@@ -89,12 +71,6 @@ class Server:
                     usage = json.loads(line[len("data: "):])["usage"]
         return first, usage["completion_tokens"]
 
-    def close(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-        self.log.close()
-
-
 def throughput(server: Server, n: int, clients: int, max_tokens: int) -> dict:
     questions = [[{"role": "user", "content": f"Request {i}: " + TEXT[: 20 + 3 * (i % 20)]}]
                  for i in range(n)]
@@ -110,7 +86,8 @@ def throughput(server: Server, n: int, clients: int, max_tokens: int) -> dict:
             "ttft_p99_ms": 1e3 * ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))]}
 
 
-def second_turn_ttft(server: Server, conversations: int, tok, history_tokens: int) -> float:
+def second_turn_ttft(server: Server, conversations: int, tok, history_tokens: int,
+                     follow_up: str) -> float:
     times = []
     for c in range(conversations):
         text = f"Conversation {c}. "
@@ -120,7 +97,7 @@ def second_turn_ttft(server: Server, conversations: int, tok, history_tokens: in
         reply = server.client.chat.completions.create(model="sft", messages=turn1, temperature=0,
                                                       max_tokens=16).choices[0].message.content
         turn2 = turn1 + [{"role": "assistant", "content": reply},
-                         {"role": "user", "content": "And then what happened?"}]
+                         {"role": "user", "content": follow_up}]
         times.append(server.stream(turn2, max_tokens=1)[0])
     return 1e3 * statistics.median(times)
 
@@ -132,7 +109,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--clients", default="1,16,64")
     p.add_argument("--history", type=int, default=520)
-    p.add_argument("--conversations", type=int, default=5)
+    p.add_argument("--conversations", type=int, default=9)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
     from gpt_jax.tokenizer import Tokenizer
@@ -169,8 +146,13 @@ def main() -> None:
     for label, mb in (("on", "256"), ("off", "0")):
         server = Server(workdir, "--slots=4", f"--prefix-cache-mb={mb}")
         try:
-            second_turn_ttft(server, 1, tok, args.history)  # warm-up (compiles the chunk shapes)
-            ttft[label] = second_turn_ttft(server, args.conversations, tok, args.history)
+            # the same chats twice, the second measured with another follow-up question of the
+            # same length: the first pass compiles each prompt's chunk shape (a full prefill of a
+            # new length would otherwise time a compile), the second's follow-up is not cached
+            second_turn_ttft(server, args.conversations, tok, args.history,
+                             "And then what happened?")
+            ttft[label] = second_turn_ttft(server, args.conversations, tok, args.history,
+                                           "What did they do next?")
         finally:
             server.close()
     ratio = ttft["on"] / ttft["off"]

@@ -4,60 +4,30 @@ stream vs non-stream, the SSE protocol, n / stop / seed / logprobs, 16 concurren
 to the same alone, cancellation freeing slots, 429 under overload, a prefix-cache hit on a chat's
 second turn, and OpenAI-shaped 4xx errors after which the server is still healthy."""
 import json
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx2 as httpx  # what the openai client itself uses
 import openai
 import pytest
 
 from gpt_jax.model import GPTConfig
+from gpt_jax.serve.launch import ServerProcess
 from helpers import random_model_workdir
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = "test-key"
 CONFIG = GPTConfig(family="llama", vocab_size=320, max_seq_len=192, n_layers=2, d_model=32,
                    n_heads=4, n_kv_heads=2, init_std=0.3)
 QUEUE = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     wd = random_model_workdir(tmp_path_factory.mktemp("serve_api"), CONFIG, ("sft", "pretrain"))
-    port = _free_port()
-    log = open(wd / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpt_jax.serve", f"--workdir={wd}", "--stages=sft,pretrain",
-         f"--port={port}", "--slots=16", f"--max-queue={QUEUE}", f"--api-key={KEY}",
-         "--timeout=120", "--max-requests=2000"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            assert proc.poll() is None, (wd / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "server not healthy in 180 s"
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with ServerProcess(wd, "--stages=sft,pretrain", "--slots=16", f"--max-queue={QUEUE}",
+                       f"--api-key={KEY}", "--timeout=120", "--max-requests=2000",
+                       timeout_s=180) as proc:
+        yield proc.url
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,8 @@ def test_batched_rows_equal_each_alone_and_the_reference(model):
     engine = make(model)
     try:
         reqs = [{"prompt": p, "max_tokens": 12 + 5 * i} for i, p in enumerate(prompts(tok))]
+        long = (prompts(tok)[1] * 4)[:146]  # prefilled in two chunks (128 + 18) near the context end
+        reqs.append({"prompt": long, "max_tokens": CONFIG.max_seq_len - len(long)})
         together = run(engine, reqs)
         alone = [run(engine, [r])[0] for r in reqs]
     finally:
@@ -82,7 +84,7 @@ def test_batched_rows_equal_each_alone_and_the_reference(model):
             logit_processor=functools.partial(_mask_from, first_unused=tok.vocab_size))
         assert t["ids"] == a["ids"] == gen.row(0)
         assert t["text"] == a["text"] == visible_text(tok, gen.row(0))
-        assert t["finish"] == ["length"]
+        assert t["finish"] == ["length"] and len(t["ids"]) == r["max_tokens"]
 
 
 def test_seeded_sampling_is_the_same_alone_and_among_others(model):

@@ -5,7 +5,9 @@ Serves every finished chat stage of the workdir (or `--stages`) under its stage 
 rows (n choices = n rows) may wait for a slot beyond the free ones (then 429), `--timeout` seconds per request, `--prefix-cache-mb` of
 reusable KV per model (0 = off). `--tools` names the built-in tools that run inside decoding
 (calculator, python). `--api-key` (or GPT_JAX_API_KEY) requires `Authorization: Bearer <key>`.
-`--max-requests` makes the server exit after that many requests (tests, benchmarks).
+`--max-requests` makes the server exit after that many requests (tests, benchmarks);
+`--compile-cache DIR` keeps XLA's compiled programs on disk, so a restart skips the warm-up's
+compiles.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--tools", default="calculator", help="built-in tools ('' = none)")
     p.add_argument("--api-key", default=os.environ.get("GPT_JAX_API_KEY"))
     p.add_argument("--max-requests", type=int, default=None)
+    p.add_argument("--compile-cache", default=None,
+                   help="a directory for XLA's persistent compilation cache (restarts skip compiling)")
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 
@@ -39,6 +43,11 @@ def main(argv=None) -> None:
 
     args = parse(argv)
     logging.basicConfig(level=args.log_level.upper())
+    if args.compile_cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.05)
     stages = [s for s in args.stages.split(",") if s] or None
     tools = [t for t in args.tools.split(",") if t]
 

@@ -32,7 +32,7 @@ import numpy as np
 from gpt_jax import sampling
 from gpt_jax.engine_tools import ToolIds, open_call, result_ids, run_tool
 from gpt_jax.model import GPTConfig
-from gpt_jax.seq_utils import bucket, length_bucket
+from gpt_jax.seq_utils import bucket
 from gpt_jax.serve import slots
 from gpt_jax.serve.prefix_cache import PrefixCache
 from gpt_jax.serve.requests import Delta, Done, Finish, Request, RowText, TokenLogprob
@@ -120,36 +120,48 @@ class Engine:
     def busy_slots(self) -> int:
         return sum(r is not None for r in self.rows)
 
-    def warmup(self, prompt_lengths=(8, 16, 32, 64)) -> None:
-        """Compiles extend for the given chunk buckets, greedy decode at every slots shape, and
-        the sampling modes for one short row; other shapes compile when first used."""
-        greedy = Request([0], 1, lambda e: None)
-        for n in prompt_lengths:
-            self._fit(1, self._width(0, n))
-            self._extend(0, None, 0, [0] * n, (0.0, 1.0, 0, 0, 0, 0), self._static([greedy]))
+    def warmup(self, max_chunk: int = 256) -> None:
+        """Compiles, for every slots width, the greedy prefill of each chunk bucket up to
+        `max_chunk` (longer chunks compile when first met), the greedy decode at every slots
+        shape, and the sampling modes for one short row. After it, greedy serving meets no
+        compile (a stall of ~1 s each on the tiny recipe's model)."""
+        greedy = self._static([Request([0], 1, lambda e: None)])
+        params = (0.0, 1.0, 0, 0, 0, 0)
+        for cols in self._col_buckets():
+            t = 8
+            while t <= min(cols, max_chunk):
+                row = slots.init_slots(self.config, 1, cols)
+                slots.extend(self.params, greedy, row, np.int32(0), np.zeros((1, t), np.int32),
+                             np.int32(t), slots.RowSampling.of([params]))
+                t *= 2
         one = np.arange(self.n_slots) == 0  # slot 0 at length 0
         for q in (Request([0], 1, lambda e: None, temperature=1.0),
                   Request([0], 1, lambda e: None, temperature=1.0, top_p=0.9)):
             self._fit(1, 64, shrink=True)
+            self._extend(0, None, 0, [0] * 8, (1.0, 0.9, 0, 0, 0, 0), self._static([q]))
             self._decode(one, self._static([q]))
         rows = 1
         while True:  # greedy decode at every (rows, columns) bucket
-            cols = 64
-            while True:
+            for cols in self._col_buckets():
                 self.cache = slots.init_slots(self.config, rows, cols)
-                self._decode(one, self._static([greedy]))
-                if cols >= self.max_len:
-                    break
-                cols = min(self.max_len, 2 * cols)
+                self._decode(one, greedy)
             if rows >= self.n_slots:
                 break
             rows = self._row_bucket(rows + 1)
         self.cache = slots.init_slots(self.config, 1, 64)
 
     # -- device calls ----------------------------------------------------------------------------
+    def _col_buckets(self) -> list[int]:
+        cols, out = 64, []
+        while True:
+            out.append(cols)
+            if cols >= self.max_len:
+                return out
+            cols = min(self.max_len, 2 * cols)
+
     def _width(self, start: int, n: int) -> int:
-        """Columns a row needs to take n more tokens at `start` (chunk padding included)."""
-        return min(self.max_len, bucket(start + length_bucket(n, 8), 64))
+        """Columns a row needs to take n more tokens at `start`, with room for a chunk's padding."""
+        return min(self.max_len, bucket(start + n + 8, 64))
 
     def _row_bucket(self, n: int) -> int:
         """Rows as a power of 4 (at most the slots): few decode programs to compile."""
@@ -177,20 +189,27 @@ class Engine:
                 st: slots.SlotStatic):
         """Prefills ids into `slot` at `start`: from the slot's own columns, or from `prefix`
         ((keys, values, n) of a prefix-cache hit, or None: an empty row) when it is new."""
-        t = length_bucket(len(ids), 8)
         self._fit(slot + 1, self._width(start, len(ids)))
         width = slots.cache_shape(self.cache)[1]  # the row as wide as the slots: few programs
         if start == 0 or prefix is not None:
             keys, values, n = prefix if prefix is not None else (self._no_prefix, self._no_prefix, 0)
-            cache_row = slots.row_from_prefix(self.config, keys, values, np.int32(n), width)
+            pad = [(0, 0), (0, 0), (0, width - keys.shape[2]), (0, 0)]  # one program per width
+            cache_row = slots.row_from_prefix(self.config, np.pad(keys, pad), np.pad(values, pad),
+                                              np.int32(n), width)
         else:
             cache_row = slots.take_row(self.cache, np.int32(slot))
-        chunk = np.zeros((1, t), np.int32)
-        chunk[0, : len(ids)] = ids
-        cache_row, out = slots.extend(self.params, st, cache_row, np.int32(start), chunk,
-                                      np.int32(len(ids)), slots.RowSampling.of([row]))
+        sampling_row = slots.RowSampling.of([row])
+        pos, rest = start, list(ids)
+        while rest:  # chunks of power-of-two lengths (few programs) that fit the row
+            t = min(bucket(len(rest), 8), 1 << ((width - pos).bit_length() - 1))
+            n = min(len(rest), t)
+            chunk = np.zeros((1, t), np.int32)
+            chunk[0, :n] = rest[:n]
+            cache_row, out = slots.extend(self.params, st, cache_row, np.int32(pos), chunk,
+                                          np.int32(n), sampling_row)
+            pos, rest = pos + n, rest[n:]
         self.cache = slots.put_row(self.cache, cache_row, np.int32(slot))
-        return jax.device_get(out)
+        return jax.device_get(out)  # sampled after the last chunk
 
     def _decode(self, active: np.ndarray, st: slots.SlotStatic):
         n = slots.cache_shape(self.cache)[0]
@@ -299,8 +318,7 @@ class Engine:
             n_cached, keys, values = self.prefix.lookup(ids, limit=len(ids) - 1)
         prefix = None
         if n_cached:
-            pad = [(0, 0), (0, 0), (0, length_bucket(n_cached, 16) - n_cached), (0, 0)]
-            prefix = (np.pad(keys, pad), np.pad(values, pad), n_cached)
+            prefix = (keys, values, n_cached)
         if choice == 0:
             q.cached_tokens = n_cached
         r = _Row(q, choice, slot, RowText(self.tok, q.stop_ids, q.stop_strings),
@@ -308,8 +326,9 @@ class Engine:
         self.rows[slot] = r
         out = self._extend(slot, prefix, n_cached, ids[n_cached:], self._row_params(r),
                            self._static([q]))
-        self._store_prefix(r, upto=len(ids))
-        self._accept(r, out, 0)
+        self._accept(r, out, 0)  # the first token goes out before the prompt's KV is stored
+        if self.rows[slot] is r:
+            self._store_prefix(r, upto=len(q.prompt))
 
     def _resume_after_tool(self, r: _Row) -> None:
         try:
@@ -382,6 +401,7 @@ class Engine:
         n = len(tokens) // self.prefix.block * self.prefix.block
         if n <= have:
             return
-        p = min(length_bucket(n, 16), slots.cache_shape(self.cache)[1])
-        keys, values = (np.asarray(x) for x in slots.read_prefix(self.cache, np.int32(r.slot), p))
+        width = slots.cache_shape(self.cache)[1]  # the whole row: one program per slots shape
+        keys, values = (np.asarray(x) for x in slots.read_prefix(self.cache, np.int32(r.slot),
+                                                                 width))
         self.prefix.store(tokens[:n], keys, values, start=have)
