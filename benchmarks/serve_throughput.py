@@ -15,7 +15,7 @@ in this process (threads) on the same cores as the server, as a local deployment
 A warm-up pass at each concurrency first compiles the shapes it meets. Last line:
 `serial_tok_s=... c16_tok_s=... c64_tok_s=... ratio64=... ttft_turn2_on_ms=... off_ms=... ratio=...`
 
-    .venv/bin/python benchmarks/serve_throughput.py [--requests 64] [--max-tokens 64]
+    .venv/bin/python benchmarks/serve_throughput.py [--requests 256] [--max-tokens 64]
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def second_turn_ttft(server: Server, conversations: int, tok, history_tokens: in
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workdir", default=None, help="a workdir with a finished sft stage")
-    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--requests", type=int, default=256)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--clients", default="1,16,64")
     p.add_argument("--history", type=int, default=520)
@@ -121,6 +121,10 @@ def main() -> None:
 
         random_model_workdir(workdir, SHAPE, std=0.02)
     tok = Tokenizer.load(workdir / "tokenizer" / "tokenizer.json")
+    from gpt_jax.flops import cpu_name, measure_matmul_peak
+
+    print(f"host: {cpu_name()}, {os.cpu_count()} cores, float32 matmul peak "
+          f"{measure_matmul_peak() / 1e9:.0f} GFLOP/s (measured now)")
     clients = [int(c) for c in args.clients.split(",")]
     slots = str(max(clients))
 

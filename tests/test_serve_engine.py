@@ -71,7 +71,7 @@ def test_batched_rows_equal_each_alone_and_the_reference(model):
     engine = make(model)
     try:
         reqs = [{"prompt": p, "max_tokens": 12 + 5 * i} for i, p in enumerate(prompts(tok))]
-        long = (prompts(tok)[1] * 4)[:146]  # prefilled in two chunks (128 + 18) near the context end
+        long = (prompts(tok)[1] * 4)[:146]  # prefilled in chunks of 128, 16 and 2 (in 8)
         reqs.append({"prompt": long, "max_tokens": CONFIG.max_seq_len - len(long)})
         together = run(engine, reqs)
         alone = [run(engine, [r])[0] for r in reqs]

@@ -200,8 +200,8 @@ class Engine:
             cache_row = slots.take_row(self.cache, np.int32(slot))
         sampling_row = slots.RowSampling.of([row])
         pos, rest = start, list(ids)
-        while rest:  # chunks of power-of-two lengths (few programs) that fit the row
-            t = min(bucket(len(rest), 8), 1 << ((width - pos).bit_length() - 1))
+        while rest:  # power-of-two chunks (few programs): 580 tokens go as 512 + 64 + 4 (in 8)
+            t = min(max(8, 1 << (len(rest).bit_length() - 1)), 1 << ((width - pos).bit_length() - 1))
             n = min(len(rest), t)
             chunk = np.zeros((1, t), np.int32)
             chunk[0, :n] = rest[:n]
