@@ -78,6 +78,18 @@ def test_stream_equals_non_stream_and_follows_the_protocol(server, client):
     assert got == streamed
 
 
+def test_streamed_choices_each_get_a_role_and_one_finish(client):
+    chunks = [c for c in chat(client, "Hello world", n=3, temperature=1.0, seed=3, max_tokens=12,
+                              stream=True)]
+    by_index = {i: [c.choices[0] for c in chunks if c.choices and c.choices[0].index == i]
+                for i in range(3)}
+    whole = chat(client, "Hello world", n=3, temperature=1.0, seed=3, max_tokens=12)
+    for i, parts in by_index.items():
+        assert parts[0].delta.role == "assistant"
+        assert sum(p.finish_reason is not None for p in parts) == 1
+        assert "".join(p.delta.content or "" for p in parts) == whole.choices[i].message.content
+
+
 def test_n_seed_stop_and_logprobs(client):
     kw = {"temperature": 1.0, "top_p": 0.95, "n": 3, "seed": 11, "max_tokens": 16}
     a, b = chat(client, "Hello world", **kw), chat(client, "Hello world", **kw)
