@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP layer (FastAPI + sse-starlette) over the serving engines.
+"""The OpenAI-compatible HTTP layer (FastAPI; SSE through starlette's StreamingResponse) over the engines.
 
 Routes: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions,
 POST /v1/moderations (404 until a moderation model exists), GET /stats (slots, queue, prefix
