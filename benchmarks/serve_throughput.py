@@ -10,9 +10,10 @@ official `openai` client (streaming), the server in a subprocess on loopback.
    with the prefix cache on and off (two servers, `--conversations` chats each, medians).
    Target: <= 0.3x with the cache.
 
-The second-turn chats use the official `openai` client. The model: the tiny recipe's shape (4 x d128, vocab 2048) with random weights and a 1024-token
-context (so a 512-token history fits), unless `--workdir` names a trained one. The clients run
-in this process (threads) on the same cores as the server, as a local deployment would.
+The second-turn chats use the official `openai` client. The model: the tiny recipe's shape
+(4 x d128, vocab 2048) with random weights and a 1024-token context (so a 512-token history
+fits), unless `--workdir` names a trained one. The clients run in this process (threads) on the
+same cores as the server, as a local deployment would.
 A warm-up pass at each concurrency first compiles the shapes it meets. Last line:
 `serial_tok_s=... c16_tok_s=... c64_tok_s=... ratio64=... ttft_turn2_on_ms=... off_ms=... ratio=...`
 

@@ -2,7 +2,8 @@
 
 Serves every finished chat stage of the workdir (or `--stages`) under its stage name, on
 127.0.0.1:8000 by default. Capacity: `--slots` rows decode together per model, `--max-queue`
-rows (n choices = n rows) may wait for a slot beyond the free ones (then 429), `--timeout` seconds per request, `--prefix-cache-mb` of
+rows (n choices = n rows) may wait for a slot beyond the free ones (then 429), `--timeout`
+seconds per request, `--prefix-cache-mb` of
 reusable KV per model (0 = off). `--tools` names the built-in tools that run inside decoding
 (calculator, python). `--api-key` (or GPT_JAX_API_KEY) requires `Authorization: Bearer <key>`.
 `--max-requests` makes the server exit after that many requests (tests, benchmarks);
@@ -19,7 +20,8 @@ import os
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m gpt_jax.serve", description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True)
-    p.add_argument("--stages", default="", help="comma-separated (default: every finished chat stage)")
+    p.add_argument("--stages", default="",
+                   help="comma-separated (default: every finished chat stage)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--slots", type=int, default=16, help="decode slots per model")
@@ -30,7 +32,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--api-key", default=os.environ.get("GPT_JAX_API_KEY"))
     p.add_argument("--max-requests", type=int, default=None)
     p.add_argument("--compile-cache", default=None,
-                   help="a directory for XLA's persistent compilation cache (restarts skip compiling)")
+                   help="a directory for XLA's persistent compilation cache (restarts skip "
+                        "compiling)")
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP layer (FastAPI; SSE through starlette's StreamingResponse) over the engines.
+"""The OpenAI-compatible HTTP layer (FastAPI; SSE through starlette's StreamingResponse).
 
 Routes: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions,
 POST /v1/moderations (404 until a moderation model exists), GET /stats (slots, queue, prefix
@@ -180,8 +180,10 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
         except ValueError as e:
             raise APIError(400, str(e), param="n") from None
         if body.stream:
-            return StreamingResponse(_stream(reqs, queue, out, body), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(_stream(reqs, queue, out, body),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache",
+                                              "X-Accel-Buffering": "no"})
         pending = len(reqs)
         while pending:
             try:
@@ -216,7 +218,8 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
                 if chunks:
                     yield _sse(chunks)
             if out.timed_out:
-                tail = [APIError(408, "the request timed out", type="timeout", code="timeout").body()]
+                tail = [APIError(408, "the request timed out", type="timeout",
+                                 code="timeout").body()]
             elif body.stream_options and body.stream_options.include_usage:
                 tail = [out.usage_chunk()]
             else:

@@ -13,7 +13,8 @@ finish a row; a <|tool_call_end|> pauses it for its tool. A finished row's KV (p
 goes to the prefix cache, so the next turn of its chat starts from there.
 
 Admission control: at most `max_queue` rows (a request's `n` choices are n rows) wait for a slot
-beyond the free ones; `submit` raises `QueueFull` past that (the server answers 429). Every request has a deadline; past it, its rows end "timeout".
+beyond the free ones; `submit` raises `QueueFull` past that (the server answers 429). Every
+request has a deadline; past it, its rows end "timeout".
 The engine knows nothing of HTTP: requests come in as `requests.Request` and leave as events.
 """
 from __future__ import annotations
@@ -97,7 +98,8 @@ class Engine:
         with self._lock:
             # rows that would wait once the free slots are taken (admission happens between
             # decode steps, so a burst that fits the free slots must not count as queued)
-            waiting = sum(q.n for q in self.waiting) + request.n - (self.n_slots - self.busy_slots())
+            free = self.n_slots - self.busy_slots()
+            waiting = sum(q.n for q in self.waiting) + request.n - free
             if waiting > self.max_queue:
                 raise QueueFull(f"all {self.n_slots} slots are busy and {self.max_queue} rows "
                                 "already wait for one")
@@ -192,7 +194,7 @@ class Engine:
         self._fit(slot + 1, self._width(start, len(ids)))
         width = slots.cache_shape(self.cache)[1]  # the row as wide as the slots: few programs
         if start == 0 or prefix is not None:
-            keys, values, n = prefix if prefix is not None else (self._no_prefix, self._no_prefix, 0)
+            keys, values, n = prefix or (self._no_prefix, self._no_prefix, 0)
             pad = [(0, 0), (0, 0), (0, width - keys.shape[2]), (0, 0)]  # one program per width
             cache_row = slots.row_from_prefix(self.config, np.pad(keys, pad), np.pad(values, pad),
                                               np.int32(n), width)

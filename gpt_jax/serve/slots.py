@@ -19,8 +19,8 @@ together in ONE jitted step:
 
 Sampling is per row with traced parameters (temperature, top-p, top-k, seed, choice index, step),
 so requests with different settings share one compiled program; the static `mode` skips the
-random draw when every row is greedy and adds top-k / top-p only when some row asks. Row keys are fold_in(fold_in(key(seed), choice),
-step): a request's tokens depend on its seed, not on its slot or neighbours. Log-probs are those
+random draw when every row is greedy and adds top-k / top-p only when some row asks. Row keys
+are fold_in(fold_in(key(seed), choice), step): a request's tokens depend on its seed, not on its slot or neighbours. Log-probs are those
 of the temperature-scaled distribution before truncation (as `gpt_jax.sampling`), with the
 `n_top` best alternatives for OpenAI's `top_logprobs`.
 
