@@ -238,3 +238,27 @@ def test_merge_deltas_keeps_each_choices_order():
     assert merge_deltas(events) == [
         (0, Delta(0, "ab")), (0, Delta(1, "xy")), (0, Delta(0, "=", (), tool)), (0, Delta(0, "cd")),
         (1, Delta(0, "p")), (0, Finish(0, "stop")), (0, Finish(1, "length")), (0, Done(3, 5, 0))]
+
+
+def test_a_failing_step_ends_its_rows_with_error_and_the_engine_goes_on(model, monkeypatch):
+    from gpt_jax.serve import slots
+
+    tok = model[0]
+    engine = make(model)
+    decode = slots.decode
+    calls = {"n": 0}
+
+    def broken_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected")
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(slots, "decode", broken_once)
+    try:
+        failed = run(engine, [{"prompt": prompts(tok)[0], "max_tokens": 8}])[0]
+        after = run(engine, [{"prompt": prompts(tok)[0], "max_tokens": 8}])[0]
+    finally:
+        engine.stop()
+    assert failed["finish"] == ["error"] and after["finish"] == ["length"]
+    assert len(after["ids"]) == 8 and engine.busy_slots() == 0

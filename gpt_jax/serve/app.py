@@ -143,6 +143,13 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
                                  param="prompt"))
         return await _respond(m, body, reqs, fmt.Text(m, body), http)
 
+    def _failure(reason: str) -> APIError:
+        if reason == "timeout":
+            return APIError(408, f"the request took longer than {timeout_s:g} s", type="timeout",
+                            code="timeout")
+        return APIError(500, "generation failed inside the engine (see the server log); the "
+                             "server goes on", type="server_error", code="engine_error")
+
     def _request(m: ServedModel, body, prompt: list[int], limit: int | None, n_top, chat: bool,
                  param: str) -> Request:
         ctx = m.context
@@ -196,9 +203,8 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
                 continue
             out.add(k, event)
             pending -= isinstance(event, Done)
-        if out.timed_out:
-            raise APIError(408, f"the request took longer than {timeout_s:g} s",
-                           type="timeout", code="timeout")
+        if out.failure:
+            raise _failure(out.failure)
         return out.response()
 
     async def _stream(reqs, queue, out: fmt.Format, body):
@@ -217,9 +223,8 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
                     pending -= isinstance(event, Done)
                 if chunks:
                     yield _sse(chunks)
-            if out.timed_out:
-                tail = [APIError(408, "the request timed out", type="timeout",
-                                 code="timeout").body()]
+            if out.failure:
+                tail = [_failure(out.failure).body()]
             elif body.stream_options and body.stream_options.include_usage:
                 tail = [out.usage_chunk()]
             else:

@@ -51,7 +51,7 @@ class Format:
         self.tools: dict[int, list[dict]] = {}
         self.finish: dict[int, str] = {}
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
-        self.timed_out = False
+        self.failure: str | None = None  # "timeout" or "error" (a choice ended without a reply)
         self.want_logprobs = False
 
     def _index(self, k: int, choice: int) -> int:
@@ -71,9 +71,13 @@ class Format:
                 self.tools.setdefault(i, []).append(event.tool_call)
         elif isinstance(event, Finish):
             self.finish[self._index(k, event.choice)] = event.reason
-            self.timed_out |= event.reason in FAILED
+            if event.reason in FAILED:
+                self._fail(event.reason)
         elif isinstance(event, Done):
             self._count(event)
+
+    def _fail(self, reason: str) -> None:
+        self.failure = "error" if "error" in (reason, self.failure) else reason
 
     def usage_body(self) -> dict:
         u = self.usage
@@ -98,7 +102,7 @@ class Format:
             return []
         if isinstance(event, Finish):
             if event.reason in FAILED:
-                self.timed_out = True
+                self._fail(event.reason)
                 return []
             if event.reason == "cancelled":
                 return []
