@@ -7,7 +7,7 @@ budget is exceeded. A chat's next turn re-sends its history: the blocks the last
 prompt and reply) match, and only the new tail is prefilled.
 
 Host memory, not device: on a CPU host they are the same, and the copy of a hit into a slot is
-one `slots.load_prefix`. Thread-safe (the scheduler thread is the only writer, but stats are read
+one `slots.row_from_prefix`. Thread-safe (the scheduler thread is the only writer, but stats are read
 by the server).
 """
 from __future__ import annotations
