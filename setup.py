@@ -37,6 +37,9 @@ setup(
         # the OpenAI-compatible server (gpt_jax.serve)
         "fastapi==0.163.2",
         "uvicorn==0.54.0",
+        # structured output (gpt_jax.structured) and its validation suite
+        "llguidance==1.9.1",
+        "jsonschema==4.26.0",
     ],
     extras_require={
         "test": [

@@ -71,6 +71,9 @@ class Generation:
     # [B, N] bool, with a tool only: True on tokens the tool wrote (<|tool_result_start|> result
     # <|tool_result_end|>); their logprobs are 0 and RL losses/KL/values must skip them.
     tool_mask: np.ndarray | None = None
+    # [B, N] bool, with constraints only: True on tokens the grammar forced (and the stop token
+    # that ends a completed grammar): written without sampling, log-prob 0.
+    forced: np.ndarray | None = None
 
     def row(self, i: int) -> list[int]:
         return [int(t) for t in self.tokens[i, : self.lengths[i]]]
@@ -310,14 +313,25 @@ def generate(params, config: GPTConfig, prompts: Sequence[Sequence[int]],
              sampling: SamplingConfig = SamplingConfig(), logit_processor: LogitProcessor | None = None,
              processor_state: Any = None, pad_id: int = 0, tokenizer=None,
              row_ids: Sequence[int] | None = None, tool: Callable[[str], str] | None = None,
-             tool_schedule: str | int = 8) -> Generation:
+             tool_schedule: str | int = 8, constraints: Sequence[Any] | None = None) -> Generation:
     """Samples up to `max_new_tokens` after each prompt (lists of ids), all rows in one device loop.
 
     Compiles once per (batch bucket, prompt-length bucket, max_new_tokens, sampling mode).
     Stop strings (needing `tokenizer`) are applied afterwards by truncation.
     `row_ids`: per-row sampling keys (see the module docstring). `tool` (str -> str, needs
     `tokenizer`): run tool calls inside the reply, see `engine_tools.generate_with_tool`.
+    `constraints` (one `structured.Constraint` or None per prompt, needs `tokenizer` and stop ids):
+    structured output, see `engine_constrained.generate_constrained`.
     """
+    if constraints is not None and any(c is not None for c in constraints):
+        if tool is not None:
+            raise ValueError("constraints and a tool in the same generation are not supported")
+        from gpt_jax import engine_constrained
+
+        return engine_constrained.generate_constrained(
+            params, config, prompts, sampling, constraints, tokenizer,
+            logit_processor=logit_processor, processor_state=processor_state, pad_id=pad_id,
+            row_ids=row_ids)
     if tool is not None:
         from gpt_jax import engine_tools
 

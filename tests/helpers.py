@@ -27,28 +27,39 @@ CHAT_TEXT = ("The quick brown fox jumps over the lazy dog. A stitch in time save
              "Chinese too: 你好，世界。今天天气很好。\n")
 
 
+def small_tokenizer():
+    """A byte-level BPE of 300 ids trained on CHAT_TEXT (every byte reachable; seconds to build)."""
+    from gpt_jax.tokenizer import train_bpe
+
+    return train_bpe([CHAT_TEXT * 3], vocab_size=300, min_frequency=1)
+
+
+def random_params(config, seed: int = 0, std: float = 0.3):
+    """The model's params, every entry drawn from N(0, std) (a fixed, untrained model)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gpt_jax.model import GPT
+
+    shapes = jax.eval_shape(GPT(config).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: rng.normal(0, std, s.shape).astype(np.float32),
+                        nn.unbox(shapes["params"]))
+
+
 def random_model_workdir(workdir, config, stages=("sft",), seed: int = 0, std: float = 0.3):
     """A workdir with a BPE tokenizer and random-weight `stages` saved as finished stages (config,
     checkpoint, summary): what the chat CLI and the server load, without training anything."""
     import dataclasses
     import json
 
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
     from gpt_jax.checkpoint import Checkpointer
     from gpt_jax.metrics import write_summary
-    from gpt_jax.model import GPT
-    from gpt_jax.tokenizer import train_bpe
 
-    train_bpe([CHAT_TEXT * 3], vocab_size=300, min_frequency=1).save(
-        workdir / "tokenizer" / "tokenizer.json")
-    shapes = jax.eval_shape(GPT(config).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda s: rng.normal(0, std, s.shape).astype(np.float32),
-                          nn.unbox(shapes["params"]))
+    small_tokenizer().save(workdir / "tokenizer" / "tokenizer.json")
+    params = random_params(config, seed, std)
     for stage in stages:
         (workdir / stage).mkdir()
         (workdir / stage / "config.json").write_text(
