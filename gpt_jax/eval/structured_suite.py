@@ -7,9 +7,10 @@ e-mails, UUIDs), numbers with a fixed number of digits, $ref / $defs, and regexe
 judged by an independent validator: `jsonschema` (with its format checker) for schemas, Python's
 `re.fullmatch` (ASCII classes, as `structured.Constraint.regex` uses) for regexes.
 
-Open-ended values carry a bound (a string's maxLength, an array's maxItems): a free string has
-no end a sampler is drawn to, so at temperature 1 a weak model would write until its token budget
-ends, and a cut output is invalid whatever the constraint.
+Open-ended values carry a bound (a string's maxLength, an array's maxItems, a number's multipleOf,
+a date-time without fractional seconds): a free string has no end a sampler is drawn to, and the
+tiny recipe's digit-loving model writes a `number` or a date-time's fraction until its token
+budget ends; a cut output is invalid whatever the constraint.
 
 `run_suite` samples every case (each row with its own constraint, all cases in one batch, so the
 batch mixes constraints) with and without the constraint, and returns per-case valid rates
@@ -27,6 +28,9 @@ import jsonschema
 from gpt_jax.structured import Constraint
 
 S = {"type": "string", "maxLength": 12}  # a bounded free string
+# llguidance's `format: date` is a regex: it admits Feb 29 in every year (jsonschema does not);
+# the day pattern keeps the case to dates both agree on.
+DATE = {"type": "string", "format": "date", "pattern": r"-(0[1-9]|1[0-9]|2[0-8])$"}
 
 
 def _obj(props: dict, required: list | None = None, **extra) -> dict:
@@ -46,14 +50,16 @@ SCHEMAS: dict[str, dict] = {
                                  "exclusiveMaximum": 10}}),
     "int_year": _obj({"year": {"type": "integer", "minimum": 1900, "maximum": 2100}}),
     "four_digit_int": {"type": "integer", "minimum": 1000, "maximum": 9999},
-    "number_bounds": _obj({"x": {"type": "number", "minimum": 0, "maximum": 1}}),
+    "number_quarters": _obj({"x": {"type": "number", "minimum": 0, "maximum": 10,
+                                   "multipleOf": 0.25}}),
     "price_two_decimals": _obj({"price": {"type": "string", "pattern": r"^[0-9]{1,4}\.[0-9]{2}$"}}),
     "zip_code": _obj({"zip": {"type": "string", "pattern": r"^[0-9]{5}$"}}),
     "phone": _obj({"phone": {"type": "string", "pattern": r"^\+1-[0-9]{3}-[0-9]{3}-[0-9]{4}$"}}),
     "upper_code": _obj({"code": {"type": "string", "pattern": r"^[A-Z]{3}-[0-9]{2}$"}}),
     "hex_color": _obj({"hex": {"type": "string", "pattern": r"^#[0-9a-f]{6}$"}}),
-    "date": _obj({"date": {"type": "string", "format": "date"}}),
-    "date_time": _obj({"at": {"type": "string", "format": "date-time"}}),
+    "date": _obj({"date": DATE}),
+    "date_time": _obj({"at": {"type": "string", "format": "date-time",
+                              "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"}}),
     "time": _obj({"t": {"type": "string", "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$"}}),
     "uuid": _obj({"id": {"type": "string", "format": "uuid"}}),
     "email": _obj({"email": {"type": "string", "format": "email", "maxLength": 24}}),
@@ -100,7 +106,7 @@ SCHEMAS: dict[str, dict] = {
     "order_line": _obj({"sku": {"type": "string", "pattern": r"^SKU-[0-9]{4}$"},
                         "qty": {"type": "integer", "minimum": 1, "maximum": 20},
                         "unit": {"enum": ["kg", "g", "pcs"]}}),
-    "event": _obj({"title": S, "date": {"type": "string", "format": "date"},
+    "event": _obj({"title": S, "date": DATE,
                    "attendees": {"type": "array", "items": S, "maxItems": 2}}),
     "answer_with_steps": _obj({"steps": {"type": "array", "maxItems": 2,
                                          "items": {"type": "string", "maxLength": 10}},
