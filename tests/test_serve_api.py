@@ -4,6 +4,7 @@ stream vs non-stream, the SSE protocol, n / stop / seed / logprobs, 16 concurren
 to the same alone, cancellation freeing slots, 429 under overload, a prefix-cache hit on a chat's
 second turn, and OpenAI-shaped 4xx errors after which the server is still healthy."""
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -187,7 +188,12 @@ def test_completions_endpoint(client):
     ({"messages": [{"role": "user", "content": "fox " * 400}]}, 400, "messages"),
     ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
-    ({"response_format": {"type": "json_object"}}, 400, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "objekt"}}}}, 400, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, 400,
+     "response_format"),
+    ({"response_format": {"type": "regex", "regex": "abc("}}, 400, "response_format"),
+    ({"response_format": {"type": "xml"}}, 400, "response_format"),
     ({"messages": []}, 400, "messages"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_stays_healthy(server, body, status, param):
@@ -204,3 +210,33 @@ def test_malformed_json_is_a_400(server):
     r = httpx.post(f"{server}/v1/chat/completions", content=b'{"model": "sft", "messages": [',
                    headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+          "properties": {"name": {"type": "string", "maxLength": 10},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 120}}}
+
+
+def test_response_format_json_schema_and_regex(server, client):
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON,
+                                                  "strict": True}}
+    res = chat(client, "Who are you?", temperature=1.0, n=4, seed=5, max_tokens=60,
+               response_format=fmt)
+    for c in res.choices:
+        assert c.finish_reason == "stop"
+        jsonschema.validate(json.loads(c.message.content), PERSON)
+    streamed = [c for c in chat(client, "Who are you?", temperature=1.0, n=4, seed=5,
+                                max_tokens=60, response_format=fmt, stream=True) if c.choices]
+    for i, c in enumerate(res.choices):
+        text = "".join(x.choices[0].delta.content or "" for x in streamed
+                       if x.choices[0].index == i)
+        assert text == c.message.content
+    phone = chat(client, "Your number?", temperature=1.0, max_tokens=30,
+                 response_format={"type": "regex", "regex": r"\d{3}-\d{4}"})
+    assert re.fullmatch(r"[0-9]{3}-[0-9]{4}", phone.choices[0].message.content)
+    done = client.completions.create(model="pretrain", prompt="Answer:", max_tokens=10,
+                                     temperature=1.0, extra_body={"response_format": {
+                                         "type": "grammar", "grammar": 'start: "yes" | "no"'}})
+    assert done.choices[0].text in ("yes", "no") and done.choices[0].finish_reason == "stop"

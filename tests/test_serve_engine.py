@@ -262,3 +262,29 @@ def test_a_failing_step_ends_its_rows_with_error_and_the_engine_goes_on(model, m
         engine.stop()
     assert failed["finish"] == ["error"] and after["finish"] == ["length"]
     assert len(after["ids"]) == 8 and engine.busy_slots() == 0
+
+
+def test_constrained_rows_validate_and_equal_each_alone(model):
+    from gpt_jax.eval import structured_suite as suite
+    from gpt_jax.structured import Constraint, ConstraintError
+
+    tok, _, _ = model
+    stops = frozenset({tok.token_id("assistant_end")})
+    engine = make(model)
+    try:
+        names = ["person", "array_of_objects", "re_iso_date", "one_of_objects", "top_level_enum"]
+        cases = dict(suite.cases())
+        grammars = [engine.compile_constraint(cases[n], stops) for n in names] + [None]
+        reqs = [{"prompt": p, "max_tokens": 100, "temperature": 1.0, "seed": 3 + i,
+                 "stop_ids": stops, "grammar": g}
+                for i, (p, g) in enumerate(zip(prompts(tok), grammars))]
+        together = run(engine, reqs)
+        alone = [run(engine, [r])[0] for r in reqs]
+        with pytest.raises(ConstraintError, match="unclosed group"):
+            engine.compile_constraint(Constraint.regex("a("), stops)
+    finally:
+        engine.stop()
+    for i, (t, a) in enumerate(zip(together, alone)):
+        assert t["ids"] == a["ids"] and t["text"] == a["text"]
+        if i < len(names):
+            assert t["finish"] == ["stop"] and suite.is_valid(names[i], t["text"]), t["text"]

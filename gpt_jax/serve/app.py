@@ -7,8 +7,9 @@ compiled /health and every route answer 503. With an API key, every route but /h
 `Authorization: Bearer <key>` (401 otherwise).
 
 This module turns a body into `requests.Request`s (one per prompt; `n` choices each), submits
-them, and turns the engine's events into OpenAI's response or its SSE chunks
-(`response_format`): nothing here knows the model. Errors always have OpenAI's shape; a full
+them, and turns the engine's events into OpenAI's response or its SSE chunks (`formats`):
+nothing here knows the model. A `response_format` is compiled here, off the event loop, so a bad
+or too slow one is a 400 before anything is queued. Errors always have OpenAI's shape; a full
 admission queue is a 429 with Retry-After; a request past its timeout is a 408 (in a stream: an
 error event, then [DONE]); a client that disconnects has its rows cancelled, freeing the slots.
 """
@@ -31,6 +32,7 @@ from gpt_jax.serve.engine import QueueFull
 from gpt_jax.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest
 from gpt_jax.serve.registry import ServedModel
 from gpt_jax.serve.requests import Done, Request
+from gpt_jax.structured import ConstraintError
 
 log = logging.getLogger("gpt_jax.serve")
 
@@ -128,6 +130,7 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
         prompt = m.tokenizer.render_for_completion(messages)
         n_top = (body.top_logprobs or 0) if body.logprobs else None
         req = _request(m, body, prompt, body.limit(), n_top, chat=True, param="messages")
+        req.grammar = await _grammar(m, body, req.stop_ids)
         return await _respond(m, body, [req], fmt.Chat(m, body), http)
 
     @app.post("/v1/completions")
@@ -141,7 +144,20 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
                 raise APIError(400, "prompt has token ids outside the vocabulary", param="prompt")
             reqs.append(_request(m, body, ids, body.max_tokens, body.logprobs, chat=False,
                                  param="prompt"))
+        grammar = await _grammar(m, body, reqs[0].stop_ids)
+        for q in reqs:
+            q.grammar = grammar
         return await _respond(m, body, reqs, fmt.Text(m, body), http)
+
+    async def _grammar(m: ServedModel, body, stop_ids):
+        """The compiled `response_format` (None for free text); a 400 when it does not compile."""
+        constraint = body.constraint()
+        if constraint is None:
+            return None
+        try:
+            return await asyncio.to_thread(m.engine.compile_constraint, constraint, stop_ids)
+        except ConstraintError as e:
+            raise APIError(400, f"response_format: {e}", param="response_format") from None
 
     def _failure(reason: str) -> APIError:
         if reason == "timeout":

@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import jax
 import numpy as np
 
-from gpt_jax import sampling
+from gpt_jax import sampling, structured
 from gpt_jax.engine_tools import ToolIds, open_call, result_ids, run_tool
 from gpt_jax.model import GPTConfig
 from gpt_jax.seq_utils import bucket
@@ -60,6 +60,9 @@ class _Row:
     pending_logprobs: list = dataclasses.field(default_factory=list)
     tool_future: Future | None = None
     tool_expr: str | None = None
+    matcher: structured.RowMatcher | None = None  # a constrained row's place in its grammar
+    prefilled: bool = False  # its prompt is in the slot's cache (the prefix cache may read it)
+    forced: list = dataclasses.field(default_factory=list)  # forced tokens not yet fed
 
 
 class Engine:
@@ -121,6 +124,12 @@ class Engine:
 
     def busy_slots(self) -> int:
         return sum(r is not None for r in self.rows)
+
+    def compile_constraint(self, constraint: structured.Constraint, stop_ids):
+        """The compiled grammar a `Request.grammar` takes; raises `structured.ConstraintError`
+        (invalid, or over 5 s to compile). Blocking: call it off the event loop."""
+        lltok = structured.grammar_tokenizer(self.tok, self.config.vocab_size, stop_ids)
+        return structured.compile_constraint(constraint, lltok)
 
     def warmup(self, max_chunk: int = 256) -> None:
         """Compiles, for every slots width, the greedy prefill of each chunk bucket up to
@@ -188,7 +197,7 @@ class Engine:
         self.resizes += 1
 
     def _extend(self, slot: int, prefix, start: int, ids: list[int], row: tuple,
-                st: slots.SlotStatic):
+                st: slots.SlotStatic, bitmask=None):
         """Prefills ids into `slot` at `start`: from the slot's own columns, or from `prefix`
         ((keys, values, n) of a prefix-cache hit, or None: an empty row) when it is new."""
         self._fit(slot + 1, self._width(start, len(ids)))
@@ -208,7 +217,7 @@ class Engine:
             chunk = np.zeros((1, t), np.int32)
             chunk[0, :n] = rest[:n]
             cache_row, out = slots.extend(self.params, st, cache_row, np.int32(pos), chunk,
-                                          np.int32(n), sampling_row)
+                                          np.int32(n), sampling_row, bitmask)
             pos, rest = pos + n, rest[n:]
         self.cache = slots.put_row(self.cache, cache_row, np.int32(slot))
         return jax.device_get(out)  # sampled after the last chunk
@@ -218,12 +227,19 @@ class Engine:
         tokens = np.zeros(n, np.int32)
         lengths = np.zeros(n, np.int32)
         rows = [(0.0, 1.0, 0, 0, 0, 0)] * n
+        constrained = {}
         for r in self.rows:
             if r is not None and r.slot < n and active[r.slot]:
                 tokens[r.slot], lengths[r.slot] = r.next_token, r.length
                 rows[r.slot] = self._row_params(r)
+                if r.matcher is not None and not r.forced:  # it samples this step
+                    constrained[r.slot] = r.matcher
+        bitmask = None
+        if constrained:
+            bitmask = structured.fill_masks(constrained,
+                                            structured.new_bitmask(n, self.config.vocab_size))
         self.cache, out = slots.decode(self.params, st, self.cache, tokens, lengths,
-                                       active[:n], slots.RowSampling.of(rows))
+                                       active[:n], slots.RowSampling.of(rows), bitmask)
         return jax.device_get(out)
 
     @staticmethod
@@ -281,7 +297,10 @@ class Engine:
         for r in running:
             r.tokens.append(r.next_token)
             r.length += 1
-            self._accept(r, out, r.slot)
+            if r.forced:  # fed one per step; this step's sample for the row is not used
+                self._take(r, r.forced.pop(0), None)
+            else:
+                self._accept(r, out, r.slot)
 
     def _expire(self, now: float) -> None:
         with self._lock:
@@ -326,8 +345,22 @@ class Engine:
         r = _Row(q, choice, slot, RowText(self.tok, q.stop_ids, q.stop_strings),
                  length=len(ids), tokens=ids)
         self.rows[slot] = r
+        bitmask = None
+        if q.grammar is not None:  # the grammar's forced start is prefilled with the prompt
+            r.matcher = structured.RowMatcher(q.grammar)
+            for token in r.matcher.forced():
+                if not self._take(r, token, None):
+                    return
+                ids.append(token)
+                r.length += 1
+            if r.matcher.done:
+                self._finish(r, "stop")
+                return
+            bitmask = structured.fill_masks({0: r.matcher},
+                                            structured.new_bitmask(1, self.config.vocab_size))
         out = self._extend(slot, prefix, n_cached, ids[n_cached:], self._row_params(r),
-                           self._static([q]))
+                           self._static([q]), bitmask)
+        r.prefilled = True
         self._accept(r, out, 0)  # the first token goes out before the prompt's KV is stored
         if self.rows[slot] is r:
             self._store_prefix(r, upto=len(q.prompt))
@@ -358,16 +391,43 @@ class Engine:
     def _accept(self, r: _Row, out: slots.Sampled, i: int) -> None:
         """Row `r` sampled out[i]: record it and decide whether it goes on."""
         q, token = r.request, int(out.token[i])
+        lp = None
+        if q.logprobs is not None:
+            top = tuple((int(t), float(x)) for t, x in
+                        zip(out.top_ids[i][: q.logprobs], out.top_logprobs[i][: q.logprobs]))
+            lp = TokenLogprob(token, float(out.logprob[i]), top)
+        if not self._take(r, token, lp):
+            return
+        if r.matcher is not None:
+            try:
+                forced = r.matcher.advance(token)
+            except RuntimeError:  # the mask left nothing valid: this row fails, not the engine
+                log.exception("constrained row rejected its own token")
+                self._finish(r, "error")
+                return
+            if r.matcher.done:  # complete: its forced tail goes out, and the row ends
+                if all(self._take(r, f, None) for f in forced):
+                    self._finish(r, "stop")
+                return
+            r.forced = forced
+        elif q.tool is not None and self.tool_ids is not None and token == self.tool_ids.call_end:
+            r.tool_expr = open_call(self.tok, r.tokens[len(q.prompt):] + [token])
+            r.tool_future = self._tools.submit(run_tool, q.tool, r.tool_expr)
+
+    def _take(self, r: _Row, token: int, lp: TokenLogprob | None) -> bool:
+        """Appends `token` to row `r`'s reply (sampled with log-prob `lp`, or forced by its
+        grammar: log-prob 0), streams its text, and ends the row on a stop or a limit. Returns
+        whether the row goes on."""
+        q = r.request
         r.next_token = token
         r.generated += 1
         q.completion_tokens += 1
         if q.logprobs is not None:
-            top = tuple((int(t), float(lp)) for t, lp in
-                        zip(out.top_ids[i][: q.logprobs], out.top_logprobs[i][: q.logprobs]))
-            r.pending_logprobs.append(TokenLogprob(token, float(out.logprob[i]), top))
+            r.pending_logprobs.append(lp or TokenLogprob(token, 0.0,
+                                                         ((token, 0.0),)[: q.logprobs]))
         if token in q.stop_ids:
             self._finish(r, "stop")
-            return
+            return False
         text = r.text.add([token])
         if text or r.pending_logprobs:
             q.on_event(Delta(r.choice, text, tuple(r.pending_logprobs)))
@@ -376,9 +436,9 @@ class Engine:
             self._finish(r, "stop")
         elif r.generated >= q.max_tokens or r.length >= self.config.max_seq_len:
             self._finish(r, "length")
-        elif q.tool is not None and self.tool_ids is not None and token == self.tool_ids.call_end:
-            r.tool_expr = open_call(self.tok, r.tokens[len(q.prompt):] + [token])
-            r.tool_future = self._tools.submit(run_tool, q.tool, r.tool_expr)
+        else:
+            return True
+        return False
 
     def _finish(self, r: _Row, reason: str) -> None:
         q = r.request
@@ -396,7 +456,7 @@ class Engine:
             q.on_event(Done(len(q.prompt), q.completion_tokens, q.cached_tokens))
 
     def _store_prefix(self, r: _Row, upto: int) -> None:
-        if self.prefix is None:
+        if self.prefix is None or not r.prefilled:
             return
         tokens = r.tokens[:upto]
         have = self.prefix.missing_from(tokens)

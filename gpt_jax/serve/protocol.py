@@ -2,15 +2,20 @@
 
 Parameters are checked here, so a bad one is a 400 naming it (`param`) before anything runs.
 Known OpenAI parameters this server does not implement (client-side `tools`, `logit_bias`,
-penalties, `echo`, `suffix`, `best_of`, constrained `response_format`) are refused with a 400
-that says so, never silently ignored; unknown extra fields are ignored, as most servers do.
-`top_k` is an extension (0 = off).
+penalties, `echo`, `suffix`, `best_of`) are refused with a 400 that says so, never silently
+ignored; unknown extra fields are ignored, as most servers do. `top_k` is an extension (0 = off).
+
+`response_format` (chat and, as an extension, completions): `text`, `json_object`,
+`json_schema` ({"json_schema": {"name", "schema", "strict"}}), and the extensions
+{"type": "regex", "regex": "..."} and {"type": "grammar", "grammar": "<Lark>"}.
 """
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gpt_jax.structured import Constraint, ConstraintError
 
 MAX_STOP = 4
 
@@ -48,6 +53,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     user: str | None = None
@@ -64,6 +70,31 @@ class _Sampling(BaseModel):
 
     def stop_list(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def constraint(self) -> Constraint | None:
+        """What `response_format` asks of the output (None: free text); a 400 when malformed."""
+        rf = self.response_format
+        if not rf:
+            return None
+        kind = rf.get("type", "text")
+        try:
+            if kind == "text":
+                return None
+            if kind == "json_object":
+                return Constraint.json_object()
+            if kind == "json_schema":
+                spec = rf.get("json_schema")
+                if not isinstance(spec, dict) or "schema" not in spec:
+                    raise ConstraintError('json_schema needs {"json_schema": {"name": ..., '
+                                          '"schema": {...}}}')
+                return Constraint.json_schema(spec["schema"])
+            if kind in ("regex", "grammar") and isinstance(rf.get(kind), str):
+                return Constraint.regex(rf[kind]) if kind == "regex" else Constraint.lark(rf[kind])
+            raise ConstraintError(f"response_format type {kind!r}: expected text, json_object, "
+                                  'json_schema, or the extensions {"type": "regex", "regex": str} '
+                                  'and {"type": "grammar", "grammar": str (Lark)}')
+        except ConstraintError as e:
+            raise APIError(400, f"response_format: {e}", param="response_format") from None
 
     def refuse_unsupported(self) -> None:
         if self.logit_bias:
@@ -99,7 +130,6 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
@@ -109,10 +139,6 @@ class ChatCompletionRequest(_Sampling):
         if self.tools or self.functions:
             raise APIError(400, "client-side tools are not supported: this server runs its own "
                                 "built-in tools (see GET /v1/models)", param="tools")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise APIError(400, f"response_format {self.response_format.get('type')!r} needs "
-                                "constrained decoding, which this server does not have yet",
-                           param="response_format")
         if self.top_logprobs and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         if any(m.role == "tool" for m in self.messages):

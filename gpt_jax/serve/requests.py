@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from gpt_jax.engine_tools import ToolIds
 from gpt_jax.streaming import _held_back
@@ -66,6 +66,7 @@ class Request:
     tool: Callable[[str], str] | None = None
     tool_name: str = "calculator"
     timeout_s: float = 300.0
+    grammar: Any = None  # a compiled constraint (`Engine.compile_constraint`): output must match
     # set by the engine
     submitted: float = dataclasses.field(default_factory=time.monotonic)
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)

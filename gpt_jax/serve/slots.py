@@ -37,6 +37,7 @@ import numpy as np
 
 from gpt_jax.model import GPTConfig
 from gpt_jax.sampling import head_logits, run_blocks
+from gpt_jax.structured import apply_bitmask
 
 
 class RowSampling(NamedTuple):
@@ -199,9 +200,10 @@ def row_from_prefix(config: GPTConfig, keys, values, n, n_cols: int):
 
 
 @functools.partial(jax.jit, static_argnums=1, donate_argnums=2)
-def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling):
+def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling, bitmask=None):
     """tokens [1, T] (n_real real, then padding) into a one-row cache at columns
-    [start, start + T) -> (row, Sampled [1]) for the token after the last real one. Columns
+    [start, start + T) -> (row, Sampled [1]) for the token after the last real one, sampled
+    under `bitmask` [1, ceil(V/32)] when given (a constrained row; None: another program). Columns
     >= start + n_real end up invalid. Compiled per (row width, T) only: the engine moves the row
     out of and back into the slots (`take_row` / `put_row`), so the number of slots never matters."""
     config = st.config
@@ -214,13 +216,16 @@ def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling
         jnp.arange(s)[None, None, :] <= cols[None, :, None])
     x, layers = run_blocks(params, config, tokens, positions, mask, row["layers"], start)
     last = jax.lax.dynamic_slice_in_dim(x, n_real - 1, 1, axis=1)
-    logits = head_logits(params, config, last)[:, 0]
+    logits = apply_bitmask(head_logits(params, config, last)[:, 0], bitmask)
     return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
 
 
 @functools.partial(jax.jit, static_argnums=1, donate_argnums=2)
-def decode(params, st: SlotStatic, cache, tokens, lengths, active, rows: RowSampling):
-    """tokens [R] written at columns lengths [R] (valid where `active`) -> (cache, Sampled [R]).
+def decode(params, st: SlotStatic, cache, tokens, lengths, active, rows: RowSampling,
+           bitmask=None):
+    """tokens [R] written at columns lengths [R] (valid where `active`) -> (cache, Sampled [R]),
+    sampled under `bitmask` [R, ceil(V/32)] when some row is constrained (the others' rows of it
+    all ones; None, the usual case, compiles a program without it).
 
     Over the whole cache, which the engine keeps sized to the rows and lengths in use (`resize`):
     a step reads each cached column once and copies nothing."""
@@ -231,7 +236,7 @@ def decode(params, st: SlotStatic, cache, tokens, lengths, active, rows: RowSamp
     positions = jnp.minimum(lengths, config.max_seq_len - 1)[:, None]
     x, layers = run_blocks(params, config, tokens[:, None], positions, mask, cache["layers"],
                            lengths)
-    logits = head_logits(params, config, x)[:, 0]
+    logits = apply_bitmask(head_logits(params, config, x)[:, 0], bitmask)
     return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
 
 
