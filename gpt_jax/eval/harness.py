@@ -1,0 +1,131 @@
+"""The evaluation harness: score any finished stage on standard benchmarks and the project's own
+tasks, side by side (`python -m gpt_jax.eval --workdir=runs/tiny`).
+
+Suites (each a module of `gpt_jax.eval`):
+- `mmlu`: k-shot log-likelihood multiple choice (lm-evaluation-harness style), per subject,
+  micro and macro;
+- `bpb`: bits per byte on the held-out split of every pretraining source;
+- `arith`: the arithmetic task's levels x answer modes, pass@k, format validity (the compare
+  stage's evaluation, one implementation);
+- `rm`: the reward model's pairwise accuracy on held-out labeler and human pairs (a property of
+  the `reward` stage, reported once).
+
+Resumable and never stale: every finished unit of work (a subject of MMLU, a source of bpb, a
+stage's suite) is appended to `<workdir>/eval/parts.jsonl` under a key that hashes the suite's
+settings and the stage's `summary.json`; a rerun skips the units whose key is there (a killed
+eval continues where it stopped) and recomputes any whose settings or stage changed.
+`<workdir>/eval/summary.json` holds the table: {"stages": {stage: {suite: metrics}}, "chance",
+"limit", ...}; the report's evaluation section reads it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import ml_collections
+
+from gpt_jax.metrics import read_summary, write_summary
+
+SUITES = ("mmlu", "bpb", "arith", "rm")
+STAGES = ("pretrain", "sft", "ppo", "feedme", "grpo", "dpo")
+CHAT_STAGES = STAGES[1:]
+CHANCE = {"mmlu": 0.25, "rm": 0.5}
+
+
+def eval_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict({
+        "stages": "",            # comma-separated; "" = every finished stage of STAGES
+        "suites": ",".join(SUITES),
+        "limit": 0,              # per unit (MMLU questions per subject, bpb documents per
+                                 # source, arithmetic problems per level, RM prompts); 0 = all
+        "mmlu_shots": 5,
+        "bpb_max_bytes": 65_536,  # per source (held-out text beyond this is not read)
+        "arith_pass_k_samples": 8,
+    })
+    cfg.update(overrides)
+    return cfg
+
+
+def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; known: {list(known)}")
+    return names
+
+
+class Parts:
+    """The append-only record of finished units (`parts.jsonl`), read once, flushed per unit."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[str, Any] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: that unit runs again
+                    continue
+                self.done[row["key"]] = row["result"]
+
+    def get_or_run(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key in self.done:
+            return self.done[key]
+        result = fn()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"key": key, "result": result}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[key] = result
+        return result
+
+
+def unit_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def stage_identity(workdir: Path, stage: str) -> str:
+    """Changes whenever the stage is trained again (its summary is rewritten)."""
+    return hashlib.sha256((workdir / stage / "summary.json").read_bytes()).hexdigest()[:16]
+
+
+def finished(workdir: Path, stages: list[str]) -> list[str]:
+    return [s for s in stages if read_summary(workdir / s) is not None]
+
+
+def run(c: ml_collections.ConfigDict, workdir: str | Path,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    from gpt_jax.eval import suites
+
+    workdir = Path(workdir)
+    stages = finished(workdir, _names(c.stages, STAGES, "stages") or list(STAGES))
+    wanted = _names(c.suites, SUITES, "suites")
+    if not stages:
+        raise FileNotFoundError(f"{workdir}: no finished stage among {list(STAGES)}")
+    parts = Parts(workdir / "eval" / "parts.jsonl")
+    ctx = suites.Context(workdir, c, parts, log)
+    t0 = time.perf_counter()
+    table: dict[str, dict[str, Any]] = {s: {} for s in stages}
+    seconds: dict[str, float] = {}
+    for suite in wanted:
+        t = time.perf_counter()
+        if suite == "rm":
+            table_rm = suites.rm(ctx)
+            if table_rm is not None:
+                table.setdefault("reward", {})["rm"] = table_rm
+        else:
+            for stage in stages:
+                result = getattr(suites, suite)(ctx, stage)
+                if result is not None:
+                    table[stage][suite] = result
+        seconds[suite] = time.perf_counter() - t
+    summary = {"stage": "eval", "stages": table, "suites": wanted, "limit": int(c.limit),
+               "settings": c.to_dict(), "chance": CHANCE, "seconds_by_suite": seconds,
+               "wall_seconds": time.perf_counter() - t0}
+    write_summary(workdir / "eval", summary)
+    return summary
