@@ -135,3 +135,53 @@ def test_the_command_end_to_end_and_resumed(tmp_path, capsys):
     assert len((wd / "eval" / "parts.jsonl").read_text().splitlines()) == n_parts
     assert json.loads((wd / "eval" / "summary.json").read_text())["stages"] == s["stages"]
     assert main([f"--workdir={wd}", "--suites=nope"]) == 2
+
+
+def _fake_reward_stage(wd, config):
+    """A reward stage with random weights, saved as the reward stage saves its model."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from gpt_jax.checkpoint import Checkpointer
+    from gpt_jax.heads import RewardModel
+    from gpt_jax.metrics import write_summary
+
+    shapes = jax.eval_shape(lambda: nn.unbox(RewardModel(config).init(
+        jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
+    rng = np.random.default_rng(5)
+    params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32), shapes)
+    (wd / "reward").mkdir()
+    (wd / "reward" / "config.json").write_text(json.dumps(
+        {"model": dataclasses.asdict(config), "train": {"seq_len": 128}}))
+    final = Checkpointer(wd / "reward" / "final", max_to_keep=1, async_save=False)
+    final.save(0, {"params": params}, meta={"stage": "reward", "bias_offset": 0.0})
+    final.close()
+    write_summary(wd / "reward", {"step": 1})
+
+
+def test_gsm8k_and_winrate_suites(tmp_path):
+    config = GPTConfig(family="llama", vocab_size=320, max_seq_len=256, n_layers=2, d_model=32,
+                       n_heads=4, n_kv_heads=2, init_std=0.3)
+    wd = random_model_workdir(tmp_path, config, stages=("sft", "pretrain"))
+    _fake_reward_stage(wd, config)
+    assert main([f"--workdir={wd}", "--suites=gsm8k,winrate", "--limit=3", "--no-report"]) == 0
+    s = json.loads((wd / "eval" / "summary.json").read_text())["stages"]
+    assert s["sft"]["gsm8k"]["problems"] == 3 and "accuracy_calc" in s["sft"]["gsm8k"]
+    assert "accuracy_calc" not in s["pretrain"]["gsm8k"]  # the base model answers few-shot
+    w = s["sft"]["winrate"]
+    assert w["instructions"] == 3 and w["win_rate"] in (0, 1 / 6, 1 / 3, 0.5, 2 / 3, 5 / 6, 1)
+    assert "winrate" not in s["pretrain"]  # chat stages only
+
+
+def test_length_controlled_win_rate_removes_a_length_preference():
+    from gpt_jax.eval.generative import length_controlled
+
+    rng = np.random.default_rng(0)
+    diff = rng.normal(200, 300, 4000)  # our answers mostly longer
+    x = np.tanh(diff / diff.std())
+    wins = (rng.random(4000) < 1 / (1 + np.exp(-(0.0 + 3.0 * x)))).astype(float)
+    assert wins.mean() > 0.65  # the judge likes length...
+    assert length_controlled(wins, diff) == pytest.approx(0.5, abs=0.05)  # ...not the answers
+    fair = (rng.random(4000) < 0.7).astype(float)
+    assert length_controlled(fair, diff) == pytest.approx(fair.mean(), abs=0.03)

@@ -7,6 +7,10 @@ Suites (each a module of `gpt_jax.eval`):
 - `bpb`: bits per byte on the held-out split of every pretraining source;
 - `arith`: the arithmetic task's levels x answer modes, pass@k, format validity (the compare
   stage's evaluation, one implementation);
+- `gsm8k`: exact match of the final number, few-shot for the base model, the chat template for
+  chat stages, without and with the calculator (`gpt_jax.eval.generative`);
+- `winrate`: chat stages' answers to AlpacaEval's instructions against the shipped reference
+  outputs, judged by the project's reward model (a proxy), raw and length-controlled;
 - `rm`: the reward model's pairwise accuracy on held-out labeler and human pairs (a property of
   the `reward` stage, reported once).
 
@@ -30,10 +34,10 @@ import ml_collections
 
 from gpt_jax.metrics import read_summary, write_summary
 
-SUITES = ("mmlu", "bpb", "arith", "rm")
+SUITES = ("mmlu", "bpb", "arith", "gsm8k", "winrate", "rm")
 STAGES = ("pretrain", "sft", "ppo", "feedme", "grpo", "dpo")
 CHAT_STAGES = STAGES[1:]
-CHANCE = {"mmlu": 0.25, "rm": 0.5}
+CHANCE = {"mmlu": 0.25, "rm": 0.5, "winrate": 0.5}
 
 
 def eval_config(**overrides) -> ml_collections.ConfigDict:
@@ -45,6 +49,9 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
         "mmlu_shots": 5,
         "bpb_max_bytes": 65_536,  # per source (held-out text beyond this is not read)
         "arith_pass_k_samples": 8,
+        "gsm8k_shots": 4,        # the base model's solved examples (as many as fit)
+        "gen_max_new_tokens": 128,  # GSM8K replies and AlpacaEval answers
+        "winrate_reference": "gpt4_1106_preview",  # AlpacaEval 2.0's baseline outputs
     })
     cfg.update(overrides)
     return cfg

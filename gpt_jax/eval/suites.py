@@ -182,3 +182,39 @@ def rm(ctx: Context) -> dict[str, Any] | None:
     ctx.log("eval: reward model accuracy " + ", ".join(
         f"{k} {v['accuracy']:.3f}" for k, v in result.items()))
     return result
+
+
+# -- generative: GSM8K and the AlpacaEval win rate (gpt_jax.eval.generative) ----------------------
+def _generation_settings(ctx: Context):
+    from gpt_jax.compare import compare_config
+
+    return compare_config(max_new_tokens=int(ctx.c.gen_max_new_tokens),
+                          few_shot=int(ctx.c.gsm8k_shots))
+
+
+def gsm8k(ctx: Context, stage: str) -> dict[str, Any]:
+    from gpt_jax.eval import generative
+
+    c = _generation_settings(ctx)
+    key = unit_key("gsm8k", stage, stage_identity(ctx.workdir, stage), c.to_dict(), ctx.limit)
+    result = ctx.parts.get_or_run(key, lambda: generative.gsm8k(ctx, stage, c))
+    ctx.log(f"eval: {stage} gsm8k accuracy {result.get('accuracy'):.3f}, with the calculator "
+            f"{result.get('accuracy_calc', float('nan')):.3f} ({result['problems']} problems)")
+    return result
+
+
+def winrate(ctx: Context, stage: str) -> dict[str, Any] | None:
+    from gpt_jax.eval import generative
+    from gpt_jax.eval.harness import CHAT_STAGES
+    from gpt_jax.metrics import read_summary
+
+    if stage not in CHAT_STAGES or read_summary(ctx.workdir / "reward") is None:
+        return None
+    c = _generation_settings(ctx)
+    ref = str(ctx.c.winrate_reference)
+    key = unit_key("winrate", stage, stage_identity(ctx.workdir, stage),
+                   stage_identity(ctx.workdir, "reward"), c.to_dict(), ref, ctx.limit)
+    result = ctx.parts.get_or_run(key, lambda: generative.winrate(ctx, stage, c, ref))
+    ctx.log(f"eval: {stage} win rate against {ref} {result['win_rate']:.3f} (length-controlled "
+            f"{result['length_controlled_win_rate']:.3f}; judge: the reward model)")
+    return result

@@ -17,14 +17,20 @@ def eval_section(run: RunFiles, fig_dir: Path) -> list[str]:
              f"{limit}; {fmt(s.get('wall_seconds'), 0)} s). MMLU is k-shot log-likelihood (chance "
              "0.25; the shots that fit the context are used); bits per byte are on each "
              "pretraining source's held-out text (lower is better); arithmetic is greedy "
-             "accuracy per level and answer mode.", ""]
+             "accuracy per level and answer mode; GSM8K is greedy exact match of the final number "
+             "(chat stages also with the calculator); the win rate is against AlpacaEval's "
+             "reference outputs, judged by the project's reward model (a proxy, not GPT-4).", ""]
     header = ["stage", "MMLU micro", "MMLU macro", "shots used", "bits/byte (all)"]
     header += [f"{lv} {m}" for lv, m in ARITH_CELLS]
+    header += ["GSM8K", "GSM8K + calc", "win rate", "LC win rate"]
     rows = []
     for stage, res in stages.items():
         rows.append([stage, get(res, "mmlu.micro_accuracy"), get(res, "mmlu.macro_accuracy"),
                      fmt(get(res, "mmlu.mean_shots"), 2), get(res, "bpb.all")]
-                    + [get(res, f"arith.accuracy.{lv}.{m}") for lv, m in ARITH_CELLS])
+                    + [get(res, f"arith.accuracy.{lv}.{m}") for lv, m in ARITH_CELLS]
+                    + [get(res, "gsm8k.accuracy"), get(res, "gsm8k.accuracy_calc"),
+                       get(res, "winrate.win_rate"),
+                       get(res, "winrate.length_controlled_win_rate")])
     lines += table(header, rows) + [""]
     sources = sorted({src for res in stages.values() for src in get(res, "bpb.per_source", {})})
     if sources:
