@@ -134,6 +134,11 @@ def test_the_command_end_to_end_and_resumed(tmp_path, capsys):
     assert main(argv) == 0  # every unit is cached: nothing is scored again
     assert len((wd / "eval" / "parts.jsonl").read_text().splitlines()) == n_parts
     assert json.loads((wd / "eval" / "summary.json").read_text())["stages"] == s["stages"]
+    # one suite at a time: the other's results stay in the table while their stage is unchanged
+    assert main([f"--workdir={wd}", "--suites=bpb", "--limit=2", "--no-report"]) == 0
+    s2 = json.loads((wd / "eval" / "summary.json").read_text())
+    assert s2["stages"]["sft"]["mmlu"] == s["stages"]["sft"]["mmlu"]
+    assert s2["limits"] == {"mmlu": 1, "bpb": 2}
     assert main([f"--workdir={wd}", "--suites=nope"]) == 2
 
 

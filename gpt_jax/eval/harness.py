@@ -18,8 +18,10 @@ Resumable and never stale: every finished unit of work (a subject of MMLU, a sou
 stage's suite) is appended to `<workdir>/eval/parts.jsonl` under a key that hashes the suite's
 settings and the stage's `summary.json`; a rerun skips the units whose key is there (a killed
 eval continues where it stopped) and recomputes any whose settings or stage changed.
-`<workdir>/eval/summary.json` holds the table: {"stages": {stage: {suite: metrics}}, "chance",
-"limit", ...}; the report's evaluation section reads it.
+`<workdir>/eval/summary.json` holds the table: {"stages": {stage: {suite: metrics}}, "limits"
+(per suite), "identities" (per stage), "chance", ...}; suites not run by this command keep their
+earlier results while their stage is unchanged, so suites can be run one command at a time (with
+different `--limit`s). The report's evaluation section reads it.
 """
 from __future__ import annotations
 
@@ -131,8 +133,29 @@ def run(c: ml_collections.ConfigDict, workdir: str | Path,
                 if result is not None:
                     table[stage][suite] = result
         seconds[suite] = time.perf_counter() - t
-    summary = {"stage": "eval", "stages": table, "suites": wanted, "limit": int(c.limit),
-               "settings": c.to_dict(), "chance": CHANCE, "seconds_by_suite": seconds,
+    identities = {s: stage_identity(workdir, s) for s in table
+                  if (workdir / s / "summary.json").exists()}
+    limits = {suite: int(c.limit) for suite in wanted}
+    _keep_earlier(read_summary(workdir / "eval"), table, identities, limits, wanted)
+    summary = {"stage": "eval", "stages": table, "suites": sorted(limits, key=SUITES.index),
+               "limits": limits, "identities": identities, "settings": c.to_dict(),
+               "chance": CHANCE, "seconds_by_suite": seconds,
                "wall_seconds": time.perf_counter() - t0}
     write_summary(workdir / "eval", summary)
     return summary
+
+
+def _keep_earlier(old: dict | None, table: dict, identities: dict, limits: dict,
+                  wanted: list[str]) -> None:
+    """Adds an earlier command's results for suites this one did not run, where their stage is
+    still the one they scored (same identity), so `--suites=mmlu` then `--suites=bpb` give one
+    table; results of a retrained stage are dropped."""
+    if not old:
+        return
+    for stage, results in old.get("stages", {}).items():
+        if old.get("identities", {}).get(stage) != identities.get(stage):
+            continue
+        for suite, result in results.items():
+            if suite not in wanted and suite in SUITES:
+                table.setdefault(stage, {})[suite] = result
+                limits.setdefault(suite, old.get("limits", {}).get(suite, 0))

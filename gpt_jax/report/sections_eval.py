@@ -12,9 +12,8 @@ ARITH_CELLS = (("L1", "cot"), ("L2", "cot"), ("L3", "cot"), ("L3", "calc"))
 def eval_section(run: RunFiles, fig_dir: Path) -> list[str]:
     s = run.summary("eval")
     stages = {k: v for k, v in (s.get("stages") or {}).items() if k != "reward"}
-    limit = s.get("limit") or "none"
-    lines = [f"`python -m gpt_jax.eval` (suites {', '.join(s.get('suites', []))}; limit per unit "
-             f"{limit}; {fmt(s.get('wall_seconds'), 0)} s). MMLU is k-shot log-likelihood (chance "
+    limits = ", ".join(f"{k} {v or 'none'}" for k, v in (s.get("limits") or {}).items())
+    lines = [f"`python -m gpt_jax.eval` (limit per unit: {limits}). MMLU is k-shot log-likelihood (chance "
              "0.25; the shots that fit the context are used); bits per byte are on each "
              "pretraining source's held-out text (lower is better); arithmetic is greedy "
              "accuracy per level and answer mode; GSM8K is greedy exact match of the final number "
