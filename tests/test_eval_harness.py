@@ -170,7 +170,8 @@ def test_gsm8k_and_winrate_suites(tmp_path):
                        n_heads=4, n_kv_heads=2, init_std=0.3)
     wd = random_model_workdir(tmp_path, config, stages=("sft", "pretrain"))
     _fake_reward_stage(wd, config)
-    assert main([f"--workdir={wd}", "--suites=gsm8k,winrate", "--limit=3", "--no-report"]) == 0
+    assert main([f"--workdir={wd}", "--suites=winrate", "--limit=3", "--no-report"]) == 0
+    assert main([f"--workdir={wd}", "--suites=gsm8k", "--limit=3", "--no-report"]) == 0
     s = json.loads((wd / "eval" / "summary.json").read_text())["stages"]
     assert s["sft"]["gsm8k"]["problems"] == 3 and "accuracy_calc" in s["sft"]["gsm8k"]
     assert "accuracy_calc" not in s["pretrain"]["gsm8k"]  # the base model answers few-shot

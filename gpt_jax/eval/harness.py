@@ -133,10 +133,11 @@ def run(c: ml_collections.ConfigDict, workdir: str | Path,
                 if result is not None:
                     table[stage][suite] = result
         seconds[suite] = time.perf_counter() - t
-    identities = {s: stage_identity(workdir, s) for s in table
+    old = read_summary(workdir / "eval") or {}
+    identities = {s: stage_identity(workdir, s) for s in {*table, *old.get("stages", {})}
                   if (workdir / s / "summary.json").exists()}
     limits = {suite: int(c.limit) for suite in wanted}
-    _keep_earlier(read_summary(workdir / "eval"), table, identities, limits, wanted)
+    _keep_earlier(old, table, identities, limits, wanted)
     summary = {"stage": "eval", "stages": table, "suites": sorted(limits, key=SUITES.index),
                "limits": limits, "identities": identities, "settings": c.to_dict(),
                "chance": CHANCE, "seconds_by_suite": seconds,
@@ -145,7 +146,7 @@ def run(c: ml_collections.ConfigDict, workdir: str | Path,
     return summary
 
 
-def _keep_earlier(old: dict | None, table: dict, identities: dict, limits: dict,
+def _keep_earlier(old: dict, table: dict, identities: dict, limits: dict,
                   wanted: list[str]) -> None:
     """Adds an earlier command's results for suites this one did not run, where their stage is
     still the one they scored (same identity), so `--suites=mmlu` then `--suites=bpb` give one
