@@ -132,34 +132,10 @@ class Engine:
         return structured.compile_constraint(constraint, lltok)
 
     def warmup(self, max_chunk: int = 256) -> None:
-        """Compiles, for every slots width, the greedy prefill of each chunk bucket up to
-        `max_chunk` (longer chunks compile when first met), the greedy decode at every slots
-        shape, and the sampling modes for one short row. After it, greedy serving meets no
-        compile (a stall of ~1 s each on the tiny recipe's model)."""
-        greedy = self._static([Request([0], 1, lambda e: None)])
-        params = (0.0, 1.0, 0, 0, 0, 0)
-        for cols in self._col_buckets():
-            t = 8
-            while t <= min(cols, max_chunk):
-                row = slots.init_slots(self.config, 1, cols)
-                slots.extend(self.params, greedy, row, np.int32(0), np.zeros((1, t), np.int32),
-                             np.int32(t), slots.RowSampling.of([params]))
-                t *= 2
-        one = np.arange(self.n_slots) == 0  # slot 0 at length 0
-        for q in (Request([0], 1, lambda e: None, temperature=1.0),
-                  Request([0], 1, lambda e: None, temperature=1.0, top_p=0.9)):
-            self._fit(1, 64, shrink=True)
-            self._extend(0, None, 0, [0] * 8, (1.0, 0.9, 0, 0, 0, 0), self._static([q]))
-            self._decode(one, self._static([q]))
-        rows = 1
-        while True:  # greedy decode at every (rows, columns) bucket
-            for cols in self._col_buckets():
-                self.cache = slots.init_slots(self.config, rows, cols)
-                self._decode(one, greedy)
-            if rows >= self.n_slots:
-                break
-            rows = self._row_bucket(rows + 1)
-        self.cache = slots.init_slots(self.config, 1, 64)
+        """Compiles the serving programs before the first request (`serve.warmup`)."""
+        from gpt_jax.serve.warmup import warmup
+
+        warmup(self, max_chunk)
 
     # -- device calls ----------------------------------------------------------------------------
     def _col_buckets(self) -> list[int]:
@@ -248,14 +224,7 @@ class Engine:
         return (q.temperature, q.top_p, q.top_k, q.seed, r.choice, r.generated)
 
     def _static(self, requests) -> slots.SlotStatic:
-        """The sampling program for rows of these requests (bucketed top-k candidates)."""
-        sampled = [q for q in requests if q.temperature > 0]
-        filtered = [q for q in sampled if q.top_k > 0 or q.top_p < 1]
-        mode = "filtered" if filtered else "sample" if sampled else "greedy"
-        k_max = max((q.top_k for q in filtered), default=0)
-        k_cap = min(bucket(k_max, 8), self.vocab_limit) if k_max else 0
-        return slots.SlotStatic(self.config, mode, k_cap, min(N_TOP, self.vocab_limit),
-                                self.vocab_limit)
+        return slots.static_for(self.config, self.vocab_limit, requests, N_TOP)
 
     # -- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 
 from gpt_jax.model import GPTConfig
 from gpt_jax.sampling import head_logits, run_blocks
+from gpt_jax.seq_utils import bucket
 from gpt_jax.structured import apply_bitmask
 
 
@@ -69,6 +70,17 @@ class SlotStatic(NamedTuple):
     k_cap: int  # filtered: candidates for top-k (>= every row's top_k; 0: no row uses top-k)
     n_top: int  # alternatives returned per token
     vocab_limit: int  # ids >= this are never sampled (a model vocab padded past the tokenizer's)
+
+
+def static_for(config: GPTConfig, vocab_limit: int, requests, n_top: int) -> SlotStatic:
+    """The sampling program for rows of these requests (`temperature`, `top_k`, `top_p` each):
+    greedy when none samples, "filtered" when one uses top-k / top-p (k candidates bucketed)."""
+    sampled = [q for q in requests if q.temperature > 0]
+    filtered = [q for q in sampled if q.top_k > 0 or q.top_p < 1]
+    mode = "filtered" if filtered else "sample" if sampled else "greedy"
+    k_max = max((q.top_k for q in filtered), default=0)
+    k_cap = min(bucket(k_max, 8), vocab_limit) if k_max else 0
+    return SlotStatic(config, mode, k_cap, min(n_top, vocab_limit), vocab_limit)
 
 
 class Sampled(NamedTuple):
