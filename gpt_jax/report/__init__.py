@@ -9,7 +9,7 @@ still train, and it never changes a stage's outputs.
 Layout: a title with the date and git commit; the report card (one headline metric per stage, and
 the policies side by side); the environment (CPU, jax devices, mesh, wall time and parameters per
 stage); then one section per stage: tokenizer, pretraining, SFT, reward model, PPO, best-of-N,
-FeedME, compare, the evaluation suites (`python -m gpt_jax.eval`). A section whose stage has no summary.json says "not run"; a key a summary lacks
+FeedME, compare, and the evaluation suites once `python -m gpt_jax.eval` has run. A section whose stage has no summary.json says "not run"; a key a summary lacks
 prints "n/a". A section that still fails to render says so in place rather than losing the report.
 
 Code: gpt_jax/report/runfiles.py (reading a workdir, cell formatting), card.py (report card and
@@ -47,6 +47,7 @@ __all__ = [
 
 
 Section = Callable[[RunFiles, Path], list[str]]
+OPTIONAL = {"eval"}  # sections left out (not "not run") until their command has run
 SECTIONS: list[tuple[str, str | None, Section]] = [
     ("Report card", None, report_card),
     ("Environment", None, environment),
@@ -67,6 +68,8 @@ def render(run: RunFiles, fig_dir: Path) -> str:
              f"Generated {datetime.datetime.now().isoformat(timespec='seconds')}, "
              f"commit {git_commit()}.", ""]
     for title, stage, section in SECTIONS:
+        if stage in OPTIONAL and run.summary(stage) is None:
+            continue  # not a recipe stage: its section appears once it has run
         lines += [f"## {title}", ""]
         if stage is not None and run.summary(stage) is None:
             progress = run.metrics(stage)
