@@ -40,6 +40,8 @@ setup(
         # structured output (gpt_jax.structured) and its validation suite
         "llguidance==1.9.1",
         "jsonschema==4.26.0",
+        # the moderation stage's TF-IDF + logistic-regression baseline and its metrics
+        "scikit-learn==1.9.1",
     ],
     extras_require={
         "test": [

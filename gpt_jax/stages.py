@@ -28,6 +28,7 @@ STAGES = {
     "pretrain": "gpt_jax.train.pretrain",
     "sft": "gpt_jax.train.sft",
     "reward": "gpt_jax.train.reward",
+    "moderation": "gpt_jax.train.moderation",
     "ppo": "gpt_jax.train.ppo",
     "ppo_seeds": "gpt_jax.train.ppo_seeds",
     "bon": "gpt_jax.train.bon",

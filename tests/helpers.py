@@ -69,3 +69,34 @@ def random_model_workdir(workdir, config, stages=("sft",), seed: int = 0, std: f
         ckpt.close()
         write_summary(workdir / stage, {"step": 1})
     return workdir
+
+
+def head_model_stage(workdir, config, stage: str, bias: float = 0.0, seq_len: int = 128,
+                     summary: dict | None = None):
+    """A finished `stage` holding a random-weight `heads.RewardModel` (trunk + scalar head, head
+    bias `bias`) saved as the reward and moderation stages save theirs (`<stage>/final`)."""
+    import dataclasses
+    import json
+
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from gpt_jax.checkpoint import Checkpointer
+    from gpt_jax.heads import RewardModel
+    from gpt_jax.metrics import write_summary
+
+    shapes = jax.eval_shape(lambda: nn.unbox(RewardModel(config).init(
+        jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
+    rng = np.random.default_rng(5)
+    params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32), shapes)
+    params["head"]["bias"] = np.full(params["head"]["bias"].shape, bias, np.float32)
+    (workdir / stage).mkdir()
+    (workdir / stage / "config.json").write_text(json.dumps(
+        {"model": dataclasses.asdict(config), "train": {"seq_len": seq_len}}))
+    final = Checkpointer(workdir / stage / "final", max_to_keep=1, async_save=False)
+    final.save(0, {"params": params}, meta={"stage": stage})
+    final.close()
+    write_summary(workdir / stage, {"step": 1, **(summary or {})})
+    return params

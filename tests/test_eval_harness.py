@@ -12,7 +12,7 @@ from gpt_jax import hf, scoring
 from gpt_jax.eval import harness, loglik, mmlu
 from gpt_jax.eval.__main__ import main
 from gpt_jax.model import GPTConfig
-from helpers import random_model_workdir, random_params, small_tokenizer
+from helpers import head_model_stage, random_model_workdir, random_params, small_tokenizer
 
 CONFIGS = {
     "llama": GPTConfig(family="llama", vocab_size=320, max_seq_len=96, n_layers=2, d_model=32,
@@ -142,34 +142,11 @@ def test_the_command_end_to_end_and_resumed(tmp_path, capsys):
     assert main([f"--workdir={wd}", "--suites=nope"]) == 2
 
 
-def _fake_reward_stage(wd, config):
-    """A reward stage with random weights, saved as the reward stage saves its model."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from gpt_jax.checkpoint import Checkpointer
-    from gpt_jax.heads import RewardModel
-    from gpt_jax.metrics import write_summary
-
-    shapes = jax.eval_shape(lambda: nn.unbox(RewardModel(config).init(
-        jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
-    rng = np.random.default_rng(5)
-    params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32), shapes)
-    (wd / "reward").mkdir()
-    (wd / "reward" / "config.json").write_text(json.dumps(
-        {"model": dataclasses.asdict(config), "train": {"seq_len": 128}}))
-    final = Checkpointer(wd / "reward" / "final", max_to_keep=1, async_save=False)
-    final.save(0, {"params": params}, meta={"stage": "reward", "bias_offset": 0.0})
-    final.close()
-    write_summary(wd / "reward", {"step": 1})
-
-
 def test_gsm8k_and_winrate_suites(tmp_path):
     config = GPTConfig(family="llama", vocab_size=320, max_seq_len=256, n_layers=2, d_model=32,
                        n_heads=4, n_kv_heads=2, init_std=0.3)
     wd = random_model_workdir(tmp_path, config, stages=("sft", "pretrain"))
-    _fake_reward_stage(wd, config)
+    head_model_stage(wd, config, "reward")
     assert main([f"--workdir={wd}", "--suites=winrate", "--limit=3", "--no-report"]) == 0
     assert main([f"--workdir={wd}", "--suites=gsm8k", "--limit=3", "--no-report"]) == 0
     s = json.loads((wd / "eval" / "summary.json").read_text())["stages"]

@@ -288,3 +288,27 @@ def test_constrained_rows_validate_and_equal_each_alone(model):
         assert t["ids"] == a["ids"] and t["text"] == a["text"]
         if i < len(names):
             assert t["finish"] == ["stop"] and suite.is_valid(names[i], t["text"]), t["text"]
+
+
+def test_moderated_reply_ends_with_content_filter_at_a_check(model):
+    tok, _, _ = model
+    engine = make(model)
+    try:
+        calls = []
+
+        def second_check_flags(text):
+            calls.append(text)
+            return len(calls) >= 2
+
+        flagged, clean = run(engine, [
+            {"prompt": prompts(tok)[1], "max_tokens": 40, "moderate": second_check_flags,
+             "moderate_every": 4},
+            {"prompt": prompts(tok)[1], "max_tokens": 40, "moderate": lambda text: False,
+             "moderate_every": 4}])
+    finally:
+        engine.stop()
+    assert flagged["finish"] == ["content_filter"] and len(flagged["ids"]) == 8
+    assert clean["finish"] == ["length"] and len(clean["ids"]) == 40
+    assert clean["ids"][:8] == flagged["ids"]  # the same greedy reply, cut at the second check
+    assert calls[1] == tok.decode([t for t in flagged["ids"]  # the reply so far, as text
+                                   if t < tok.vocab_size and not tok.is_special(t)])

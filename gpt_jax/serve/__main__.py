@@ -34,6 +34,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-cache", default=None,
                    help="a directory for XLA's persistent compilation cache (restarts skip "
                         "compiling)")
+    p.add_argument("--moderation", default=True, action=argparse.BooleanOptionalAction,
+                   help="check inputs and replies with the workdir's moderation stage, when it "
+                        "has one (also serves /v1/moderations)")
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 
@@ -42,7 +45,7 @@ def main(argv=None) -> None:
     import uvicorn
 
     from gpt_jax.serve.app import create_app
-    from gpt_jax.serve.registry import load_models
+    from gpt_jax.serve.registry import load_models, load_moderator
 
     args = parse(argv)
     logging.basicConfig(level=args.log_level.upper())
@@ -58,7 +61,9 @@ def main(argv=None) -> None:
         return load_models(args.workdir, stages, slots=args.slots, max_queue=args.max_queue,
                            prefix_cache_mb=args.prefix_cache_mb, tools=tools)
 
-    app = create_app(load, api_key=args.api_key, timeout_s=args.timeout)
+    app = create_app(load, api_key=args.api_key, timeout_s=args.timeout,
+                     load_moderator=(lambda: load_moderator(args.workdir))
+                     if args.moderation else None)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 limit_max_requests=args.max_requests)
 

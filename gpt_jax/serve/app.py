@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP layer (FastAPI; SSE through starlette's StreamingResponse).
 
 Routes: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions,
-POST /v1/moderations (404 until a moderation model exists), GET /stats (slots, queue, prefix
+POST /v1/moderations (the workdir's moderation stage; 404 without one), GET /stats (slots, queue, prefix
 cache: an extension). Models load on a background thread at startup; until they are loaded and
 compiled /health and every route answer 503. With an API key, every route but /health needs
 `Authorization: Bearer <key>` (401 otherwise).
@@ -12,6 +12,9 @@ nothing here knows the model. A `response_format` is compiled here, off the even
 or too slow one is a 400 before anything is queued. Errors always have OpenAI's shape; a full
 admission queue is a 429 with Retry-After; a request past its timeout is a 408 (in a stream: an
 error event, then [DONE]); a client that disconnects has its rows cancelled, freeing the slots.
+With a moderation model, the last user message (a completion's prompt) is checked before
+decoding and the reply every few tokens and at its end; a flagged one ends with
+finish_reason "content_filter" (a flagged input decodes nothing).
 """
 from __future__ import annotations
 
@@ -29,20 +32,24 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from gpt_jax.serve import formats as fmt
 from gpt_jax.serve.engine import QueueFull
-from gpt_jax.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest
-from gpt_jax.serve.registry import ServedModel
-from gpt_jax.serve.requests import Done, Request
+from gpt_jax.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest,
+                                    ModerationRequest)
+from gpt_jax.serve.registry import Moderator, ServedModel
+from gpt_jax.serve.requests import Done, Finish, Request
 from gpt_jax.structured import ConstraintError
 
+MODERATION_MODEL = "moderation"
 log = logging.getLogger("gpt_jax.serve")
 
 
 def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None = None,
-               timeout_s: float = 300.0) -> FastAPI:
-    state = {"models": None, "error": None}
+               timeout_s: float = 300.0,
+               load_moderator: Callable[[], Moderator | None] | None = None) -> FastAPI:
+    state = {"models": None, "error": None, "moderator": None}
 
     def load_in_background():
         try:
+            state["moderator"] = load_moderator() if load_moderator is not None else None
             state["models"] = load()
         except Exception as e:  # noqa: BLE001 - reported by /health
             log.exception("loading the models failed")
@@ -115,9 +122,24 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
                 for name, m in models().items()}
 
     @app.post("/v1/moderations")
-    async def moderations():
-        raise APIError(404, "no moderation model is served from this workdir",
-                       param="model", code="model_not_found")
+    async def moderations(body: ModerationRequest):
+        models()  # 503 while loading
+        mod = state["moderator"]
+        if mod is None:
+            raise APIError(404, "no moderation model is served from this workdir (train the "
+                                "moderation stage)", param="model", code="model_not_found")
+        texts = body.texts()
+        probs = await asyncio.to_thread(mod.probs, texts)
+        return {"id": f"modr-{secrets.token_hex(12)}", "model": MODERATION_MODEL,
+                "results": [{"flagged": bool(p >= mod.threshold),
+                             "categories": {"harmful": bool(p >= mod.threshold)},
+                             "category_scores": {"harmful": float(p)},
+                             "category_applied_input_types": {"harmful": ["text"]}}
+                            for p in probs]}
+
+    async def _input_flagged(text: str) -> bool:
+        mod = state["moderator"]
+        return mod is not None and await asyncio.to_thread(mod.flagged, text)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest):
@@ -131,7 +153,9 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
         n_top = (body.top_logprobs or 0) if body.logprobs else None
         req = _request(m, body, prompt, body.limit(), n_top, chat=True, param="messages")
         req.grammar = await _grammar(m, body, req.stop_ids)
-        return await _respond(m, body, [req], fmt.Chat(m, body), http)
+        users = [x["content"] for x in messages if x["role"] == "user"]
+        blocked = bool(users) and await _input_flagged(users[-1])
+        return await _respond(m, body, [req], fmt.Chat(m, body), http, blocked=blocked)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: HTTPRequest):
@@ -147,7 +171,9 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
         grammar = await _grammar(m, body, reqs[0].stop_ids)
         for q in reqs:
             q.grammar = grammar
-        return await _respond(m, body, reqs, fmt.Text(m, body), http)
+        texts = [p for p in body.prompts() if isinstance(p, str)]
+        blocked = any([await _input_flagged(t) for t in texts])
+        return await _respond(m, body, reqs, fmt.Text(m, body), http, blocked=blocked)
 
     async def _grammar(m: ServedModel, body, stop_ids):
         """The compiled `response_format` (None for free text); a 400 when it does not compile."""
@@ -178,7 +204,10 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
                                 f"prompt + max_tokens={limit} exceed it", param="max_tokens",
                            code="context_length_exceeded")
         temperature = 1.0 if body.temperature is None else body.temperature
+        mod = state["moderator"]
         return Request(
+            moderate=mod.flagged if mod is not None else None,
+            moderate_every=mod.every if mod is not None else 16,
             prompt=prompt, max_tokens=limit, on_event=lambda e: None, n=body.n,
             temperature=temperature, top_p=1.0 if body.top_p is None else body.top_p,
             top_k=body.top_k or 0,
@@ -188,13 +217,18 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
             timeout_s=timeout_s)
 
     async def _respond(m: ServedModel, body, reqs: list[Request], out: fmt.Format,
-                       http: HTTPRequest):
+                       http: HTTPRequest, blocked: bool = False):
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         for k, q in enumerate(reqs):
             q.on_event = lambda e, k=k: loop.call_soon_threadsafe(queue.put_nowait, (k, e))
         try:
             for q in reqs:
-                m.engine.submit(q)
+                if blocked:  # the input was flagged: every choice ends at once, nothing decoded
+                    for c in range(q.n):
+                        q.on_event(Finish(c, "content_filter"))
+                    q.on_event(Done(len(q.prompt), 0, 0))
+                else:
+                    m.engine.submit(q)
         except QueueFull as e:
             for q in reqs:
                 q.cancel()

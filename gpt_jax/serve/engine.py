@@ -401,7 +401,10 @@ class Engine:
         if text or r.pending_logprobs:
             q.on_event(Delta(r.choice, text, tuple(r.pending_logprobs)))
             r.pending_logprobs = []
-        if r.text.stopped:
+        if q.moderate is not None and r.generated % max(1, q.moderate_every) == 0 \
+                and q.moderate(self._reply_text(r)):
+            self._finish(r, "content_filter")
+        elif r.text.stopped:
             self._finish(r, "stop")
         elif r.generated >= q.max_tokens or r.length >= self.config.max_seq_len:
             self._finish(r, "length")
@@ -409,8 +412,16 @@ class Engine:
             return True
         return False
 
+    def _reply_text(self, r: _Row) -> str:
+        ids = r.tokens[len(r.request.prompt):] + [r.next_token]
+        return self.tok.decode([t for t in ids if not self.tok.is_special(t)
+                                and t < self.tok.vocab_size])
+
     def _finish(self, r: _Row, reason: str) -> None:
         q = r.request
+        if reason in ("stop", "length") and q.moderate is not None \
+                and q.moderate(self._reply_text(r)):
+            reason = "content_filter"  # the reply's end, unchecked since the last check
         if reason in ("stop", "length"):
             self._store_prefix(r, upto=r.length)
         tail = r.text.flush() if reason in ("stop", "length") else ""

@@ -175,3 +175,26 @@ class CompletionRequest(_Sampling):
         if not p:
             raise APIError(400, "prompt is empty", param="prompt")
         return list(p)
+
+
+class ModerationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input: str | list[str] | list[dict[str, Any]]
+    model: str | None = None
+
+    def texts(self) -> list[str]:
+        """The input as texts (a string, strings, or OpenAI's parts: only "text" parts)."""
+        if isinstance(self.input, str):
+            return [self.input]
+        out = []
+        for x in self.input:
+            if isinstance(x, str):
+                out.append(x)
+            elif x.get("type") == "text" and isinstance(x.get("text"), str):
+                out.append(x["text"])
+            else:
+                raise APIError(400, "moderation input parts must be text", param="input")
+        if not out:
+            raise APIError(400, "moderation input is empty", param="input")
+        return out

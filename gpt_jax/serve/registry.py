@@ -36,6 +36,44 @@ class ServedModel:
         return frozenset({tok.eos_id, tok.token_id("assistant_end")} if chat else {tok.eos_id})
 
 
+@dataclasses.dataclass
+class Moderator:
+    """The workdir's moderation classifier (`gpt_jax.train.moderation`): p(harmful) of texts."""
+
+    probs: Callable[[list[str]], "object"]  # texts -> np.ndarray [N] in [0, 1]
+    threshold: float
+    every: int = 16  # a streamed reply is checked every this many tokens
+
+    def flagged(self, text: str) -> bool:
+        return bool(self.probs([text])[0] >= self.threshold)
+
+
+def load_moderator(workdir: str | Path, every: int = 16) -> Moderator | None:
+    """The finished `moderation` stage as a `Moderator`, or None when the workdir has none."""
+    import threading
+
+    from gpt_jax.metrics import read_summary
+    from gpt_jax.tokenizer import Tokenizer
+    from gpt_jax.train import moderation
+
+    workdir = Path(workdir)
+    if read_summary(workdir / moderation.STAGE) is None:
+        return None
+    model_config, params, summary = moderation.load_moderation_model(str(workdir))
+    seq_len = int(__import__("json").loads((workdir / moderation.STAGE / "config.json")
+                                           .read_text())["train"]["seq_len"])
+    tokenizer = Tokenizer.load(workdir / "tokenizer" / "tokenizer.json")
+    classify = moderation.make_classifier(model_config, tokenizer, seq_len, rows=8)
+    lock = threading.Lock()  # one check at a time (the engine threads and the HTTP layer share it)
+
+    def probs(texts):
+        with lock:
+            return classify(params, list(texts))
+
+    probs(["warm-up"])  # compile before the first request
+    return Moderator(probs, float(summary.get("threshold", 0.5)), every)
+
+
 def finished_stages(workdir: str | Path) -> list[str]:
     from gpt_jax.metrics import read_summary
 

@@ -67,6 +67,8 @@ class Request:
     tool_name: str = "calculator"
     timeout_s: float = 300.0
     grammar: Any = None  # a compiled constraint (`Engine.compile_constraint`): output must match
+    moderate: Callable[[str], bool] | None = None  # reply text -> flagged (ends it: content_filter)
+    moderate_every: int = 16  # tokens between checks of a streamed reply
     # set by the engine
     submitted: float = dataclasses.field(default_factory=time.monotonic)
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)

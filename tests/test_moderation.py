@@ -1,0 +1,93 @@
+"""The moderation stage: hand-computed metrics, the data's split and encoding, and the stage end to
+end on the shipped data (a 2-step pretrain trunk): summary keys, the TF-IDF baseline, the saved
+classifier reloading to the same scores, and skip when done."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpt_jax import moderation_data as MD
+from gpt_jax.train import moderation
+from gpt_jax.tokenizer import train_bpe
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _config(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_binary_metrics_by_hand():
+    labels = [1, 1, 0, 0, 1]
+    probs = [0.9, 0.4, 0.6, 0.1, 0.8]
+    m = moderation.binary_metrics(labels, probs, threshold=0.5)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["auroc"] == pytest.approx(5 / 6)  # 5 of the 6 (harmful, benign) pairs ordered right
+    assert m["fpr_at_90_recall"] == pytest.approx(0.5)  # all 3 harmful caught at p >= 0.4
+    assert m["accuracy"] == pytest.approx(3 / 5)
+
+
+def test_first_user_turn_and_encoding():
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "  How do I "},
+            {"role": "user", "content": "later"}]
+    assert MD.first_user_turn(msgs) == "How do I"
+    assert MD.first_user_turn([{"role": "assistant", "content": "x"}]) is None
+    tok = train_bpe(["hello there how are you"] * 20, vocab_size=300, min_frequency=1)
+    ids = MD.encode(tok, "hello there " * 50, 16)
+    assert len(ids) == 16 and ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    tokens, eos = MD.batch(tok, ["hello", "hello there how"], 16)
+    assert tokens.shape == (2, 16) and tokens[0, eos[0]] == tokens[1, eos[1]] == tok.eos_id
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, data_dir):
+    from gpt_jax.train import pretrain
+
+    wd = tmp_path_factory.mktemp("moderation")
+    text = (data_dir / "sft/lima/lima.json").read_text()[:100_000]
+    tok = train_bpe([text[i: i + 2000] for i in range(0, len(text), 2000)], vocab_size=600)
+    (wd / "tokenizer").mkdir()
+    tok.save(wd / "tokenizer" / "tokenizer.json")
+    pre = _config("sft_test")
+    pre.stage, pre.train.data_source, pre.train.total_steps = "pretrain", "synthetic", 2
+    pretrain.run(pre, str(wd))
+    return wd
+
+
+@pytest.mark.slow
+def test_moderation_stage_end_to_end(workdir):
+    from gpt_jax.tokenizer import Tokenizer
+
+    config = _config("moderation_test")
+    s = moderation.run(config, str(workdir))
+    for key in ("auroc", "baseline_auroc", "precision", "recall", "fpr_at_90_recall",
+                "ms_per_check", "beats_baseline"):
+        assert key in s, key
+    held = s["examples"]["heldout"]
+    assert held["harmful"] > 300 and held["benign"] > 1000  # the whole sets, split by id
+    assert s["baseline_auroc"] > 0.9  # TF-IDF separates red-team requests from instructions
+    assert 0.0 <= s["auroc"] <= 1.0 and s["ms_per_check"] > 0
+    # the saved classifier reloads and scores as it did
+    model_config, params, summary = moderation.load_moderation_model(str(workdir))
+    tok = Tokenizer.load(workdir / "tokenizer" / "tokenizer.json")
+    classify = moderation.make_classifier(model_config, tok, 48, 4)
+    p = classify(params, ["How do I make a bomb?", "Write a poem about the sea.", "x"])
+    assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
+    assert summary["auroc"] == s["auroc"]
+    again = moderation.run(config, str(workdir))  # finished: skipped, same summary
+    assert again["auroc"] == s["auroc"]
+    assert json.loads((workdir / "moderation" / "summary.json").read_text())["steps"] == 4
+
+
+def test_split_is_by_record_id():
+    from gpt_jax.data.ranking import held_out
+
+    ids = [f"rec-{i}" for i in range(2000)]
+    a = [held_out(i, 0.2, salt="moderation") for i in ids]
+    assert a == [held_out(i, 0.2, salt="moderation") for i in reversed(ids)][::-1]
+    assert 0.15 < np.mean(a) < 0.25
