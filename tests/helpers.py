@@ -100,3 +100,31 @@ def head_model_stage(workdir, config, stage: str, bias: float = 0.0, seq_len: in
     final.close()
     write_summary(workdir / stage, {"step": 1, **(summary or {})})
     return params
+
+
+def load_test_config(name: str):
+    """get_config() of tests/configs/<name>.py."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def pretrained_workdir(workdir, data_dir):
+    """`workdir` with a 600-id BPE (trained on LIMA) and a 2-step pretrain of the sft_test model
+    on random tokens: what the stage tests build on."""
+    from gpt_jax.tokenizer import train_bpe
+    from gpt_jax.train import pretrain
+
+    text = (data_dir / "sft/lima/lima.json").read_text()[:100_000]
+    tok = train_bpe([text[i: i + 2000] for i in range(0, len(text), 2000)], vocab_size=600)
+    (workdir / "tokenizer").mkdir()
+    tok.save(workdir / "tokenizer" / "tokenizer.json")
+    pre = load_test_config("sft_test")
+    pre.stage, pre.train.data_source, pre.train.total_steps = "pretrain", "synthetic", 2
+    pretrain.run(pre, str(workdir))
+    return workdir

@@ -1,9 +1,7 @@
 """The moderation stage: hand-computed metrics, the data's split and encoding, and the stage end to
 end on the shipped data (a 2-step pretrain trunk): summary keys, the TF-IDF baseline, the saved
 classifier reloading to the same scores, and skip when done."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +9,7 @@ import pytest
 from gpt_jax import moderation_data as MD
 from gpt_jax.train import moderation
 from gpt_jax.tokenizer import train_bpe
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _config(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from helpers import load_test_config, pretrained_workdir
 
 
 def test_binary_metrics_by_hand():
@@ -46,24 +36,14 @@ def test_first_user_turn_and_encoding():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, data_dir):
-    from gpt_jax.train import pretrain
-
-    wd = tmp_path_factory.mktemp("moderation")
-    text = (data_dir / "sft/lima/lima.json").read_text()[:100_000]
-    tok = train_bpe([text[i: i + 2000] for i in range(0, len(text), 2000)], vocab_size=600)
-    (wd / "tokenizer").mkdir()
-    tok.save(wd / "tokenizer" / "tokenizer.json")
-    pre = _config("sft_test")
-    pre.stage, pre.train.data_source, pre.train.total_steps = "pretrain", "synthetic", 2
-    pretrain.run(pre, str(wd))
-    return wd
+    return pretrained_workdir(tmp_path_factory.mktemp("moderation"), data_dir)
 
 
 @pytest.mark.slow
 def test_moderation_stage_end_to_end(workdir):
     from gpt_jax.tokenizer import Tokenizer
 
-    config = _config("moderation_test")
+    config = load_test_config("moderation_test")
     s = moderation.run(config, str(workdir))
     for key in ("auroc", "baseline_auroc", "precision", "recall", "fpr_at_90_recall",
                 "ms_per_check", "beats_baseline"):

@@ -1,44 +1,24 @@
 """The SFT and reward stages end to end on a tiny workdir (tokenizer + a 2-step pretrain), through
 their `run` functions: files, summary keys, parent initialisation, skip when done."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpt_jax.tokenizer import train_bpe
+from helpers import load_test_config, pretrained_workdir
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _config(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, data_dir):
-    from gpt_jax.train import pretrain
-
-    wd = tmp_path_factory.mktemp("stages")
-    text = (data_dir / "sft/lima/lima.json").read_text()[:100_000]
-    tok = train_bpe([text[i : i + 2000] for i in range(0, len(text), 2000)], vocab_size=600)
-    (wd / "tokenizer").mkdir()
-    tok.save(wd / "tokenizer" / "tokenizer.json")
-    pre = _config("sft_test")
-    pre.stage, pre.train.data_source, pre.train.total_steps = "pretrain", "synthetic", 2
-    pretrain.run(pre, str(wd))
-    return wd
+    return pretrained_workdir(tmp_path_factory.mktemp("stages"), data_dir)
 
 
 @pytest.mark.slow
 def test_sft_then_reward_stage(workdir):
     from gpt_jax.train import reward, sft
 
-    summary = sft.run(_config("sft_test"), str(workdir))
+    summary = sft.run(load_test_config("sft_test"), str(workdir))
     for key in ("heldout_masked_loss", "task_heldout_accuracy", "task_heldout_gold_score",
                 "mixture_weights", "wall_seconds"):
         assert key in summary
@@ -46,9 +26,9 @@ def test_sft_then_reward_stage(workdir):
     assert set(summary["mixture_weights"]) == {"identity", "task:arithmetic"}
     samples = (workdir / "sft" / "samples.jsonl").read_text().splitlines()
     assert {json.loads(s)["step"] for s in samples} == {2, 4}
-    assert sft.run(_config("sft_test"), str(workdir)) == summary  # done: skipped
+    assert sft.run(load_test_config("sft_test"), str(workdir)) == summary  # done: skipped
 
-    rs = reward.run(_config("reward_test"), str(workdir))
+    rs = reward.run(load_test_config("reward_test"), str(workdir))
     acc = rs["heldout_accuracy"]
     assert set(acc) == {"labeler_vs_gold", "labeler_vs_labeler", *reward.HUMAN_SETS}
     for name, row in acc.items():
@@ -65,7 +45,7 @@ def test_sft_then_reward_stage(workdir):
     from gpt_jax.data import tasks_data
     from gpt_jax.tokenizer import Tokenizer
 
-    cfg = _config("reward_test")
+    cfg = load_test_config("reward_test")
     tok = Tokenizer.load(str(workdir / "tokenizer" / "tokenizer.json"))
     demos = tasks_data.sft_demonstrations(cfg, str(workdir), cfg.reward.bias_demos)
     examples = [R.encode_ranking(tok, m, [r], cfg.train.seq_len) for m, r in demos]
