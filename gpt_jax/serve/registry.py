@@ -8,6 +8,7 @@ prefix cache) and the workdir's tokenizer.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -60,8 +61,8 @@ def load_moderator(workdir: str | Path, every: int = 16) -> Moderator | None:
     if read_summary(workdir / moderation.STAGE) is None:
         return None
     model_config, params, summary = moderation.load_moderation_model(str(workdir))
-    seq_len = int(__import__("json").loads((workdir / moderation.STAGE / "config.json")
-                                           .read_text())["train"]["seq_len"])
+    seq_len = int(json.loads((workdir / moderation.STAGE / "config.json").read_text())
+                  ["train"]["seq_len"])
     tokenizer = Tokenizer.load(workdir / "tokenizer" / "tokenizer.json")
     classify = moderation.make_classifier(model_config, tokenizer, seq_len, rows=8)
     lock = threading.Lock()  # one check at a time (the engine threads and the HTTP layer share it)

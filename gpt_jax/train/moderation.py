@@ -29,7 +29,7 @@ import optax
 
 from gpt_jax import moderation_data as MD
 from gpt_jax import sharding as shd
-from gpt_jax.checkpoint import Checkpointer, load_stage, restore_params
+from gpt_jax.checkpoint import Checkpointer, load_stage
 from gpt_jax.data.step_batches import StepIndexedBatches
 from gpt_jax.flops import train_flops_per_token
 from gpt_jax.heads import RewardModel, score
@@ -148,20 +148,16 @@ def tfidf_baseline(train: list[MD.Example], held: list[MD.Example], threshold: f
 
 
 def load_moderation_model(workdir: str, stage: str = STAGE) -> tuple[GPTConfig, dict, dict]:
-    """(model config, params, summary) of `<workdir>/<stage>/final`."""
-    import json
-
+    """(model config, params, summary) of `<workdir>/<stage>/final` (saved as the reward stage
+    saves its model, so `reward.load_reward_model` reads it)."""
     from gpt_jax.metrics import read_summary
+    from gpt_jax.train.reward import load_reward_model
 
-    stage_dir = Path(workdir) / stage
-    summary = read_summary(stage_dir)
-    if summary is None or not (stage_dir / "final").exists():
-        raise FileNotFoundError(f"{stage_dir}: no finished moderation stage")
-    cfg = json.loads((stage_dir / "config.json").read_text())
-    model_config = GPTConfig.from_config(cfg["model"])
-    abstract = jax.eval_shape(lambda: nn.unbox(RewardModel(model_config).init(
-        jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]))
-    return model_config, restore_params(stage_dir / "final", abstract), summary
+    summary = read_summary(Path(workdir) / stage)
+    if summary is None:
+        raise FileNotFoundError(f"{Path(workdir) / stage}: no finished moderation stage")
+    model_config, params = load_reward_model(workdir, stage)
+    return model_config, params, summary
 
 
 def run(config, workdir: str) -> dict[str, Any]:
