@@ -128,3 +128,45 @@ def pretrained_workdir(workdir, data_dir):
     pre.stage, pre.train.data_source, pre.train.total_steps = "pretrain", "synthetic", 2
     pretrain.run(pre, str(workdir))
     return workdir
+
+
+def webchat_workdir(workdir, flag_everything: bool = False):
+    """A workdir for the web chat tests: random-weight chat models `sft` and `dpo` with a 1024-token
+    context (replies long enough to stop mid-stream), and with `flag_everything` a moderation
+    stage whose head flags every text."""
+    from gpt_jax.model import GPTConfig
+
+    config = GPTConfig(family="llama", vocab_size=320, max_seq_len=1024, n_layers=2, d_model=32,
+                       n_heads=4, n_kv_heads=2, init_std=0.3)
+    random_model_workdir(workdir, config, stages=("sft", "dpo"))
+    if flag_everything:
+        head_model_stage(workdir, config, "moderation", bias=20.0, seq_len=32,
+                         summary={"threshold": 0.5})
+    return workdir
+
+
+def sse_events(response):
+    """The JSON events of an httpx streaming response (`data: {...}` lines), as they arrive."""
+    import json
+
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            yield json.loads(line[len("data: "):])
+
+
+def long_greedy_prompt(server_url: str, api_key: str = "none", model: str = "sft",
+                       tokens: int = 300) -> str:
+    """A user message that the served random-weight `model` answers greedily with at least `tokens`
+    tokens (no end token): a reply that is still streaming when a test presses Stop. Chosen by
+    asking, so it holds whatever the weights' numerics on this machine."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server_url}/v1", api_key=api_key, max_retries=0,
+                           timeout=120)
+    for k in range(40):
+        prompt = f"Tell me a long story, number {k}."
+        res = client.chat.completions.create(model=model, temperature=0, max_tokens=tokens,
+                                             messages=[{"role": "user", "content": prompt}])
+        if res.choices[0].finish_reason == "length":
+            return prompt
+    raise AssertionError(f"no prompt of 40 gets a {tokens}-token greedy reply from {model}")

@@ -5,7 +5,10 @@ Serves every finished chat stage of the workdir (or `--stages`) under its stage 
 rows (n choices = n rows) may wait for a slot beyond the free ones (then 429), `--timeout`
 seconds per request, `--prefix-cache-mb` of
 reusable KV per model (0 = off). `--tools` names the built-in tools that run inside decoding
-(calculator, python). `--api-key` (or GPT_JAX_API_KEY) requires `Authorization: Bearer <key>`.
+(calculator, python). `--api-key` (or GPT_JAX_API_KEY; several, comma-separated) requires
+`Authorization: Bearer <key>`; each key sees only its own web-chat conversations. Without a key
+the server binds to a loopback address only. The web chat at `/` keeps conversations in SQLite
+(`--chat-db`, default <workdir>/chats.sqlite). Bodies over `--max-body-kb` are a 413.
 `--max-requests` makes the server exit after that many requests (tests, benchmarks);
 `--compile-cache DIR` keeps XLA's compiled programs on disk, so a restart skips the warm-up's
 compiles.
@@ -15,6 +18,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -29,7 +35,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.add_argument("--prefix-cache-mb", type=float, default=256.0)
     p.add_argument("--tools", default="calculator", help="built-in tools ('' = none)")
-    p.add_argument("--api-key", default=os.environ.get("GPT_JAX_API_KEY"))
+    p.add_argument("--api-key", default=os.environ.get("GPT_JAX_API_KEY"),
+                   help="comma-separated keys; each owns its web-chat conversations")
+    p.add_argument("--chat-db", default=None,
+                   help="the web chat's SQLite file (default <workdir>/chats.sqlite)")
+    p.add_argument("--max-body-kb", type=int, default=1024, help="largest request body")
     p.add_argument("--max-requests", type=int, default=None)
     p.add_argument("--compile-cache", default=None,
                    help="a directory for XLA's persistent compilation cache (restarts skip "
@@ -38,7 +48,12 @@ def parse(argv=None) -> argparse.Namespace:
                    help="check inputs and replies with the workdir's moderation stage, when it "
                         "has one (also serves /v1/moderations)")
     p.add_argument("--log-level", default="warning")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.api_keys = [k for k in (args.api_key or "").split(",") if k]
+    if not args.api_keys and args.host not in LOOPBACK:
+        p.error(f"--host {args.host} without --api-key: without a key the server listens on "
+                f"loopback only ({', '.join(LOOPBACK)})")
+    return args
 
 
 def main(argv=None) -> None:
@@ -61,9 +76,11 @@ def main(argv=None) -> None:
         return load_models(args.workdir, stages, slots=args.slots, max_queue=args.max_queue,
                            prefix_cache_mb=args.prefix_cache_mb, tools=tools)
 
-    app = create_app(load, api_key=args.api_key, timeout_s=args.timeout,
+    app = create_app(load, api_keys=args.api_keys, timeout_s=args.timeout,
                      load_moderator=(lambda: load_moderator(args.workdir))
-                     if args.moderation else None)
+                     if args.moderation else None,
+                     chat_db=args.chat_db or Path(args.workdir) / "chats.sqlite",
+                     max_body_bytes=args.max_body_kb * 1024)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 limit_max_requests=args.max_requests)
 

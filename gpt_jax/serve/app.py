@@ -19,33 +19,43 @@ finish_reason "content_filter" (a flagged input decodes nothing).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import secrets
 import threading
 from contextlib import asynccontextmanager
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 from fastapi import Depends, FastAPI, Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from gpt_jax.serve import formats as fmt
+from gpt_jax.serve.conversations import ConversationStore
+from gpt_jax.serve.limits import BodyLimit
 from gpt_jax.serve.engine import QueueFull
 from gpt_jax.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest,
                                     ModerationRequest)
 from gpt_jax.serve.registry import Moderator, ServedModel
 from gpt_jax.serve.requests import Done, Finish, Request
+from gpt_jax.serve.webchat import ChatBackend, add_webchat
 from gpt_jax.structured import ConstraintError
 
 MODERATION_MODEL = "moderation"
+PUBLIC_PATHS = ("/health", "/")  # and /static: a mount, outside the routes' key dependency
+LOCAL_OWNER = "local"
 log = logging.getLogger("gpt_jax.serve")
 
 
-def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None = None,
+def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[str] = (),
                timeout_s: float = 300.0,
-               load_moderator: Callable[[], Moderator | None] | None = None) -> FastAPI:
+               load_moderator: Callable[[], Moderator | None] | None = None,
+               chat_db: str | Path | None = None, max_body_bytes: int = 1 << 20) -> FastAPI:
     state = {"models": None, "error": None, "moderator": None}
+    keys = {f"Bearer {k}": owner_id(k) for k in api_keys}
+    store = ConversationStore(chat_db) if chat_db is not None else None
 
     def load_in_background():
         try:
@@ -61,16 +71,23 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
         yield
         for m in (state["models"] or {}).values():
             m.engine.stop()
+        if store is not None:
+            store.close()
 
     async def check_key(request: HTTPRequest):
         # a dependency, not an HTTP middleware: starlette's BaseHTTPMiddleware re-streams every
         # response through a memory channel, half the event loop's time at 64 streams
-        if api_key and request.url.path != "/health":
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+        if keys and request.url.path not in PUBLIC_PATHS:
+            if request.headers.get("authorization", "") not in keys:
                 raise APIError(401, "missing or wrong API key (Authorization: Bearer <key>)",
                                code="invalid_api_key")
 
+    async def owner(request: HTTPRequest) -> str:
+        """Whose conversations: the key's hash ("local" when the server has no keys)."""
+        return keys.get(request.headers.get("authorization", ""), LOCAL_OWNER)
+
     app = FastAPI(title="gpt_jax", lifespan=lifespan, dependencies=[Depends(check_key)])
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
@@ -284,7 +301,15 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_key: str | None =
             for q in reqs:
                 q.cancel()
 
+    if store is not None:
+        add_webchat(app, store, ChatBackend(model=model, models=models, make_request=_request,
+                                            input_flagged=_input_flagged, owner=owner))
     return app
+
+
+def owner_id(api_key: str) -> str:
+    """The owner of a key's conversations: a hash, so the database never holds the key."""
+    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:24]
 
 
 def _json(body: dict) -> str:

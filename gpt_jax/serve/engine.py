@@ -275,14 +275,14 @@ class Engine:
         with self._lock:
             keep = collections.deque()
             for q in self.waiting:
-                if q.cancelled.is_set():
+                reason = ("cancelled" if q.cancelled.is_set() else
+                          "timeout" if now > q.deadline else None)
+                if reason is None:
+                    keep.append(q)
                     continue
-                if now > q.deadline:
-                    for c in range(q.n):
-                        q.on_event(Finish(c, "timeout"))
-                    q.on_event(Done(len(q.prompt), 0, 0))
-                    continue
-                keep.append(q)
+                for c in range(q.n):
+                    q.on_event(Finish(c, reason))
+                q.on_event(Done(len(q.prompt), 0, 0))
             self.waiting = keep
         for r in [r for r in self.rows if r is not None]:
             if r.request.cancelled.is_set():
