@@ -10,7 +10,7 @@ RUN_STAMP := $(VENV)/.installed-run-stamp
 WORKDIR ?= runs/tiny
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench clean chromium
 
 # $(call venv_install,<pip target>): create the venv if missing, install, touch the stamp ($@).
 define venv_install
@@ -38,10 +38,18 @@ run: $(RUN_STAMP)
 # single-threaded compilation, so two files in parallel use the 2 cores better than one.
 TEST_WORKERS ?= 2
 
-test: $(STAMP)
+# The web chat's browser tests drive Debian's chromium (Playwright's own browser download does
+# not work offline); installed with apt when missing (sudo when not root).
+CHROMIUM_PKG := chromium
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(CHROMIUM_PKG); }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) chromium
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
 
 bench: $(STAMP)

@@ -14,6 +14,7 @@ setup(
     description="The ChatGPT recipe end to end in JAX/Flax: pretraining, SFT, reward modeling, RLHF.",
     python_requires=">=3.11",
     packages=find_packages(include=["gpt_jax", "gpt_jax.*"]),
+    package_data={"gpt_jax.serve": ["static/*"]},  # the web chat page
     install_requires=[
         f"jax=={JAX_VERSION}",
         f"jaxlib=={JAX_VERSION}",
@@ -53,6 +54,7 @@ setup(
             "nbformat==5.11.1",
             "ipykernel==7.4.0",
             "openai==3.51.0",
+            "playwright==1.65.2",  # drives Debian's chromium (make test installs it)
         ],
         "hf": ["torch==2.13.0", "transformers==5.23.0"],
         "cuda": [f"jax[cuda12]=={JAX_VERSION}"],

@@ -130,14 +130,19 @@ def pretrained_workdir(workdir, data_dir):
     return workdir
 
 
+def webchat_config():
+    """The web chat tests' model: tiny, with a 1024-token context."""
+    from gpt_jax.model import GPTConfig
+
+    return GPTConfig(family="llama", vocab_size=320, max_seq_len=1024, n_layers=2, d_model=32,
+                     n_heads=4, n_kv_heads=2, init_std=0.3)
+
+
 def webchat_workdir(workdir, flag_everything: bool = False):
     """A workdir for the web chat tests: random-weight chat models `sft` and `dpo` with a 1024-token
     context (replies long enough to stop mid-stream), and with `flag_everything` a moderation
     stage whose head flags every text."""
-    from gpt_jax.model import GPTConfig
-
-    config = GPTConfig(family="llama", vocab_size=320, max_seq_len=1024, n_layers=2, d_model=32,
-                       n_heads=4, n_kv_heads=2, init_std=0.3)
+    config = webchat_config()
     random_model_workdir(workdir, config, stages=("sft", "dpo"))
     if flag_everything:
         head_model_stage(workdir, config, "moderation", bias=20.0, seq_len=32,

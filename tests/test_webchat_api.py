@@ -9,7 +9,7 @@ import pytest
 
 from gpt_jax.serve.__main__ import parse
 from gpt_jax.serve.launch import ServerProcess
-from gpt_jax.serve.webchat import TITLE_PROMPT, clean_title
+from gpt_jax.serve.webchat import TITLE_CONTEXT_CHARS, TITLE_PROMPT, clean_title
 from helpers import long_greedy_prompt, sse_events, webchat_workdir
 
 ALICE, BOB = "key-alice", "key-bob"
@@ -90,8 +90,8 @@ def test_reply_title_regenerate_and_edit(server):
     # the title is the model's own greedy answer to the title request after the first exchange
     client = openai.OpenAI(base_url=f"{server}/v1", api_key=ALICE, max_retries=0, timeout=60)
     asked = client.chat.completions.create(model="sft", temperature=0, max_tokens=16, messages=[
-        {"role": "user", "content": user["content"]},
-        {"role": "assistant", "content": reply["content"]},
+        {"role": "user", "content": user["content"][:TITLE_CONTEXT_CHARS]},
+        {"role": "assistant", "content": reply["content"][:TITLE_CONTEXT_CHARS]},
         {"role": "user", "content": TITLE_PROMPT}]).choices[0].message.content
     expected = clean_title(asked) or clean_title(user["content"])
     assert events[-1]["title"] == expected

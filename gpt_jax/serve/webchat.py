@@ -49,6 +49,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 MAX_MESSAGE_CHARS = 32_000
 TITLE_TOKENS = 16
 TITLE_PROMPT = "Give this conversation a short title."
+TITLE_CONTEXT_CHARS = 300
 # the page loads only its own script and style: an injected tag could not run even if rendering
 # ever let one through (it does not: the page builds messages with textContent)
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; script-src 'self'; "
@@ -299,17 +300,19 @@ async def _flagged():
 
 async def generate_title(m: ServedModel, thread: list[dict]) -> str:
     """A few words naming the conversation, written by the model itself (greedy): the first
-    exchange, then the request for a title. Falls back to the first user words when the model's
-    answer has no letters."""
-    first = [x for x in thread[:2]]
-    ask = [*({"role": x["role"], "content": x["content"][:1000]} for x in first),
-           {"role": "user", "content": TITLE_PROMPT}]
-    prompt = m.tokenizer.render_for_completion(ask)[-(m.context - TITLE_TOKENS):]
-    req = Request(prompt=prompt, max_tokens=TITLE_TOKENS, on_event=lambda e: None,
-                  temperature=0.0, stop_ids=m.stop_ids(True), timeout_s=60.0)
-    events = _listen(req)
-    m.engine.submit(req)
-    text = "".join([e.text async for e in events if isinstance(e, Delta)])
+    exchange (each side cut to TITLE_CONTEXT_CHARS, so titling stays a short request), then the
+    request for a title. Falls back to the first user words when the model's answer has no
+    letters or the excerpt does not fit the context."""
+    ask = [*({"role": x["role"], "content": x["content"][:TITLE_CONTEXT_CHARS]}
+             for x in thread[:2]), {"role": "user", "content": TITLE_PROMPT}]
+    prompt = m.tokenizer.render_for_completion(ask)
+    text = ""
+    if len(prompt) + TITLE_TOKENS <= m.context:
+        req = Request(prompt=prompt, max_tokens=TITLE_TOKENS, on_event=lambda e: None,
+                      temperature=0.0, stop_ids=m.stop_ids(True), timeout_s=60.0)
+        events = _listen(req)
+        m.engine.submit(req)
+        text = "".join([e.text async for e in events if isinstance(e, Delta)])
     return clean_title(text) or clean_title(thread[0]["content"]) or "Conversation"
 
 

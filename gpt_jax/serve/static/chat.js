@@ -418,6 +418,14 @@ function wire() {
     if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); $("composer-form").requestSubmit(); }
   };
   $("stop").onclick = () => stop().catch(showError);
+  // a link or a typed #<id> opens that conversation (our own moves use replaceState: no event)
+  window.onhashchange = async () => {
+    const id = location.hash.slice(1);
+    if (id && (!state.conv || state.conv.id !== id) && !state.streaming) {
+      await loadList();
+      await openConversation(id).catch(showError);
+    }
+  };
   $("model").onchange = () => {
     if (state.conv) api("PATCH", `/api/conversations/${state.conv.id}`, { model: $("model").value }).catch(showError);
   };

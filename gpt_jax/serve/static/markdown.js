@@ -14,9 +14,10 @@ const Markdown = (() => {
   }
 
   // `code`, **bold**, *italic* / _italic_ inside one line: text nodes and elements
+  // (underscores only at word edges: snake_case and __dunder__ names stay as they are)
   function inline(text) {
     const out = [];
-    const pattern = /`([^`]+)`|\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*|_([^_\s][^_]*)_/g;
+    const pattern = /`([^`]+)`|\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*|(?<!\w)_([^_\s][^_]*)_(?!\w)/g;
     let last = 0, m;
     while ((m = pattern.exec(text)) !== null) {
       if (m.index > last) out.push(document.createTextNode(text.slice(last, m.index)));
