@@ -23,7 +23,8 @@ from gpt_jax.paths import REPO_ROOT
 from gpt_jax.stages import move_aside, stage_module
 
 
-RECIPE_STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare")
+RECIPE_STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare",
+                 "moderation")
 
 
 def pipeline_config(stages=RECIPE_STAGES, report: bool = True):

@@ -78,6 +78,14 @@ SUMMARIES = {
                             "response_length": 20.5, "distinct_1": 0.21, "distinct_2": 0.33,
                             "sample_entropy": 0.75, "examples": {}}},
                 "missing": ["feedme"], "wall_seconds": 35.4},
+    "moderation": {"stage": "moderation", "auroc": 0.9902, "precision": 0.845, "recall": 0.972,
+                   "fpr_at_90_recall": 0.019, "accuracy": 0.951, "baseline_auroc": 0.992,
+                   "baseline_precision": 0.9, "baseline_recall": 0.88,
+                   "baseline_fpr_at_90_recall": 0.02, "baseline_accuracy": 0.94,
+                   "beats_baseline": False, "ms_per_check": 2.9, "threshold": 0.5,
+                   "examples": {"train": {"harmful": 800, "benign": 3000},
+                                "heldout": {"harmful": 200, "benign": 750}},
+                   "wall_seconds": 71.0, "steps": 120},
 }
 
 SAMPLES = [
@@ -111,6 +119,7 @@ METRICS = {
              "kl": 0.6 * s, "loss": 1.0 / s} for s in range(1, 6)]
     + [{"step": 5, "eval_gold_reward": 0.5, "eval_rm_reward": 1.25, "eval_kl": 3.2}],
     "feedme": loss_rows(4, 2, 3.0),
+    "moderation": loss_rows(4, 2, 0.7),
 }
 
 

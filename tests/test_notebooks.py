@@ -48,7 +48,8 @@ def test_explore_run(tmp_path, monkeypatch):
     workdir = write_run(tmp_path / "run")
     monkeypatch.setenv("GPT_JAX_WORKDIR", str(workdir))
     cells = execute("explore_run.ipynb", tmp_path)
-    counts = {s: len(METRICS[s]) for s in ("pretrain", "sft", "reward", "ppo", "feedme")}
+    counts = {s: len(METRICS[s]) for s in ("pretrain", "sft", "reward", "ppo", "feedme",
+                                           "moderation")}
     assert outputs(cells, "stream") == [f"{workdir}\n{counts}\n"]
     assert len(outputs(cells, "image/png")) == len(counts)  # one figure per stage with metrics
     card, full = outputs(cells, "text/markdown")

@@ -9,7 +9,8 @@ import pytest
 from gpt_jax import recipe
 from test_notebooks import execute, outputs
 
-STAGES = ["tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare"]
+STAGES = ["tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare",
+          "moderation"]
 
 
 @pytest.fixture(scope="module")

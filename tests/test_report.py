@@ -9,10 +9,10 @@ from synthetic_run import SUMMARIES, write_run
 
 SECTIONS = ["## Report card", "## Environment", "## Tokenizer", "## Pretraining", "## SFT",
             "## Reward model", "## PPO", "## Best-of-N", "## FeedME",
-            "## Compare: the models side by side"]
+            "## Compare: the models side by side", "## Moderation"]
 FIGURES = ["pretrain_loss.png", "sft_loss.png", "reward_loss.png", "ppo_reward_vs_step.png",
            "ppo_reward_vs_kl.png", "bon_reward_vs_kl.png", "feedme_loss.png",
-           "compare_accuracy.png"]
+           "compare_accuracy.png", "moderation_loss.png"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,15 @@ def test_every_section_in_order_and_nothing_missing(full_report):
     "| bon | gold reward at n=16 (KL analytic) | 0.2500 (1.8351) |",
     "| feedme | gold reward (KL) | 0.3125 (1.1250) |",
     "| compare | cot accuracy (mean of L1-L3) base / sft / ppo | 0.0000 / 0.2500 / 0.5000 |",
+    "| moderation | held-out AUROC (TF-IDF baseline); FPR at 90% recall | 0.9902 (0.9920); "
+    "0.0190 |",
+    # moderation
+    "| AUROC | 0.9902 | 0.9920 |",
+    "| FPR at 90% recall | 0.0190 | 0.0200 |",
+    "On AUROC the model does **not** beat the baseline. Latency per single-text check (median, "
+    "this host): 2.9000 ms. The server (`python -m gpt_jax.serve`) checks the user's input "
+    "before decoding and the reply every 16 tokens, ending a flagged one with finish_reason "
+    "\"content_filter\".",
     "| metric | base | SFT | PPO | best-of-16 | FeedME |",
     "| gold_reward | -0.0043 | 0.0100 | 0.5000 | 0.2500 | 0.3125 |",
     "| kl | n/a | 0.0000 | 3.2000 | 1.8351 | 1.1250 |",
@@ -48,7 +57,7 @@ def test_every_section_in_order_and_nothing_missing(full_report):
     "| pretrain | done | 600.5 s | recipe_summary.json | 5,322,240 |",
     "| sft | done | 136.0 s | summary wall_seconds | n/a |",
     "| tokenizer | done | 8.9 s | summary train_seconds | — |",
-    "| wall time, all stages | 1,347.7 s |",
+    "| wall time, all stages | 1,418.7 s |",  # moderation 71.0 s included
     # tokenizer, pretraining, SFT
     "| bytes/token, held-out English | 3.1797 |",
     "| bytes/token, held-out Chinese | 3.1222 |",
@@ -122,7 +131,7 @@ def test_partial_run_says_not_run(tmp_path):
 
 def test_empty_and_malformed_runs_do_not_crash(tmp_path):
     text = report.write_report(tmp_path).read_text()
-    assert text.count("**not run**") == 8
+    assert text.count("**not run**") == 9
     # Summaries missing every key, a table of junk, and an unreadable metrics file.
     for stage in ("pretrain", "reward", "ppo", "bon", "compare"):
         (tmp_path / stage).mkdir()

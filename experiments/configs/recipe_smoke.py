@@ -54,4 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.compare = _small(load_experiment("compare_tiny"))
     c.compare.compare.update(n_per_level=4, pass_k="1,2", pass_k_problems=4, pass_k_samples=2,
                              max_new_tokens=12)
+    c.moderation = _small(load_experiment("moderation_tiny"), batch_size=8, seq_len=48,
+                          total_steps=3, eval_every=3, checkpoint_every=3)
+    c.moderation.moderation.update(latency_checks=4)
     return c

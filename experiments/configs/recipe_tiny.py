@@ -1,5 +1,6 @@
 """The tiny recipe on the shipped data (what `make run` runs): tokenizer -> pretrain -> sft ->
-reward -> ppo -> bon -> feedme -> compare, then REPORT.md.
+reward -> ppo -> bon -> feedme -> compare -> moderation (the server's safety classifier), then
+REPORT.md.
 
 python -m gpt_jax.main --config=experiments/configs/recipe_tiny.py --workdir=runs/tiny
 Each stage's section is that stage's own tiny config, overridable as

@@ -175,6 +175,10 @@ def headline(run: RunFiles) -> list[list[str]]:
                         m for m in COMPARE_MODELS if m in models),
                     " / ".join(fmt(cot_accuracy(models[m])) for m in COMPARE_MODELS
                                if m in models) or "n/a"),
+        "moderation": ("held-out AUROC (TF-IDF baseline); FPR at 90% recall",
+                       f"{fmt(get(s['moderation'], 'auroc'))} "
+                       f"({fmt(get(s['moderation'], 'baseline_auroc'))}); "
+                       f"{fmt(get(s['moderation'], 'fpr_at_90_recall'))}"),
     }
     return [[stage, rows[stage][0], rows[stage][1] if s[stage] is not None else "not run"]
             for stage in STAGE_ORDER]

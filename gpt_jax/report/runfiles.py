@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-STAGE_ORDER = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare")
+STAGE_ORDER = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare",
+               "moderation")
 COMPARE_MODELS = ("base", "sft", "ppo", "feedme")
 SIDE_BY_SIDE_PROMPTS = 4
 ANSWER_CHARS = 160
