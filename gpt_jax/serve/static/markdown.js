@@ -17,7 +17,7 @@ const Markdown = (() => {
   // (underscores only at word edges: snake_case and __dunder__ names stay as they are)
   function inline(text) {
     const out = [];
-    const pattern = /`([^`]+)`|\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*|(?<!\w)_([^_\s][^_]*)_(?!\w)/g;
+    const pattern = /`([^`]+)`|\*\*(.+?)\*\*|\*([^*\s][^*]*)\*|(?<!\w)_([^_\s][^_]*)_(?!\w)/g;
     let last = 0, m;
     while ((m = pattern.exec(text)) !== null) {
       if (m.index > last) out.push(document.createTextNode(text.slice(last, m.index)));
