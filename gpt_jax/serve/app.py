@@ -249,8 +249,7 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
         except QueueFull as e:
             for q in reqs:
                 q.cancel()
-            raise APIError(429, f"server busy: {e}; retry later", type="rate_limit_exceeded",
-                           code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+            raise APIError.busy(e) from None
         except ValueError as e:
             raise APIError(400, str(e), param="n") from None
         if body.stream:

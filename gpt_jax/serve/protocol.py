@@ -34,6 +34,12 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
 
+    @classmethod
+    def busy(cls, reason: Exception) -> "APIError":
+        """429 with Retry-After: the engine's admission queue is full."""
+        return cls(429, f"server busy: {reason}; retry later", type="rate_limit_exceeded",
+                   code="rate_limit_exceeded", headers={"Retry-After": "1"})
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False

@@ -140,19 +140,20 @@ def add_webchat(app: FastAPI, store: ConversationStore, backend: ChatBackend) ->
             backend.model(fields["model"])
         return found(store.update, owner, cid, **fields)
 
+    def stop_reply(cid: str) -> Response:
+        if cid in active:  # its stream then ends, saving the reply as far as it got
+            active[cid].cancel()
+        return Response(status_code=204)
+
     @api.delete("/{cid}", status_code=204)
     async def delete_conversation(cid: str, owner: str = Depends(backend.owner)):
         found(store.delete, owner, cid)
-        if cid in active:
-            active[cid].cancel()
-        return Response(status_code=204)
+        return stop_reply(cid)
 
     @api.post("/{cid}/stop", status_code=204)
     async def stop(cid: str, owner: str = Depends(backend.owner)):
         found(store.get, owner, cid)
-        if cid in active:
-            active[cid].cancel()
-        return Response(status_code=204)
+        return stop_reply(cid)
 
     @api.post("/{cid}/messages")
     async def post_message(cid: str, body: NewMessage, owner: str = Depends(backend.owner)):
@@ -186,9 +187,7 @@ def add_webchat(app: FastAPI, store: ConversationStore, backend: ChatBackend) ->
                 try:
                     m.engine.submit(req)
                 except QueueFull as e:
-                    raise APIError(429, f"server busy: {e}; retry later",
-                                   type="rate_limit_exceeded", code="rate_limit_exceeded",
-                                   headers={"Retry-After": "1"}) from None
+                    raise APIError.busy(e) from None
             user = (found(store.add_message, owner, cid, body.parent, "user", body.content)
                     if body.content is not None else None)
             store.update(owner, cid, model=m.name, temperature=temperature)

@@ -9,49 +9,12 @@
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  key: localStorage.getItem("gpt_jax_key") || "",
   conversations: [],
   conv: null,          // the open conversation: {id, title, model, temperature, leaf, ...}
   messages: new Map(), // its whole tree: id -> message
   streaming: null,     // {cid} while a reply streams
   titlePolls: 0,
 };
-
-class HTTPError extends Error {
-  constructor(status, body) {
-    super((body && body.error && body.error.message) || `HTTP ${status}`);
-    this.status = status;
-  }
-}
-
-async function api(method, path, body, raw = false) {
-  const headers = { "Content-Type": "application/json" };
-  if (state.key) headers.Authorization = `Bearer ${state.key}`;
-  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (res.status === 401) {
-    await askKey();
-    return api(method, path, body, raw);
-  }
-  if (!res.ok) {
-    let payload = null;
-    try { payload = await res.json(); } catch (e) { /* not JSON */ }
-    throw new HTTPError(res.status, payload);
-  }
-  if (raw) return res;
-  return res.status === 204 ? null : res.json();
-}
-
-function askKey() {
-  return new Promise((resolve) => {
-    const dialog = $("key-dialog");
-    $("key-form").onsubmit = () => {
-      state.key = $("key-input").value.trim();
-      localStorage.setItem("gpt_jax_key", state.key);
-      resolve();
-    };
-    if (!dialog.open) dialog.showModal();
-  });
-}
 
 function setStatus(text) { $("status").textContent = text || ""; }
 
@@ -356,25 +319,6 @@ async function send(content, parent) {
   } finally {
     state.streaming = null;
     setBusy(false);
-  }
-}
-
-async function readEvents(res, onEvent) {
-  const reader = res.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const frame = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      for (const line of frame.split("\n")) {
-        if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
-      }
-    }
   }
 }
 
