@@ -1,0 +1,127 @@
+"""LoRA (gpt_jax/lora.py): an untrained adapter changes nothing; merge = the adapted forward pass;
+merge then unmerge gives the base logits back (max < 1e-5); merging twice or unmerging an absent
+adapter raises; safetensors round trip (fingerprint checked, KB-sized); the masked optimizer keeps
+state for the adapter alone and never moves the base."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gpt_jax import lora
+from gpt_jax.model import GPT, GPTConfig
+from helpers import random_params
+
+CONFIG = GPTConfig(family="llama", vocab_size=256, max_seq_len=64, n_layers=2, d_model=32,
+                   n_heads=4, n_kv_heads=2, init_std=0.1)
+TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 24)), jnp.int32)
+
+
+def logits(params, config=CONFIG):
+    return GPT(config).apply({"params": params}, TOKENS)
+
+
+def trained_adapter(params, cfg=lora.LoRAConfig(rank=4, alpha=8.0), seed=1):
+    """An adapter with non-zero B (as after training)."""
+    ad = lora.init_adapter(params, cfg, jax.random.key(seed))
+    ad = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(seed + 7), x.shape),
+                      ad)
+    return lora.Adapter(ad, cfg)
+
+
+def test_targets_shapes_and_fraction():
+    params = random_params(CONFIG, std=0.1)
+    cfg = lora.LoRAConfig(rank=4)
+    names = sorted("/".join(p) for p, _ in lora.target_paths(params, cfg))
+    assert names == ["blocks/attn/k", "blocks/attn/o", "blocks/attn/q", "blocks/attn/v",
+                     "blocks/mlp/gate", "blocks/mlp/proj", "blocks/mlp/up"]
+    ad = lora.Adapter(lora.init_adapter(params, cfg, jax.random.key(0)), cfg)
+    q = ad.params["blocks"]["attn"]["q"]
+    assert q["A"].shape == (2, 32, 4) and q["B"].shape == (2, 4, 4, 8)
+    o = ad.params["blocks"]["attn"]["o"]
+    assert o["A"].shape == (2, 4, 8, 4) and o["B"].shape == (2, 4, 32)
+    f = CONFIG.ff_dim
+    # r * (in + out) per target and layer
+    expected = 2 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32) + 2 * (32 + f) + (f + 32))
+    assert ad.num_params() == expected
+    lora.check_fits(params, ad)
+    with pytest.raises(ValueError, match="unknown"):
+        lora.LoRAConfig.from_config(type("C", (), {"rank": 4, "alpha": 8, "targets": "q,wq"}))
+
+
+def test_merge_is_the_adapted_model_and_unmerge_restores_it():
+    params = random_params(CONFIG, std=0.1)
+    base = logits(params)
+    fresh = lora.Adapter(lora.init_adapter(params, lora.LoRAConfig(), jax.random.key(0)),
+                         lora.LoRAConfig())
+    np.testing.assert_array_equal(logits(lora.merge(params, fresh).params), base)  # B = 0
+    ad = trained_adapter(params)
+    merged = lora.merge(params, ad)
+    assert merged.adapters == (ad.fingerprint,)
+    # merged weights = W + (alpha / r) * A @ B, checked on one weight by hand
+    a, b = ad.params["blocks"]["mlp"]["up"]["A"], ad.params["blocks"]["mlp"]["up"]["B"]
+    want = params["blocks"]["mlp"]["up"] + 2.0 * np.einsum("ldr,lrf->ldf", a, b)
+    np.testing.assert_allclose(merged.params["blocks"]["mlp"]["up"], want, rtol=1e-6, atol=1e-6)
+    adapted = logits(merged.params)
+    assert float(jnp.max(jnp.abs(adapted - base))) > 1e-2  # it does change the model
+    back = lora.unmerge(merged, ad)
+    assert back.adapters == ()
+    assert float(jnp.max(jnp.abs(logits(back.params) - base))) < 1e-5
+    with pytest.raises(lora.AdapterError, match="already merged"):
+        lora.merge(merged, ad)
+    with pytest.raises(lora.AdapterError, match="not merged"):
+        lora.unmerge(back, ad)
+    other = trained_adapter(params, seed=2)
+    both = lora.merge(merged, other)
+    assert both.adapters == (ad.fingerprint, other.fingerprint)
+    only_other = lora.unmerge(both, ad)
+    np.testing.assert_allclose(logits(only_other.params),
+                               logits(lora.merge(params, other).params), atol=1e-5)
+
+
+def test_safetensors_round_trip(tmp_path):
+    params = random_params(CONFIG, std=0.1)
+    ad = dataclasses.replace(trained_adapter(params), meta={"base": "sft"})
+    path = lora.save_adapter(tmp_path / "adapter.safetensors", ad)
+    assert path.stat().st_size < 4 * ad.num_params() + 4096  # the adapter alone: KBs
+    back = lora.load_adapter(path)
+    assert back.config == ad.config and back.meta == {"base": "sft"}
+    assert back.fingerprint == ad.fingerprint
+    np.testing.assert_array_equal(logits(lora.merge(params, back).params),
+                                  logits(lora.merge(params, ad).params))
+    wrong = GPTConfig(**{**dataclasses.asdict(CONFIG), "d_model": 64})
+    with pytest.raises(lora.AdapterError, match="shape"):
+        lora.check_fits(random_params(wrong, std=0.1), back)
+    data = bytearray(path.read_bytes())
+    data[-4:] = b"\x00\x00\x80\x7f"  # corrupt the last float
+    path.write_bytes(bytes(data))
+    with pytest.raises(lora.AdapterError, match="fingerprint"):
+        lora.load_adapter(path)
+
+
+def test_masked_optimizer_trains_the_adapter_alone():
+    params = random_params(CONFIG, std=0.1)
+    cfg = lora.LoRAConfig(rank=4)
+    both = {"base": params, "adapter": lora.init_adapter(params, cfg, jax.random.key(0))}
+    tx = lora.masked_optimizer(optax.adam(1e-2))
+    state = tx.init(both)
+    state_floats = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, "size")) - 1
+    adapter_floats = sum(x.size for x in jax.tree.leaves(both["adapter"]))
+    assert state_floats == 2 * adapter_floats  # adam's mu and nu, for the adapter only
+
+    def loss(p):
+        merged = lora.apply(jax.lax.stop_gradient(p["base"]), p["adapter"], cfg)
+        out = GPT(CONFIG).apply({"params": merged}, TOKENS)
+        return jnp.mean(jax.nn.logsumexp(out, -1) - out[..., 0])
+
+    grads = jax.grad(loss)(both)
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["base"]))
+    updates, _ = tx.update(grads, state, both)
+    new = optax.apply_updates(both, updates)
+    for a, b in zip(jax.tree.leaves(new["base"]), jax.tree.leaves(both["base"])):
+        np.testing.assert_array_equal(a, b)
+    moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new["adapter"]),
+                                                         jax.tree.leaves(both["adapter"]))]
+    assert max(moved) > 0
