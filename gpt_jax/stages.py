@@ -27,6 +27,7 @@ STAGES = {
     "tokenizer": "gpt_jax.data.tokenizer_stage",
     "pretrain": "gpt_jax.train.pretrain",
     "sft": "gpt_jax.train.sft",
+    "lora_sft": "gpt_jax.train.lora_sft",
     "reward": "gpt_jax.train.reward",
     "moderation": "gpt_jax.train.moderation",
     "ppo": "gpt_jax.train.ppo",

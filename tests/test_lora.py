@@ -125,3 +125,53 @@ def test_masked_optimizer_trains_the_adapter_alone():
     moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new["adapter"]),
                                                          jax.tree.leaves(both["adapter"]))]
     assert max(moved) > 0
+
+
+@pytest.fixture(scope="module")
+def sft_workdir(tmp_path_factory, data_dir):
+    from gpt_jax.train import sft
+    from helpers import load_test_config, pretrained_workdir
+
+    workdir = pretrained_workdir(tmp_path_factory.mktemp("lora"), data_dir)
+    sft.run(load_test_config("sft_test"), str(workdir))
+    return workdir
+
+
+@pytest.mark.slow
+def test_lora_sft_stage_end_to_end(sft_workdir):
+    import json
+
+    from gpt_jax.checkpoint import load_stage
+    from gpt_jax.train import lora_sft
+    from helpers import load_test_config
+
+    workdir = sft_workdir
+    config = load_test_config("lora_sft_test")
+    s = lora_sft.run(config, str(workdir))
+    model_config, pre = load_stage(workdir, "pretrain")
+    n_base = sum(x.size for x in jax.tree.leaves(pre))
+    adapter = lora.load_adapter(workdir / "lora_sft" / "adapter.safetensors")
+    assert adapter.config == lora.LoRAConfig(rank=4, alpha=8.0)
+    assert adapter.meta["base_fingerprint"] == lora.params_fingerprint(pre)  # the base stayed
+    assert s["trainable_params"] == adapter.num_params()
+    assert s["trainable_fraction"] == adapter.num_params() / n_base
+    # adam's mu and nu for the adapter only, against mu and nu of every param (+ step counters)
+    assert 0 <= s["optimizer_bytes"] - 4 * 2 * adapter.num_params() <= 16
+    assert 0 <= s["optimizer_bytes_full"] - 4 * 2 * n_base <= 16
+    assert s["optimizer_memory_vs_full"] < 0.5
+    assert s["merge_max_abs_diff"] < 1e-5
+    assert s["adapter_bytes"] < 4 * adapter.num_params() + 4096
+    full = json.loads((workdir / "sft" / "summary.json").read_text())
+    assert s["full_sft"]["heldout_masked_loss"] == full["heldout_masked_loss"]
+    assert s["loss_vs_full"] == pytest.approx(s["heldout_masked_loss"] /
+                                              full["heldout_masked_loss"])
+    assert s["final_train_loss"] is not None and s["task_eval_problems"] == 4
+    # final/ holds pretrain + adapter merged: what chat, eval and the server load
+    _, final = load_stage(workdir, "lora_sft")
+    expected = lora.merge(pre, adapter).params
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert any(float(np.abs(np.asarray(a) - np.asarray(b)).max()) > 0
+               for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(pre)))  # it trained
+    again = lora_sft.run(config, str(workdir))  # finished: skipped, same summary
+    assert again["adapter_fingerprint"] == s["adapter_fingerprint"]

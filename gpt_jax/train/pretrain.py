@@ -64,9 +64,12 @@ class Built:
     eval_step: Callable
 
 
-def build(config, mesh, loss_fn_factory: Callable = lm_loss_fn, model_cls: Callable = GPT) -> Built:
+def build(config, mesh, loss_fn_factory: Callable = lm_loss_fn, model_cls: Callable = GPT,
+          extend_params: Callable | None = None, wrap_tx: Callable | None = None) -> Built:
     """`model_cls(model_config, mesh=...)` (default GPT; e.g. heads.RewardModel) is what
-    `loss_fn_factory(model, z_loss)` applies and `init_params` initialises."""
+    `loss_fn_factory(model, z_loss)` applies and `init_params` initialises.
+    `extend_params(params, rng)` makes the trained tree from the model's (LoRA: {"base",
+    "adapter"}); `wrap_tx(tx)` wraps the optimizer (LoRA: frozen base)."""
     model_config = GPTConfig.from_config(config.model)
     model = model_cls(model_config, mesh=mesh)
     tcfg = config.train
@@ -76,10 +79,13 @@ def build(config, mesh, loss_fn_factory: Callable = lm_loss_fn, model_cls: Calla
             f"train.batch_size={global_batch} must be divisible by data*fsdp="
             f"{shd.batch_parallelism(mesh)} times train.grad_accum_steps={tcfg.grad_accum_steps}")
     tx, schedule = make_optimizer(config.optim, tcfg.total_steps)
+    if wrap_tx is not None:
+        tx = wrap_tx(tx)
     dummy = jnp.zeros((1, min(tcfg.seq_len, model_config.max_seq_len)), jnp.int32)
 
     def init_params(rng):
-        return model_cls(model_config).init(rng, dummy)["params"]
+        params = model_cls(model_config).init(rng, dummy)["params"]
+        return params if extend_params is None else extend_params(params, rng)
 
     abstract, shardings = state_shardings(init_params, tx, mesh, jax.random.key(config.seed))
     batch_sharding = shd.batch_sharding(mesh)

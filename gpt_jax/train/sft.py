@@ -17,11 +17,12 @@ the parent's. Writes `<workdir>/sft/summary.json`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -128,12 +129,26 @@ def make_eval_hook(config, stage_dir: Path, tokenizer, model_config, task, probl
     return hook
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainedTree:
+    """What a stage trains when it is not the model's params as they are (LoRA: {"base",
+    "adapter"} with the base frozen): how to build, fill and read that tree."""
+
+    loss_fn_factory: Callable  # (model, z_loss) -> loss_fn(tree, batch, rng)
+    extend_params: Callable  # (model params, rng) -> the tree (also for its abstract shapes)
+    wrap_tx: Callable  # the optimizer -> the one used on the tree
+    model_params: Callable  # the tree -> the model's params (eval hooks, export)
+
+
 def train_from_parent(config, workdir: str, stage_dir: Path, stage: str, train_iter,
-                      make_eval_iter=None, eval_hook=None):
+                      make_eval_iter=None, eval_hook=None, tree: TrainedTree | None = None):
     """The masked next-token loss from the parent stage's params with the shared loop (SFT, and
-    FeedME on its distilled samples). eval_hook: model_config -> the loop's eval hook."""
+    FeedME on its distilled samples; LoRA-SFT with `tree`). eval_hook: model_config -> the loop's
+    eval hook on the model's params."""
     mesh = shd.mesh_from_config(config.mesh)
-    built = build(config, mesh, sft_loss_fn)
+    built = (build(config, mesh, sft_loss_fn) if tree is None else
+             build(config, mesh, tree.loss_fn_factory, extend_params=tree.extend_params,
+                   wrap_tx=tree.wrap_tx))
     tcfg = config.train
 
     def put(batch):
@@ -141,7 +156,14 @@ def train_from_parent(config, workdir: str, stage_dir: Path, stage: str, train_i
 
     def init_state():
         _, params = load_stage(workdir, config.parent)
+        if tree is not None:
+            params = tree.extend_params(params, jax.random.key(config.seed))
         return state_from_params(params, built.tx, built.state_shardings)
+
+    hook = eval_hook(built.model_config) if eval_hook is not None else None
+    if hook is not None and tree is not None:
+        model_hook = hook
+        hook = lambda params, step: model_hook(tree.model_params(params), step)  # noqa: E731
 
     tokens_per_step = tcfg.batch_size * tcfg.seq_len
     loop = Loop(
@@ -150,7 +172,7 @@ def train_from_parent(config, workdir: str, stage_dir: Path, stage: str, train_i
         state_shardings=built.state_shardings,
         eval_step=built.eval_step if make_eval_iter is not None else None,
         make_eval_iter=make_eval_iter,
-        eval_hook=eval_hook(built.model_config) if eval_hook is not None else None,
+        eval_hook=hook,
         tokens_per_step=tokens_per_step,
         flops_per_step=train_flops_per_token(built.model_config, tcfg.seq_len) * tokens_per_step,
         peak_flops=tcfg.peak_flops,
@@ -159,10 +181,17 @@ def train_from_parent(config, workdir: str, stage_dir: Path, stage: str, train_i
 
 
 def run(config, workdir: str) -> dict[str, Any]:
+    return run_sft(config, workdir, STAGE)
+
+
+def run_sft(config, workdir: str, stage: str, tree: TrainedTree | None = None,
+            finish: Callable | None = None) -> dict[str, Any]:
+    """The SFT stage under the name `stage`; with `tree`, training that tree (LoRA), and
+    `finish(stage_dir, result, summary) -> more summary keys` before the summary is written."""
     from gpt_jax.data import tasks_data
     from gpt_jax.tokenizer import Tokenizer
 
-    stage_dir, done = begin_stage(config, workdir, STAGE, parent=config.parent)
+    stage_dir, done = begin_stage(config, workdir, stage, parent=config.parent)
     if done is not None:
         return done
     t_start = time.perf_counter()
@@ -177,13 +206,13 @@ def run(config, workdir: str) -> dict[str, Any]:
     task, problems = tasks_data.rl_problems(config, "heldout", workdir)
     eval_problems = problems[: config.samples.eval_problems]
     result = train_from_parent(
-        config, workdir, stage_dir, STAGE, train_iter, make_eval_iter=lambda: make("heldout"),
+        config, workdir, stage_dir, stage, train_iter, make_eval_iter=lambda: make("heldout"),
         eval_hook=lambda model_config: make_eval_hook(config, stage_dir, tokenizer, model_config,
-                                                      task, eval_problems))
+                                                      task, eval_problems), tree=tree)
     tokens_per_step = tcfg.batch_size * tcfg.seq_len
     ev = result.last_eval
     summary = {
-        "stage": STAGE,
+        "stage": stage,
         "parent": config.parent,
         "final_train_loss": result.last_train.get("loss"),
         "heldout_masked_loss": ev.get("eval_loss"),
@@ -200,5 +229,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - t_start,
         "steps": tcfg.total_steps,
     }
+    if finish is not None:
+        summary.update(finish(stage_dir, result, summary))
+        summary["wall_seconds"] = time.perf_counter() - t_start
     write_summary(stage_dir, summary)
     return summary

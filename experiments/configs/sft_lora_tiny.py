@@ -1,0 +1,22 @@
+"""LoRA-SFT, tiny preset: sft_tiny's data, steps and evaluation, training rank-8 adapters on every
+attention and MLP projection of the frozen pretrain_tiny model (gpt_jax/train/lora_sft.py).
+
+python -m gpt_jax.main --config=experiments/configs/sft_lora_tiny.py --workdir=runs/x
+  (needs runs/x/tokenizer and runs/x/pretrain; with runs/x/sft the summary compares against it)
+"""
+import ml_collections
+
+from gpt_jax import configs
+from gpt_jax.recipe import load_experiment
+from gpt_jax.train.lora_sft import lora_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = load_experiment("sft_tiny")
+    config.stage = "lora_sft"
+    # AdamW on the adapter (Muon's orthogonalised updates are for full matrices); LoRA takes a
+    # larger step than full fine-tuning
+    config.optim = configs.optim_config(name="adamw", learning_rate=3e-3, warmup_steps=20,
+                                        weight_decay=0.0)
+    config.lora = lora_config(rank=8, alpha=16.0)
+    return config

@@ -1,0 +1,121 @@
+"""LoRA-SFT: the SFT stage (same data, loss, eval) training rank-r adapters on a frozen base.
+
+The trained tree is {"base": the parent's params, "adapter": `lora.init_adapter`}; the loss is
+SFT's on `lora.apply(stop_gradient(base), adapter)` and the optimizer is masked
+(`lora.masked_optimizer`: the configured optimizer on the adapter, nothing and no state on the
+base). At the end it writes
+
+- `<stage>/adapter.safetensors`: the adapter alone (KBs; base fingerprint in its header);
+- `<stage>/final/`: the merged params, so the chat CLI, the evaluation and the server load the
+  stage like any other;
+- `summary.json`: SFT's keys plus `trainable_fraction` (adapter / base params),
+  `optimizer_memory_vs_full` (bytes of this optimizer state / the same optimizer's state on every
+  param), `merge_max_abs_diff` (max |logits| change of unmerge(merge(base)) against base on a
+  held-out batch), and against the workdir's full `sft` stage when it has one:
+  `accuracy_vs_full`, `loss_vs_full`, `tokens_per_sec_vs_full`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gpt_jax import lora
+from gpt_jax.checkpoint import Checkpointer
+from gpt_jax.metrics import read_summary
+from gpt_jax.train.optim import make_optimizer
+from gpt_jax.train.sft import TrainedTree, run_sft, sft_loss_fn
+
+STAGE = "lora_sft"
+
+
+def lora_config(**overrides) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict({"rank": 8, "alpha": 16.0,
+                                     "targets": ",".join(lora.DEFAULT_TARGETS)})
+    cfg.update(overrides)
+    return cfg
+
+
+def lora_tree(cfg: lora.LoRAConfig, seed: int) -> TrainedTree:
+    def loss_fn_factory(model, z_loss):
+        inner = sft_loss_fn(model, z_loss)
+
+        def loss_fn(tree, batch, rng):
+            return inner(lora.apply(jax.lax.stop_gradient(tree["base"]), tree["adapter"], cfg),
+                         batch, rng)
+        return loss_fn
+
+    def extend_params(params, rng):
+        del rng  # the adapter's init depends on the seed alone, in build() and from the parent
+        import flax.linen as nn
+
+        return {"base": params, "adapter": lora.init_adapter(nn.unbox(params), cfg,
+                                                             jax.random.key(seed))}
+
+    return TrainedTree(loss_fn_factory=loss_fn_factory, extend_params=extend_params,
+                       wrap_tx=lora.masked_optimizer,
+                       model_params=lambda tree: lora.apply(tree["base"], tree["adapter"], cfg))
+
+
+def _bytes(tree) -> int:
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)
+                   if hasattr(x, "dtype")))
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    cfg = lora.LoRAConfig.from_config(config.lora)
+
+    def finish(stage_dir: Path, result, summary: dict) -> dict:
+        from gpt_jax.model import GPT, GPTConfig
+
+        tree = jax.device_get(result.state.params)
+        base, adapter = tree["base"], lora.Adapter(tree["adapter"], cfg, {
+            "base_stage": config.parent, "base_fingerprint": lora.params_fingerprint(tree["base"]),
+            "model": config.model.to_dict()})
+        lora.save_adapter(stage_dir / "adapter.safetensors", adapter)
+        merged = lora.merge(base, adapter)
+        final = Checkpointer(stage_dir / "final", max_to_keep=1, async_save=False)
+        final.save(0, {"params": merged.params}, meta={"stage": STAGE,
+                                                       "merged_adapters": list(merged.adapters)})
+        final.close()
+        model_config = GPTConfig.from_config(config.model)
+        tokens = jnp.asarray(np.random.default_rng(config.seed).integers(
+            0, model_config.vocab_size, (4, min(128, model_config.max_seq_len))), jnp.int32)
+        apply = jax.jit(lambda p: GPT(model_config).apply({"params": p}, tokens))
+        round_trip = lora.unmerge(merged, adapter).params
+        full_tx, _ = make_optimizer(config.optim, config.train.total_steps)
+        full_state = jax.eval_shape(full_tx.init, base)
+        n_base = sum(int(np.size(x)) for x in jax.tree.leaves(base))
+        out = {
+            "lora": {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets)},
+            "trainable_params": adapter.num_params(),
+            "trainable_fraction": adapter.num_params() / n_base,
+            "optimizer_bytes": _bytes(result.state.opt_state),
+            "optimizer_bytes_full": _bytes(full_state),
+            "merge_max_abs_diff": float(jnp.max(jnp.abs(apply(round_trip) - apply(base)))),
+            "adapter_bytes": (stage_dir / "adapter.safetensors").stat().st_size,
+            "adapter_fingerprint": adapter.fingerprint,
+        }
+        out["optimizer_memory_vs_full"] = out["optimizer_bytes"] / out["optimizer_bytes_full"]
+        full = read_summary(Path(workdir) / "sft")
+        if full is not None:
+            out.update(_ratios(summary, full))
+        return out
+
+    return run_sft(config, workdir, STAGE, tree=lora_tree(cfg, config.seed), finish=finish)
+
+
+def _ratios(ours: dict, full: dict) -> dict:
+    """LoRA-SFT against the full SFT stage (None where full SFT's figure is missing or 0)."""
+    def ratio(key):
+        a, b = ours.get(key), full.get(key)
+        return a / b if a is not None and b else None
+    return {"full_sft": {k: full.get(k) for k in ("task_heldout_accuracy", "heldout_masked_loss",
+                                                  "tokens_per_sec", "steps")},
+            "accuracy_vs_full": ratio("task_heldout_accuracy"),
+            "loss_vs_full": ratio("heldout_masked_loss"),
+            "tokens_per_sec_vs_full": ratio("tokens_per_sec")}
