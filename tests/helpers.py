@@ -131,15 +131,16 @@ def pretrained_workdir(workdir, data_dir):
 
 
 def webchat_config():
-    """The web chat tests' model: tiny, with a 1024-token context."""
+    """The web chat tests' model: tiny, with a 512-token context (long enough to stop a reply
+    mid-stream, short enough to compile fast)."""
     from gpt_jax.model import GPTConfig
 
-    return GPTConfig(family="llama", vocab_size=320, max_seq_len=1024, n_layers=2, d_model=32,
+    return GPTConfig(family="llama", vocab_size=320, max_seq_len=512, n_layers=2, d_model=32,
                      n_heads=4, n_kv_heads=2, init_std=0.3)
 
 
 def webchat_workdir(workdir, flag_everything: bool = False):
-    """A workdir for the web chat tests: random-weight chat models `sft` and `dpo` with a 1024-token
+    """A workdir for the web chat tests: random-weight chat models `sft` and `dpo` with a 512-token
     context (replies long enough to stop mid-stream), and with `flag_everything` a moderation
     stage whose head flags every text."""
     config = webchat_config()

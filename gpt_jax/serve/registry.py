@@ -14,7 +14,7 @@ from typing import Callable
 
 from gpt_jax.serve.engine import Engine
 
-CHAT_STAGES = ("sft", "ppo", "feedme", "grpo", "dpo")
+CHAT_STAGES = ("sft", "lora_sft", "ppo", "feedme", "grpo", "dpo")
 BASE_STAGES = ("pretrain",)
 
 
