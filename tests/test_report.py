@@ -162,3 +162,22 @@ def test_cli_prints_the_path(tmp_path, capsys):
     assert report.main([f"--workdir={tmp_path}"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "REPORT.md")
     assert SUMMARIES["tokenizer"]["tokenizer_hash"] in (tmp_path / "REPORT.md").read_text()
+
+
+def test_lora_section_appears_once_the_stage_ran(tmp_path):
+    workdir = write_run(tmp_path, stages=["tokenizer", "pretrain", "sft"])
+    assert "## LoRA-SFT" not in report.write_report(workdir).read_text()
+    (workdir / "lora_sft").mkdir()
+    (workdir / "lora_sft" / "summary.json").write_text(json.dumps({
+        "stage": "lora_sft", "parent": "pretrain", "task_heldout_accuracy": 0.125,
+        "heldout_masked_loss": 2.0, "accuracy_vs_full": 1.0, "loss_vs_full": 2.0 / 5.2297,
+        "full_sft": {"task_heldout_accuracy": 0.125, "heldout_masked_loss": 5.2297},
+        "lora": {"rank": 8, "alpha": 16.0, "targets": ["q", "v"]},
+        "optimizer_bytes": 1000, "optimizer_bytes_full": 100000,
+        "optimizer_memory_vs_full": 0.01, "trainable_params": 500,
+        "trainable_fraction": 0.005, "adapter_bytes": 4096, "merge_max_abs_diff": 3e-6}))
+    text = report.write_report(workdir).read_text()
+    assert "training rank-8 adapters (alpha 16.0) on q, v of the frozen `pretrain` model" in text
+    assert "| held-out task accuracy | 0.1250 | 0.1250 | 1.0000 |" in text
+    assert "| optimizer state (bytes) | 1,000 | 100,000 | 0.0100 |" in text
+    assert "changes logits by at most 3.00e-06." in text

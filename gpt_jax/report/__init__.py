@@ -31,7 +31,7 @@ from gpt_jax.report.card import (cot_accuracy, environment, git_commit, headline
 from gpt_jax.report.runfiles import (ANSWER_CHARS, COMPARE_MODELS, SIDE_BY_SIDE_PROMPTS,
                                      STAGE_ORDER, RunFiles, escape_cell, fmt, get, image, table)
 from gpt_jax.report.sections_eval import eval_section
-from gpt_jax.report.sections_product import moderation_section
+from gpt_jax.report.sections_product import lora_section, moderation_section
 from gpt_jax.report.sections_rlhf import bon_section, compare_section, feedme_section, ppo_section
 from gpt_jax.report.sections_train import (pretrain_section, reward_section, sft_section,
                                            tokenizer_section)
@@ -40,7 +40,8 @@ __all__ = [
     "ANSWER_CHARS", "COMPARE_MODELS", "SECTIONS", "SIDE_BY_SIDE_PROMPTS", "STAGE_ORDER", "RunFiles",
     "Section", "bon_section", "compare_section", "cot_accuracy", "environment", "escape_cell",
     "eval_section",
-    "feedme_section", "fmt", "get", "git_commit", "headline", "image", "jax_devices", "main",
+    "feedme_section", "fmt", "get", "git_commit", "headline", "image", "jax_devices",
+    "lora_section", "main",
     "matmul_peaks", "moderation_section", "param_count", "policy_columns", "ppo_section", "pretrain_section", "render",
     "report_card", "reward_section", "sft_section", "table", "tokenizer_section", "wall_times",
     "write_report",
@@ -48,7 +49,7 @@ __all__ = [
 
 
 Section = Callable[[RunFiles, Path], list[str]]
-OPTIONAL = {"eval"}  # sections left out (not "not run") until their command has run
+OPTIONAL = {"eval", "lora_sft"}  # sections left out (not "not run") until their command has run
 SECTIONS: list[tuple[str, str | None, Section]] = [
     ("Report card", None, report_card),
     ("Environment", None, environment),
@@ -61,6 +62,7 @@ SECTIONS: list[tuple[str, str | None, Section]] = [
     ("FeedME", "feedme", feedme_section),
     ("Compare: the models side by side", "compare", compare_section),
     ("Moderation", "moderation", moderation_section),
+    ("LoRA-SFT", "lora_sft", lora_section),
     ("Evaluation suites", "eval", eval_section),
 ]
 

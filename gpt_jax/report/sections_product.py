@@ -1,5 +1,6 @@
-"""The report's product section: the moderation stage (the server's safety classifier) against
-its TF-IDF + logistic-regression baseline on the same held-out split, and its latency per check."""
+"""The report's sections on using the model: the moderation stage (the server's safety classifier)
+against its TF-IDF + logistic-regression baseline on the same held-out split with its latency per
+check, and LoRA-SFT against full SFT (when the workdir has a `lora_sft` stage)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,3 +31,31 @@ def moderation_section(run: RunFiles, fig_dir: Path) -> list[str]:
     png = plots.plot_loss_curves(fig_dir / "moderation_loss.png", run.metrics("moderation"),
                                  "moderation classifier loss")
     return lines + image(png, "moderation loss", run.workdir)
+
+
+def lora_section(run: RunFiles, fig_dir: Path) -> list[str]:
+    s = run.summary("lora_sft")
+    full = s.get("full_sft") or {}
+    cfg = s.get("lora") or {}
+    lines = [f"LoRA-SFT (`sft_lora_tiny.py`): SFT's data, steps and evaluation, training rank-"
+             f"{fmt(cfg.get('rank'))} adapters (alpha {cfg.get('alpha', 'n/a')}) on "
+             f"{', '.join(cfg.get('targets') or []) or 'n/a'} of the frozen `{s.get('parent')}` "
+             f"model, against the full SFT stage of this workdir.", ""]
+    lines += table(["", "LoRA-SFT", "full SFT", "LoRA / full"], [
+        ["held-out task accuracy", fmt(s.get("task_heldout_accuracy")),
+         fmt(full.get("task_heldout_accuracy")), fmt(s.get("accuracy_vs_full"))],
+        ["held-out masked loss", fmt(s.get("heldout_masked_loss")),
+         fmt(full.get("heldout_masked_loss")), fmt(s.get("loss_vs_full"))],
+        ["tokens/s", fmt(s.get("tokens_per_sec"), 1), fmt(full.get("tokens_per_sec"), 1),
+         fmt(s.get("tokens_per_sec_vs_full"))],
+        ["optimizer state (bytes)", fmt(s.get("optimizer_bytes")),
+         fmt(s.get("optimizer_bytes_full")), fmt(s.get("optimizer_memory_vs_full"))],
+        ["trained params", fmt(s.get("trainable_params")), "all",
+         fmt(s.get("trainable_fraction"))],
+    ])
+    diff = s.get("merge_max_abs_diff")
+    lines += ["", f"Adapter file: {fmt(s.get('adapter_bytes'))} bytes; merge then unmerge "
+                  f"changes logits by at most {'n/a' if diff is None else f'{diff:.2e}'}.", ""]
+    png = plots.plot_loss_curves(fig_dir / "lora_sft_loss.png", run.metrics("lora_sft"),
+                                 "LoRA-SFT masked loss")
+    return lines + image(png, "LoRA-SFT loss", run.workdir)
