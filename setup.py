@@ -43,6 +43,7 @@ setup(
         "jsonschema==4.26.0",
         # the moderation stage's TF-IDF + logistic-regression baseline and its metrics
         "scikit-learn==1.9.1",
+        "bm25s==0.3.16",  # retrieval memory (gpt_jax/memory)
     ],
     extras_require={
         "test": [

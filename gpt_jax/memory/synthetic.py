@@ -1,0 +1,104 @@
+"""The synthetic memory set: facts about people ("Mia Chen's locker number is 4821.") and, for
+each, a question that asks for it in other words ("Which locker does Mia Chen use?") whose answer
+is the fact's value, copied from the fact.
+
+Deterministic from a seed; every (person, attribute) pair appears once, so a question has exactly
+one right fact. 60 first names x 60 surnames x 10 attributes = 36,000 possible facts. The
+paraphrases keep the person's name and usually one word of the attribute, as people do when they
+ask about something they said before; some share only the name (the hard cases).
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+
+FIRST = ("Mia Liam Ava Noah Emma Oliver Sofia Elijah Isla Lucas Zoe Mateo Aria Leo Chloe Ethan "
+         "Nora Kai Lily Omar Hana Ivan Yara Felix Maya Jonas Ines Ravi Lena Tomas Aisha Hugo "
+         "Freya Arjun Clara Diego Elena Finn Grace Hassan Iris Jamal Kira Luca Mina Nico Olga "
+         "Pablo Rosa Sami Tara Umar Vera Wei Xena Yusuf Zara Anton Bea Caleb").split()
+LAST = ("Chen Smith Garcia Kim Patel Novak Silva Khan Muller Rossi Tanaka Haddad Okafor Larsen "
+        "Ivanova Dubois Costa Nguyen Cohen Walsh Moreau Sato Kowalski Ahmed Jensen Lopez Fischer "
+        "Petrov Brown Ito Ali Moller Romano Park Evans Dias Weber Kato Lindqvist Mensah Zhang "
+        "Ortiz Yilmaz Berg Quinn Abe Castro Hansen Reyes Murphy Singh Vogel Araujo Holm Ibrahim "
+        "Jovanovic Keller Lund Meyer Nakamura").split()
+COLORS = "red blue green yellow purple orange teal maroon silver indigo".split()
+CITIES = ("Lisbon Oslo Nairobi Lima Hanoi Krakow Austin Porto Quito Dakar Tbilisi Turin Leeds "
+          "Osaka Perth Cusco").split()
+CARS = "Toyota Volvo Tesla Fiat Honda Skoda Subaru Kia Mazda Renault".split()
+JOBS = "nurse pilot baker plumber teacher architect chemist librarian carpenter florist".split()
+MONTHS = ("January February March April May June July August September October November "
+          "December").split()
+
+
+@dataclasses.dataclass(frozen=True)
+class Attribute:
+    name: str
+    fact: str  # "{n}" the person, "{v}" the value
+    questions: tuple[str, ...]
+    value: object  # rng -> value
+
+
+ATTRIBUTES = (
+    Attribute("locker", "{n}'s locker number is {v}.",
+              ("What is {n}'s locker number?", "Which locker does {n} use?",
+               "Tell me the number on {n}'s locker."),
+              lambda r: str(r.randint(1000, 9999))),
+    Attribute("color", "{n}'s favorite color is {v}.",
+              ("What is {n}'s favorite color?", "Which color does {n} like best?",
+               "What colour does {n} love most?"),
+              lambda r: r.choice(COLORS)),
+    Attribute("birthday", "{n} was born on {v}.",
+              ("When was {n} born?", "On what date was {n} born?", "What is {n}'s birthday?"),
+              lambda r: f"{r.choice(MONTHS)} {r.randint(1, 28)}"),
+    Attribute("city", "{n} lives in {v}.",
+              ("Where does {n} live?", "Which city does {n} live in?", "What is {n}'s home town?"),
+              lambda r: r.choice(CITIES)),
+    Attribute("car", "{n} drives a {v} car.",
+              ("What car does {n} drive?", "Which brand of car does {n} drive?",
+               "What does {n} drive?"),
+              lambda r: r.choice(CARS)),
+    Attribute("extension", "{n}'s phone extension is {v}.",
+              ("What is {n}'s phone extension?", "Which extension reaches {n} by phone?",
+               "How do I phone {n}?"),
+              lambda r: str(r.randint(100, 999))),
+    Attribute("job", "{n}'s job is {v}.",
+              ("What is {n}'s job?", "Which job does {n} have?", "How does {n} earn a living?"),
+              lambda r: r.choice(JOBS)),
+    Attribute("room", "{n}'s office is room {v}.",
+              ("Which room is {n}'s office?", "What is the number of {n}'s office?",
+               "Where is {n}'s office?"),
+              lambda r: f"{r.choice('ABCD')}{r.randint(10, 99)}"),
+    Attribute("flight", "{n}'s flight number is {v}.",
+              ("What is {n}'s flight number?", "Which flight is {n} on?",
+               "On what flight does {n} travel?"),
+              lambda r: f"{r.choice(['LX', 'KL', 'TP', 'AY'])}{r.randint(100, 999)}"),
+    Attribute("pin", "{n}'s bike lock code is {v}.",
+              ("What is {n}'s bike lock code?", "Which code opens {n}'s bike lock?",
+               "How do I unlock {n}'s bike?"),
+              lambda r: str(r.randint(1000, 9999))),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fact:
+    id: int
+    person: str
+    attribute: str
+    value: str
+    text: str
+    question: str  # a paraphrase asking for `value`
+
+
+def make_facts(n: int, seed: int = 0) -> list[Fact]:
+    """`n` distinct facts (each person/attribute pair at most once) with one question each."""
+    combos = [(f, s, a) for f in FIRST for s in LAST for a in range(len(ATTRIBUTES))]
+    if n > len(combos):
+        raise ValueError(f"at most {len(combos)} distinct facts, asked for {n}")
+    rng = random.Random(seed)
+    out = []
+    for i, (first, last, a) in enumerate(rng.sample(combos, n)):
+        attr, person = ATTRIBUTES[a], f"{first} {last}"
+        value = attr.value(rng)
+        out.append(Fact(i, person, attr.name, value, attr.fact.format(n=person, v=value),
+                        rng.choice(attr.questions).format(n=person)))
+    return out
