@@ -54,7 +54,12 @@ SPECIAL_TOKENS = {
     "tool_call_end": "<|tool_call_end|>",
     "tool_result_start": "<|tool_result_start|>",
     "tool_result_end": "<|tool_result_end|>",
+    "retrieval_start": "<|retrieval_start|>",
+    "retrieval_end": "<|retrieval_end|>",
 }
+# Added after the first tokenizers were trained: a tokenizer.json without them still loads (it
+# cannot render retrieved context; retrain the tokenizer stage for that).
+OPTIONAL_SPECIALS = ("retrieval_start", "retrieval_end")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -117,8 +122,10 @@ class Tokenizer:
         # encode_ordinary does.
         self.hf.encode_special_tokens = True
         vocab = hf.get_vocab()
-        self.special_ids = {name: vocab[tok] for name, tok in SPECIAL_TOKENS.items()}
-        if missing := [t for t in SPECIAL_TOKENS.values() if t not in vocab]:
+        self.special_ids = {name: vocab[tok] for name, tok in SPECIAL_TOKENS.items()
+                            if tok in vocab}
+        if missing := [t for n, t in SPECIAL_TOKENS.items()
+                       if t not in vocab and n not in OPTIONAL_SPECIALS]:
             raise ValueError(f"tokenizer lacks special tokens {missing}")
         ranks = {
             bytes(_UNICODE_TO_BYTE[c] for c in tok): i

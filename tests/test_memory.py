@@ -119,3 +119,20 @@ def test_store_owners_conversations_files_and_fresh_indexes(tmp_path):
     assert {"conversations", "messages", "memory_items"} <= tables
     store.close()
     chats.close()
+
+
+def test_answer_from_context_task():
+    from gpt_jax.memory.synthetic import context_task
+
+    task = context_task(200, 50, k=3, seed=1)
+    assert task["train"] == context_task(200, 50, k=3, seed=1)["train"]
+    held_facts, held = task["heldout"]
+    train_pairs = {(c[0]["content"], c[1]["content"]) for c in task["train"]}
+    for fact, conv in zip(held_facts, held):
+        user, reply = conv
+        assert len(user["context"]) == 3 and fact.text in user["context"]
+        assert len(set(user["context"])) == 3
+        assert reply == {"role": "assistant", "content": fact.text} and fact.value in fact.text
+        assert (user["content"], reply["content"]) not in train_pairs
+    for conv in task["train"]:
+        assert conv[1]["content"] in conv[0]["context"]  # the answer is copied from the context

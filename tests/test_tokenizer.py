@@ -138,3 +138,34 @@ def test_bad_messages_raise(tok):
         tok.render_chat([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}])
     with pytest.raises(ValueError, match="content"):
         tok.render_chat([{"role": "user"}])
+
+
+def test_retrieved_context_renders_between_its_tokens_and_parses_back(tok, tmp_path, monkeypatch):
+    from gpt_jax import tokenizer as T
+    from gpt_jax.data import chat_template as CT
+
+    sid = tok.special_ids
+    conv = [{"role": "user", "content": "Which locker is mine?",
+             "context": ["My locker number is 4821.", "Lunch is at noon."]},
+            {"role": "assistant", "content": "4821"}]
+    ids, mask = CT.render_chat(tok, conv)
+    want = [tok.bos_id, sid["user_start"], sid["retrieval_start"],
+            *tok.encode("My locker number is 4821."), sid["retrieval_end"],
+            sid["retrieval_start"], *tok.encode("Lunch is at noon."), sid["retrieval_end"],
+            *tok.encode("Which locker is mine?"), sid["user_end"]]
+    assert ids[: len(want)] == want and set(mask[: len(want)]) == {0}  # never learned
+    assert mask[len(want):] == [0] + [1] * (len(ids) - len(want) - 1)  # the reply is
+    assert CT.parse_chat(tok, ids) == conv
+    with pytest.raises(ValueError, match="context must be a list of strings on a user"):
+        CT.render_chat(tok, [{"role": "assistant", "content": "x", "context": ["y"]}])
+    # a tokenizer trained before the retrieval tokens loads, and refuses context clearly
+    old = {k: v for k, v in T.SPECIAL_TOKENS.items() if k not in T.OPTIONAL_SPECIALS}
+    monkeypatch.setattr(T, "SPECIAL_TOKENS", old)
+    before = train_bpe(["hello there, how are you?"] * 50, vocab_size=300, min_frequency=1)
+    before.save(tmp_path / "old.json")
+    monkeypatch.undo()
+    loaded = Tokenizer.load(tmp_path / "old.json")
+    assert "retrieval_start" not in loaded.special_ids
+    assert CT.parse_chat(loaded, CT.render_chat(loaded, conv[1:])[0]) == conv[1:]
+    with pytest.raises(ValueError, match="no retrieval tokens"):
+        CT.render_chat(loaded, conv)

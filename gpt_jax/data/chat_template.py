@@ -7,7 +7,7 @@ message may carry `"tool_call": str` (the call it issues after its text, answere
 
     <|bos|>
     <|system_start|> text <|system_end|>                                       mask 0
-    <|user_start|> text <|user_end|>                                           mask 0
+    <|user_start|> [<|retrieval_start|> hit <|retrieval_end|>]... text <|user_end|>  mask 0
     <|assistant_start|> text [<|tool_call_start|> call <|tool_call_end|>] <|assistant_end|>
       ^ mask 0          ^----------------------- mask 1 ---------------------------------^
     <|tool_result_start|> text <|tool_result_end|>                             mask 0
@@ -24,6 +24,11 @@ The two forms are unambiguous: a message-level call's <|tool_call_end|> is follo
 <|assistant_end|>, an in-line call's by <|tool_result_start|>. `parse_chat` returns a parts list
 only when the turn has in-line tool parts (adjacent text merged, empty text dropped), else a str.
 `assistant_text` renders content as plain text, a call + result reading "expr = result".
+
+Retrieved context (`gpt_jax.memory`): a user message may carry `"context": [str, ...]`, the
+hits a retriever found for it, rendered before its text, each between the retrieval tokens (mask
+0 like the rest of the user turn: the model learns to use them, never to write them). A tokenizer
+trained before those tokens existed cannot render context (ValueError).
 
 The mask is 1 exactly on what the model must learn to emit: assistant text, its tool calls, and the
 assistant end token (so it learns to stop); never on what a tool wrote. Content goes through
@@ -62,6 +67,9 @@ def validate_messages(messages: Sequence[dict]) -> None:
             raise ValueError(f"message {i}: a system message may only come first")
         if "tool_call" in m and (role != "assistant" or not isinstance(m["tool_call"], str)):
             raise ValueError(f"message {i}: tool_call must be a string on an assistant message")
+        if "context" in m and (role != "user" or not isinstance(m["context"], list) or
+                               not all(isinstance(c, str) for c in m["context"])):
+            raise ValueError(f"message {i}: context must be a list of strings on a user message")
 
 
 PART_TYPES = ("text", "tool_call", "tool_result")
@@ -128,11 +136,21 @@ def render_chat(tok, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
         if learn:
             _render_content(tok, m["content"], add)
         else:
+            for hit in m.get("context", ()):
+                add([_retrieval_id(tok, "retrieval_start"), *tok.encode(hit),
+                     _retrieval_id(tok, "retrieval_end")], 0)
             add(tok.encode(m["content"]), 0)
         if "tool_call" in m:
             add([sid["tool_call_start"], *tok.encode(m["tool_call"]), sid["tool_call_end"]], 1)
         add([sid[end]], learn)
     return ids, mask
+
+
+def _retrieval_id(tok, name: str) -> int:
+    if name not in tok.special_ids:
+        raise ValueError("this tokenizer has no retrieval tokens (trained before they existed): "
+                         "retrain the tokenizer stage to render retrieved context")
+    return tok.special_ids[name]
 
 
 def render_for_completion(tok, messages: Sequence[dict]) -> list[int]:
@@ -214,8 +232,15 @@ def parse_chat(tok, ids: Sequence[int]) -> list[dict]:
                 msg["tool_call"] = tool_call
         else:
             end_id = sid[ROLE_TOKENS[role][1]]
-            content, pos = _take_until(tok, ids, {end_id}, pos + 1)
+            pos, context = pos + 1, []
+            while role == "user" and pos < len(ids) and ids[pos] == sid.get("retrieval_start"):
+                hit, pos = _take_until(tok, ids, {sid["retrieval_end"]}, pos + 1)
+                context.append(hit)
+                pos += 1  # past retrieval_end
+            content, pos = _take_until(tok, ids, {end_id}, pos)
             msg = {"role": role, "content": content}
+            if context:
+                msg["context"] = context
         messages.append(msg)
         pos += 1  # past the end token
     return messages

@@ -102,3 +102,37 @@ def make_facts(n: int, seed: int = 0) -> list[Fact]:
         out.append(Fact(i, person, attr.name, value, attr.fact.format(n=person, v=value),
                         rng.choice(attr.questions).format(n=person)))
     return out
+
+
+def context_conversation(fact: Fact, distractors: list[Fact], rng: random.Random) -> list[dict]:
+    """"Answer from the given context": the question with the fact among distractors as retrieved
+    context (`chat_template`'s user "context"), and the reply that copies the fact."""
+    hits = [fact.text, *(d.text for d in distractors)]
+    rng.shuffle(hits)
+    return [{"role": "user", "content": fact.question, "context": hits},
+            {"role": "assistant", "content": fact.text}]
+
+
+def context_task(n_train: int, n_heldout: int, k: int = 3, seed: int = 0) -> dict:
+    """{"train": conversations, "heldout": (facts, conversations)}: an SFT task teaching the model
+    to answer from retrieved context. Held-out facts are other (person, attribute) pairs than the
+    training ones, so the model must copy from the context, not recall; each question comes with
+    k - 1 distractors, half of them about the same person (what retrieval returns)."""
+    facts = make_facts(n_train + n_heldout, seed)
+    rng = random.Random(seed + 1)
+    by_person: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_person.setdefault(f.person, []).append(f)
+
+    def conversation(f: Fact) -> list[dict]:
+        same = [g for g in by_person[f.person] if g.id != f.id]
+        picked = rng.sample(same, min(len(same), (k - 1) // 2))
+        while len(picked) < k - 1:
+            g = facts[rng.randrange(len(facts))]
+            if g.id != f.id and g not in picked:
+                picked.append(g)
+        return context_conversation(f, picked, rng)
+
+    train, held = facts[:n_train], facts[n_train:]
+    return {"train": [conversation(f) for f in train],
+            "heldout": (held, [conversation(f) for f in held])}
