@@ -12,7 +12,11 @@ reply may call the calculator in-line (<|tool_call_start|> expr <|tool_call_end|
 "[calc] expr -> result" goes to stderr, and the history keeps the call and result as parts.
 `--python` adds sandboxed Python (`gpt_jax.tools.sandbox`): a call whose text starts `python:`
 runs as a program and its output is the result (`gpt_jax.tools.toolbox` routes the calls).
-Commands: /reset, /system <text>, /temp <x> (0 = greedy), /help, /quit. When the history no
+With `--memory` (chat mode) each message is sent with what the retrieval memory finds for it
+(`gpt_jax.memory`: BM25 over `--documents` files and facts stored with `/remember <text>`, in
+<workdir>/chats.sqlite), rendered between the retrieval tokens; a notice says how many hits.
+Commands: /reset, /system <text>, /temp <x> (0 = greedy), /remember <text>, /forget, /help, /quit.
+When the history no
 longer fits the model context with room for the reply, the oldest turns are dropped and a notice
 says so (notices go to stderr).
 With stdin not a terminal it reads one message per line and prints one reply per line, exiting 0
@@ -32,7 +36,8 @@ import jax.numpy as jnp
 from gpt_jax import sampling, streaming
 from gpt_jax.sampling import SamplingConfig
 
-HELP = "/reset  /system <text>  /temp <x>  /help  /quit   (\\n in a message = line break)"
+HELP = ("/reset  /system <text>  /temp <x>  /remember <text>  /forget  /help  /quit   "
+        "(\\n in a message = line break)")
 
 
 def _mask_from(logits, state, first_unused: int):
@@ -47,12 +52,14 @@ class ChatSession:
     def __init__(self, tokenizer, config, params, sampling_config: SamplingConfig,
                  mode: str = "chat", system: str | None = None,
                  notice: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
-                 tool: Callable[[str], str] | None = None):
+                 tool: Callable[[str], str] | None = None, memory=None):
         if mode not in ("chat", "completion"):
             raise ValueError(f"mode={mode!r}; expected 'chat' or 'completion'")
         if tool is not None and mode != "chat":
             raise ValueError("a tool (--calculator) needs chat mode")
-        self.tool = tool
+        if memory is not None and mode != "chat":
+            raise ValueError("retrieval memory (--memory) needs chat mode")
+        self.tool, self.memory, self.context = tool, memory, []
         self.tok, self.mode, self.system, self.notice = tokenizer, mode, system, notice
         self.config, self.params = sampling.unstack_layers(config, params)
         stops = ([tokenizer.token_id("assistant_end"), tokenizer.eos_id] if mode == "chat"
@@ -70,7 +77,11 @@ class ChatSession:
             return [self.tok.eos_id, *self.tok.encode(text)]
         history = self.history if history is None else history
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return self.tok.render_for_completion(system + history + [{"role": "user", "content": text}])
+        return self.tok.render_for_completion(system + history + [self._user(text)])
+
+    def _user(self, text: str) -> dict:
+        return ({"role": "user", "content": text, "context": self.context} if self.context
+                else {"role": "user", "content": text})
 
     def _fit(self, text: str) -> tuple[list[int], int] | None:
         """Prompt ids and max_new_tokens that fit the context, dropping the oldest turns."""
@@ -94,8 +105,12 @@ class ChatSession:
 
     # -- turns ----------------------------------------------------------------------------------
     def respond(self, text: str, on_text: Callable[[str], None] | None = None) -> str | None:
+        self.context = self.memory.hits(text) if self.memory is not None else []
+        if self.memory is not None:
+            self.notice(f"[memory: {len(self.context)} hit(s)]")
         fitted = self._fit(text)
         if fitted is None:
+            self.context = []
             return None
         ids, max_new = fitted
         cfg = dataclasses.replace(self.sampling, max_new_tokens=max_new,
@@ -111,8 +126,8 @@ class ChatSession:
         self.replies += 1
         if self.mode == "chat":
             content = reply if self.tool is None else self._content(gen.row(0), reply)
-            self.history += [{"role": "user", "content": text},
-                             {"role": "assistant", "content": content}]
+            self.history += [self._user(text), {"role": "assistant", "content": content}]
+        self.context = []  # the hits belong to this turn (they stay in its history entry)
         return reply
 
     def _content(self, ids: list[int], reply: str):
@@ -151,6 +166,17 @@ class ChatSession:
                 return True
             self.sampling = dataclasses.replace(self.sampling, temperature=max(0.0, temperature))
             self.notice(f"[temperature {self.sampling.temperature:g}]")
+        elif name in ("/remember", "/forget"):
+            if self.memory is None:
+                self.notice("[no memory: start with --memory]")
+            elif name == "/forget":
+                self.memory.forget()
+                self.notice("[this conversation's memories are forgotten]")
+            elif not arg.strip():
+                self.notice("[usage: /remember <a fact to find again later>]")
+            else:
+                self.memory.remember(arg.strip())
+                self.notice("[remembered]")
         elif name == "/help":
             self.notice(HELP)
         else:
@@ -218,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", action="store_true",
                         help="let replies run Python in the sandbox (gpt_jax/tools/sandbox.py): "
                              "a call starting 'python:'; with --calculator, other calls compute")
+    parser.add_argument("--memory", action="store_true",
+                        help="send each message with what the retrieval memory finds for it")
+    parser.add_argument("--documents", default=None,
+                        help="a file or folder of text to index into the memory (implies --memory)")
+    parser.add_argument("--memory-k", type=int, default=3, help="hits per message")
     parser.add_argument("--stop", action="append", default=[],
                         help="stop string (repeatable), e.g. --stop='\\n\\n' for few-shot prompts")
     args = parser.parse_args(argv)
@@ -230,8 +261,19 @@ def main(argv: list[str] | None = None) -> int:
         from gpt_jax.tools import toolbox
 
         tool = toolbox(names)
+    memory = None
+    if args.memory or args.documents:
+        from gpt_jax.memory.recall import Recall
+        from gpt_jax.memory.store import MemoryStore
+
+        store = MemoryStore(Path(args.workdir) / "chats.sqlite")
+        if args.documents:
+            added = store.add_path("local", args.documents)
+            print(f"[memory: {sum(added.values())} chunks from {len(added)} file(s)]",
+                  file=sys.stderr)
+        memory = Recall(store, k=args.memory_k)
     session = load_session(args.workdir, args.stage, cfg, args.mode, args.system, args.step,
-                           tool=tool)
+                           tool=tool, memory=memory)
     return run(session, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
 
 

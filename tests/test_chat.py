@@ -155,3 +155,43 @@ def test_python_tool_runs_inside_the_reply(workdir):
     s.processor = force
     assert s.respond("What is 12*3?") == "python:print(12*3) = 36"
     assert notices == ["[tool] python:print(12*3) -> 36"]
+
+
+def test_memory_sends_hits_as_context_and_the_cli_indexes_documents(workdir, tmp_path):
+    from gpt_jax.data.chat_template import parse_chat
+    from gpt_jax.memory.recall import Recall
+    from gpt_jax.memory.store import MemoryStore
+
+    store = MemoryStore(tmp_path / "memory.sqlite")
+    notices = []
+    s = chat.load_session(str(workdir), "sft", SamplingConfig(temperature=0.0, max_new_tokens=4),
+                          notice=notices.append, memory=Recall(store, k=2))
+    assert s.command("/remember My locker number is 4821.")
+    assert s.command("/remember Lunch is at noon.") and notices[-1] == "[remembered]"
+    s.respond("which locker number is mine")
+    assert notices[-1] == "[memory: 1 hit(s)]"
+    user = s.history[0]
+    assert user == {"role": "user", "content": "which locker number is mine",
+                    "context": ["My locker number is 4821."]}
+    # the next prompt carries the earlier turn's context, as the model saw it
+    turns = parse_chat(s.tok, s.prompt_ids("thanks")[:-1])
+    assert turns[0] == user and turns[-1] == {"role": "user", "content": "thanks"}
+    s.respond("zebra")  # nothing relevant: no context at all
+    assert notices[-1] == "[memory: 0 hit(s)]" and "context" not in s.history[-2]
+    assert s.command("/forget") and Recall(store).hits("locker number") == []
+    plain, plain_notices = session(workdir)
+    plain.command("/remember x")
+    assert plain_notices[-1] == "[no memory: start with --memory]"
+    with pytest.raises(ValueError, match="chat mode"):
+        chat.load_session(str(workdir), "pretrain", SamplingConfig(), memory=Recall(store))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.txt").write_text("The boiler room key hangs behind door 7.")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt_jax.chat", f"--workdir={workdir}", "--stage=sft",
+         "--temperature=0", "--max_new_tokens=4", f"--documents={docs}"],
+        input="where is the boiler room key\n", capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "[memory: 1 chunks from 1 file(s)]" in proc.stderr
+    assert "[memory: 1 hit(s)]" in proc.stderr
