@@ -59,6 +59,9 @@ class ChatSession:
             raise ValueError("a tool (--calculator) needs chat mode")
         if memory is not None and mode != "chat":
             raise ValueError("retrieval memory (--memory) needs chat mode")
+        if memory is not None and "retrieval_start" not in tokenizer.special_ids:
+            raise ValueError("retrieval memory (--memory) needs a tokenizer with the retrieval "
+                             "tokens: this workdir's tokenizer stage ran before they existed")
         self.tool, self.memory, self.context = tool, memory, []
         self.tok, self.mode, self.system, self.notice = tokenizer, mode, system, notice
         self.config, self.params = sampling.unstack_layers(config, params)
