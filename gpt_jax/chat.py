@@ -275,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[memory: {sum(added.values())} chunks from {len(added)} file(s)]",
                   file=sys.stderr)
         memory = Recall(store, k=args.memory_k)
-    session = load_session(args.workdir, args.stage, cfg, args.mode, args.system, args.step,
-                           tool=tool, memory=memory)
+    try:
+        session = load_session(args.workdir, args.stage, cfg, args.mode, args.system, args.step,
+                               tool=tool, memory=memory)
+    except ValueError as e:  # a flag that does not fit this stage or workdir
+        parser.error(str(e))
     return run(session, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
 
 
