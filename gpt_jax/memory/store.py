@@ -15,13 +15,11 @@ its own, SQLite's data_version those of other connections).
 from __future__ import annotations
 
 import re
-import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from gpt_jax.memory.index import BM25Index
+from gpt_jax.sqlite_store import SQLiteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS memory_items (
@@ -58,34 +56,10 @@ def chunk_text(text: str, words: int = 120, overlap: int = 20) -> list[str]:
     return chunks
 
 
-class MemoryStore:
+class MemoryStore(SQLiteStore):
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:
-            self._db.executescript(SCHEMA)
-        self._version = 0
-        self._cache: dict[tuple, tuple[int, BM25Index]] = {}
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _write(self):
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            self._version += 1
+        super().__init__(path, SCHEMA)
+        self._cache: dict[tuple, tuple[tuple, BM25Index]] = {}
 
     def add_document(self, owner: str, source: str, text: str, words: int = 120,
                      overlap: int = 20) -> int:
@@ -136,10 +110,7 @@ class MemoryStore:
         if conversation is not None:
             sql += " AND scope = ?"
             args.append(conversation)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
-        keys = ("id", "collection", "scope", "source", "position", "text")
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(r) for r in self._read(sql + " ORDER BY id", args)]
 
     def retriever(self, owner: str, conversation: str | None = None,
                   documents: bool = True) -> BM25Index:
@@ -158,5 +129,5 @@ class MemoryStore:
     def _stamp(self) -> tuple[int, int]:
         """Changes whenever this store or another connection to the file has written."""
         with self._lock:
-            return self._version, self._db.execute("PRAGMA data_version").fetchone()[0]
+            return self.writes, self._db.execute("PRAGMA data_version").fetchone()[0]
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
+
+from gpt_jax.sqlite_store import SQLiteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -64,40 +64,11 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(8)}"
 
 
-class ConversationStore:
-    """Thread-safe (one connection behind a lock; each call is short) store at `path`."""
+class ConversationStore(SQLiteStore):
+    """Thread-safe store at `path` (`gpt_jax.sqlite_store`: one connection, transactions)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:  # idempotent (IF NOT EXISTS); executescript commits by itself
-            self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _write(self):
-        """One transaction: committed when the block ends, rolled back when it raises."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _read(self, sql: str, args=()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        super().__init__(path, SCHEMA)
 
     # conversations ---------------------------------------------------------------------------
     def list(self, owner: str) -> list[dict]:
