@@ -240,3 +240,39 @@ def test_response_format_json_schema_and_regex(server, client):
                                      temperature=1.0, extra_body={"response_format": {
                                          "type": "grammar", "grammar": 'start: "yes" | "no"'}})
     assert done.choices[0].text in ("yes", "no") and done.choices[0].finish_reason == "stop"
+
+
+def test_memory_extension_adds_retrieved_context(server, client):
+    from helpers import small_tokenizer
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for text in ("My locker number is 4821.", "Lunch is at noon."):
+        res = httpx.post(f"{server}/v1/memories", headers=auth,
+                         json={"conversation": "c1", "text": text})
+        assert res.status_code == 201 and res.json()["text"] == text
+    listed = httpx.get(f"{server}/v1/memories", params={"conversation": "c1"}, headers=auth)
+    assert [m["text"] for m in listed.json()["data"]] == ["My locker number is 4821.",
+                                                          "Lunch is at noon."]
+    question = [{"role": "user", "content": "which locker number is mine"}]
+    plain = client.chat.completions.create(model="sft", messages=question, max_tokens=2,
+                                           temperature=0)
+    res = client.chat.completions.create(model="sft", messages=question, max_tokens=2,
+                                         temperature=0, extra_body={"memory": {
+                                             "conversation": "c1", "k": 2}})
+    assert res.model_extra["retrieved"] == ["My locker number is 4821."]
+    # exactly the context's tokens were added to the prompt
+    tok = small_tokenizer()  # the workdir's (random_model_workdir saves this one)
+    with_ctx = tok.render_for_completion([{**question[0], "context": ["My locker number is 4821."]}])
+    assert res.usage.prompt_tokens - plain.usage.prompt_tokens == (
+        len(with_ctx) - len(tok.render_for_completion(question)))
+    nothing = client.chat.completions.create(model="sft", messages=question, max_tokens=2,
+                                             extra_body={"memory": {"conversation": "other"}})
+    assert nothing.model_extra["retrieved"] == []
+    bad = httpx.post(f"{server}/v1/chat/completions", headers=auth, json={
+        "model": "sft", "messages": question, "memory": {"k": 0}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "memory.k"
+    assert httpx.delete(f"{server}/v1/memories", params={"conversation": "c1"},
+                        headers=auth).status_code == 204
+    gone = client.chat.completions.create(model="sft", messages=question, max_tokens=2,
+                                          extra_body={"memory": {"conversation": "c1"}})
+    assert gone.model_extra["retrieved"] == []

@@ -34,7 +34,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from gpt_jax.serve import formats as fmt
 from gpt_jax.serve.conversations import ConversationStore
+from gpt_jax.memory.store import MemoryStore
 from gpt_jax.serve.limits import BodyLimit
+from gpt_jax.serve.memory_routes import add_memory_routes, attach_context
 from gpt_jax.serve.engine import QueueFull
 from gpt_jax.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest,
                                     ModerationRequest)
@@ -56,6 +58,7 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
     state = {"models": None, "error": None, "moderator": None}
     keys = {f"Bearer {k}": owner_id(k) for k in api_keys}
     store = ConversationStore(chat_db) if chat_db is not None else None
+    memory = MemoryStore(chat_db) if chat_db is not None else None
 
     def load_in_background():
         try:
@@ -71,8 +74,9 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
         yield
         for m in (state["models"] or {}).values():
             m.engine.stop()
-        if store is not None:
-            store.close()
+        for s in (store, memory):
+            if s is not None:
+                s.close()
 
     async def check_key(request: HTTPRequest):
         # a dependency, not an HTTP middleware: starlette's BaseHTTPMiddleware re-streams every
@@ -159,20 +163,26 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
         return mod is not None and await asyncio.to_thread(mod.flagged, text)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest):
+    async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest,
+                               who: str = Depends(owner)):
         m = model(body.model)
         body.refuse_unsupported()
         if not m.chat:
             raise APIError(400, f"{m.name!r} is a base model: use /v1/completions", param="model")
         messages = [{"role": "system" if x.role == "developer" else x.role, "content": x.text()}
                     for x in body.messages]
+        retrieved = (attach_context(messages, m.tokenizer, memory, who, body.memory)
+                     if body.memory is not None else None)
         prompt = m.tokenizer.render_for_completion(messages)
         n_top = (body.top_logprobs or 0) if body.logprobs else None
         req = _request(m, body, prompt, body.limit(), n_top, chat=True, param="messages")
         req.grammar = await _grammar(m, body, req.stop_ids)
         users = [x["content"] for x in messages if x["role"] == "user"]
         blocked = bool(users) and await _input_flagged(users[-1])
-        return await _respond(m, body, [req], fmt.Chat(m, body), http, blocked=blocked)
+        out = await _respond(m, body, [req], fmt.Chat(m, body), http, blocked=blocked)
+        if retrieved is not None and isinstance(out, dict):
+            out["retrieved"] = retrieved
+        return out
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: HTTPRequest):
@@ -303,6 +313,7 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
     if store is not None:
         add_webchat(app, store, ChatBackend(model=model, models=models, make_request=_request,
                                             input_flagged=_input_flagged, owner=owner))
+        add_memory_routes(app, memory, owner)
     return app
 
 

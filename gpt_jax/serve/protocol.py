@@ -131,8 +131,17 @@ class ChatMessage(BaseModel):
         return "".join(p.text or "" for p in self.content)
 
 
+class MemoryOptions(BaseModel):
+    """The `memory` extension of a chat request (gpt_jax.serve.memory_routes)."""
+    conversation: str | None = None
+    k: int = Field(3, ge=1, le=20)
+    min_score: float = Field(0.0, ge=0.0)
+    documents: bool = True
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    memory: MemoryOptions | None = None  # extension: retrieved context
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
