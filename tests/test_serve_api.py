@@ -27,7 +27,7 @@ def server(tmp_path_factory):
     wd = random_model_workdir(tmp_path_factory.mktemp("serve_api"), CONFIG, ("sft", "pretrain"))
     with ServerProcess(wd, "--stages=sft,pretrain", "--slots=16", f"--max-queue={QUEUE}",
                        f"--api-key={KEY}", "--timeout=120", "--max-requests=2000",
-                       timeout_s=180) as proc:
+                       timeout_s=400) as proc:
         yield proc.url
 
 

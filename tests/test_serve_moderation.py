@@ -17,7 +17,7 @@ CONFIG = GPTConfig(family="llama", vocab_size=320, max_seq_len=128, n_layers=2, 
 def server(tmp_path_factory):
     wd = random_model_workdir(tmp_path_factory.mktemp("serve_mod"), CONFIG)
     head_model_stage(wd, CONFIG, "moderation", bias=20.0, seq_len=32, summary={"threshold": 0.5})
-    with ServerProcess(wd, "--slots=2", "--max-requests=200", timeout_s=180) as proc:
+    with ServerProcess(wd, "--slots=2", "--max-requests=200", timeout_s=400) as proc:
         yield proc.url
 
 

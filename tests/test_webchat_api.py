@@ -19,7 +19,7 @@ ALICE, BOB = "key-alice", "key-bob"
 def server(tmp_path_factory):
     wd = webchat_workdir(tmp_path_factory.mktemp("webchat_api"))
     with ServerProcess(wd, "--slots=4", "--max-requests=300", f"--api-key={ALICE},{BOB}",
-                       "--max-body-kb=64", timeout_s=180) as proc:
+                       "--max-body-kb=64", timeout_s=400) as proc:
         yield proc.url
 
 
