@@ -123,19 +123,20 @@ def test_prefix_cache_hit_gives_the_tokens_of_a_full_prefill(model):
 
 
 def test_tool_call_runs_inside_decoding(model, monkeypatch):
-    """The sampled tokens are scripted (a random model never calls a tool): the call's result is
-    prefilled into the row, shown as text and as a tool-call event, and the row samples on."""
+    """The sampled tokens are scripted (a random model never calls a tool; after the call, plain
+    text): the call's result is prefilled into the row, shown as text and as a tool-call event,
+    and the row samples on."""
     tok, _, _ = model
     call = [tok.token_id("tool_call_start"), *tok.encode("23 + 45"), tok.token_id("tool_call_end")]
     engine = make(model)
     script = iter(call)
     accept = Engine._accept
 
+    filler = tok.encode("a")[0]  # after the call: plain text, so the weights cannot call again
+
     def scripted(self, r, out, i):
-        forced = next(script, None)
-        if forced is not None:
-            out = out._replace(token=np.array(out.token))
-            out.token[i] = forced
+        out = out._replace(token=np.array(out.token))
+        out.token[i] = next(script, filler)
         accept(self, r, out, i)
 
     monkeypatch.setattr(Engine, "_accept", scripted)
@@ -149,7 +150,7 @@ def test_tool_call_runs_inside_decoding(model, monkeypatch):
     tool_events = [e.tool_call for e in res["events"] if isinstance(e, Delta) and e.tool_call]
     assert tool_events == [{"name": "calculator", "input": "23 + 45", "output": "68"}]
     assert res["text"].startswith("23 + 45 = 68")
-    assert res["done"].completion_tokens == 30  # the inserted result counts toward max_tokens
+    assert res["done"].completion_tokens == 30, res["finish"]  # the result counts toward max_tokens
 
 
 def test_queue_full_and_timeout(model):
