@@ -124,11 +124,7 @@ class Adapter:
 
     @property
     def fingerprint(self) -> str:
-        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.config)).encode())
-        for path, leaf in sorted(_leaves(self.params)):
-            h.update("/".join(path).encode())
-            h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
-        return h.hexdigest()[:16]
+        return _tree_hash(self.params, json.dumps(dataclasses.asdict(self.config)))
 
     def num_params(self) -> int:
         return int(sum(np.size(x) for _, x in _leaves(self.params)))
@@ -162,8 +158,12 @@ def unmerge(merged: Merged, adapter: Adapter) -> Merged:
 
 def params_fingerprint(params) -> str:
     """A short hash of model params: which base an adapter was trained on."""
-    h = hashlib.sha256()
-    for path, leaf in sorted(_leaves(params)):
+    return _tree_hash(params)
+
+
+def _tree_hash(tree, salt: str = "") -> str:
+    h = hashlib.sha256(salt.encode())
+    for path, leaf in sorted(_leaves(tree)):
         h.update("/".join(path).encode())
         h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
     return h.hexdigest()[:16]

@@ -9,8 +9,8 @@ is a transaction; re-adding a file replaces its chunks in the same transaction, 
 sees half of a file's chunks.
 
 `retriever(owner, ...)` builds a `BM25Index` over what a query may see: the owner's documents and,
-with `conversation`, that conversation's memories (rebuilt after any write: this store counts
-its own, SQLite's data_version those of other connections).
+with `conversation`, that conversation's memories (rebuilt only when the items changed, by any
+connection: not on every web-chat write to the same file).
 """
 from __future__ import annotations
 
@@ -126,8 +126,9 @@ class MemoryStore(SQLiteStore):
         self._cache[key] = (stamp, index)
         return index
 
-    def _stamp(self) -> tuple[int, int]:
-        """Changes whenever this store or another connection to the file has written."""
-        with self._lock:
-            return self.writes, self._db.execute("PRAGMA data_version").fetchone()[0]
+    def _stamp(self) -> tuple:
+        """Changes whenever the items change, by this store or another connection. Items are only
+        inserted (ids grow) and deleted (the count drops), so (count, largest id) sees every
+        change, while writes to the file's other tables (the web chat's) keep the index."""
+        return tuple(self._read("SELECT COUNT(*), MAX(id) FROM memory_items")[0])
 
