@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpt_jax.flops import measure_matmul_peak  # noqa: E402
 from gpt_jax.memory.index import BM25Index  # noqa: E402
+from gpt_jax.memory.measure import asked as asked_facts, recall as recall_of, timed  # noqa: E402
 from gpt_jax.memory.synthetic import make_facts  # noqa: E402
 
 
@@ -40,17 +40,6 @@ class TfidfPeer:
         return [int(i) for i in top[np.argsort(-scores[top])] if scores[i] > 0]
 
 
-def timed(fn, queries, warmup: int = 20) -> tuple[float, list]:
-    for q in queries[:warmup]:
-        fn(q)
-    times, out = [], []
-    for q in queries:
-        t = time.perf_counter()
-        out.append(fn(q))
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times), out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--facts", type=int, default=10_000)
@@ -62,7 +51,7 @@ def main() -> None:
     print(f"float32 matmul peak: {measure_matmul_peak() / 1e9:.0f} GFLOP/s")
     facts = make_facts(args.facts, args.seed)
     texts = [f.text for f in facts]
-    asked = facts[:: max(1, len(facts) // args.queries)][: args.queries]
+    asked = asked_facts(facts, args.queries)
     questions = [f.question for f in asked]
 
     t = time.perf_counter()
@@ -74,7 +63,7 @@ def main() -> None:
 
     bm25_ms, bm25_hits = timed(lambda q: [h.id for h in bm25.search(q, args.k)], questions)
     peer_ms, peer_hits = timed(lambda q: peer.search(q, args.k), questions)
-    recall = {name: float(np.mean([f.id in hits for f, hits in zip(asked, found)]))
+    recall = {name: recall_of([f.id for f in asked], found)
               for name, found in (("bm25", bm25_hits), ("tfidf", peer_hits))}
     out = {"facts": args.facts, "queries": len(questions), "k": args.k,
            "recall_at_k": recall["bm25"], "recall_at_k_tfidf": recall["tfidf"],

@@ -24,7 +24,7 @@ from gpt_jax.stages import move_aside, stage_module
 
 
 RECIPE_STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare",
-                 "moderation")
+                 "moderation", "memory")
 
 
 def pipeline_config(stages=RECIPE_STAGES, report: bool = True):

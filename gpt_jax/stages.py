@@ -37,6 +37,7 @@ STAGES = {
     "grpo": "gpt_jax.train.grpo",
     "dpo": "gpt_jax.train.dpo",
     "compare": "gpt_jax.compare",
+    "memory": "gpt_jax.memory.stage",
     "recipe": "gpt_jax.recipe",
 }
 

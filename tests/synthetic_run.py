@@ -86,6 +86,15 @@ SUMMARIES = {
                    "examples": {"train": {"harmful": 800, "benign": 3000},
                                 "heldout": {"harmful": 200, "benign": 750}},
                    "wall_seconds": 71.0, "steps": 120},
+    "memory": {"stage": "memory", "parent": "sft", "chunks": 10000, "questions": 200, "k": 3,
+               "min_score": 0.0, "recall_at_5": 0.998, "recall_queries": 500, "query_ms": 0.55,
+               "query_ms_10k": 0.55, "index_build_s": 0.4, "accuracy_with": 0.615,
+               "accuracy_without": 0.035, "accuracy_gold_context": 0.72, "hit_rate": 0.97,
+               "examples": [{"question": "Which locker does Mia Chen use?",
+                             "hits": ["Mia Chen's locker number is 4821."], "value": "4821",
+                             "with": "Mia Chen's locker number is 4821.",
+                             "without": "Mia Chen's locker number is 1234."}],
+               "wall_seconds": 30.0},
 }
 
 SAMPLES = [

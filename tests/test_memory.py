@@ -136,3 +136,49 @@ def test_answer_from_context_task():
         assert (user["content"], reply["content"]) not in train_pairs
     for conv in task["train"]:
         assert conv[1]["content"] in conv[0]["context"]  # the answer is copied from the context
+
+
+def test_held_out_facts_never_appear_in_training_contexts():
+    from gpt_jax.memory.synthetic import context_task
+
+    task = context_task(300, 40, k=3, seed=2)
+    held_facts, _ = task["heldout"]
+    trained = {hit for conv in task["train"] for hit in conv[0]["context"]}
+    assert not trained & {f.text for f in held_facts}
+
+
+@pytest.mark.parametrize("value, reply, right", [
+    ("4821", "Mia Chen's locker number is 4821.", True),
+    ("4821", "Mia Chen's locker number is 48210.", False),
+    ("4821", "It is 14821.", False),
+    ("teal", "Her favorite color is Teal.", True),
+    ("May 5", "Leo was born on May 15.", False),
+    ("May 5", "Leo was born on May 5.", True),
+    ("LX123", "Flight LX123.", True),
+])
+def test_an_answer_is_right_when_it_holds_the_value_as_a_word(value, reply, right):
+    from gpt_jax.memory.stage import is_right
+
+    assert is_right(value, reply) is right
+
+
+def test_context_task_in_the_sft_mixture_masks_the_retrieved_facts():
+    from gpt_jax.data.tasks_data import context_conversations, tasks_config
+    from helpers import small_tokenizer
+
+    tok = small_tokenizer()
+    context = tasks_config("arithmetic").context
+    assert context.weight == 0.0  # off unless a config turns it on (sft_tiny: 1.0)
+    context.update(facts=60, heldout=5)
+    train, held = context_conversations(context, "train"), context_conversations(context, "heldout")
+    assert (len(train), len(held)) == (55, 5)
+    ids, mask = tok.render_chat(train[0])
+    start, end = tok.token_id("retrieval_start"), tok.token_id("retrieval_end")
+    assert ids.count(start) == ids.count(end) == 3
+    inside = False
+    for t, m in zip(ids, mask):
+        inside = (inside or t == start) and t != end
+        if inside or t in (start, end):
+            assert m == 0  # retrieved text is never a target
+    reply = tok.encode(train[0][1]["content"])
+    assert sum(mask) >= len(reply)  # the copied fact is

@@ -10,7 +10,7 @@ from gpt_jax import recipe
 from test_notebooks import execute, outputs
 
 STAGES = ["tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare",
-          "moderation"]
+          "moderation", "memory"]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,13 @@ def test_recipe_runs_every_stage_and_writes_the_report(smoke_run):
             json.loads(json.dumps(out["summaries"][stage]))
     assert out["summaries"]["ppo"]["sft"]["kl"] == 0.0
     assert out["summaries"]["compare"]["missing"] == []  # base, SFT, PPO and FeedME all compared
+    memory = out["summaries"]["memory"]
+    assert (memory["chunks"], memory["questions"], memory["recall_queries"]) == (400, 8, 40)
+    assert "query_ms_10k" not in memory  # 400 facts: the 10k figure is not claimed
+    assert memory["recall_at_5"] >= 0.9  # BM25 on the paraphrases, whatever the model
+    answers = [json.loads(x) for x in (workdir / "memory" / "answers.jsonl").open()]
+    assert len(answers) == 8 and all(len(a["hits"]) <= 3 for a in answers)
+    assert memory["accuracy_with"] == sum(a["right_with"] for a in answers) / 8
     report = (workdir / "REPORT.md").read_text()
     assert "not run" not in report
     peaks = saved["matmul_peak_gflops"]

@@ -9,7 +9,7 @@ from synthetic_run import SUMMARIES, write_run
 
 SECTIONS = ["## Report card", "## Environment", "## Tokenizer", "## Pretraining", "## SFT",
             "## Reward model", "## PPO", "## Best-of-N", "## FeedME",
-            "## Compare: the models side by side", "## Moderation"]
+            "## Compare: the models side by side", "## Moderation", "## Retrieval memory"]
 FIGURES = ["pretrain_loss.png", "sft_loss.png", "reward_loss.png", "ppo_reward_vs_step.png",
            "ppo_reward_vs_kl.png", "bon_reward_vs_kl.png", "feedme_loss.png",
            "compare_accuracy.png", "moderation_loss.png"]
@@ -41,6 +41,15 @@ def test_every_section_in_order_and_nothing_missing(full_report):
     "| compare | cot accuracy (mean of L1-L3) base / sft / ppo | 0.0000 / 0.2500 / 0.5000 |",
     "| moderation | held-out AUROC (TF-IDF baseline); FPR at 90% recall | 0.9902 (0.9920); "
     "0.0190 |",
+    "| memory | recall@5; SFT answers with / without retrieval | 0.9980; 0.6150 / 0.0350 |",
+    # retrieval memory
+    "| recall@5 | 0.9980 | >= 0.9 |",
+    "| ms per query (median, single query) | 0.5500 | <= 5 over 10k chunks |",
+    "| with retrieval | 0.6150 |",
+    "| without retrieval | 0.0350 |",
+    "| with the fact given | 0.7200 |",
+    "| Which locker does Mia Chen use? | 4821 | Mia Chen's locker number is 4821. | Mia Chen's "
+    "locker number is 1234. |",
     # moderation
     "| AUROC | 0.9902 | 0.9920 |",
     "| FPR at 90% recall | 0.0190 | 0.0200 |",
@@ -57,7 +66,7 @@ def test_every_section_in_order_and_nothing_missing(full_report):
     "| pretrain | done | 600.5 s | recipe_summary.json | 5,322,240 |",
     "| sft | done | 136.0 s | summary wall_seconds | n/a |",
     "| tokenizer | done | 8.9 s | summary train_seconds | — |",
-    "| wall time, all stages | 1,418.7 s |",  # moderation 71.0 s included
+    "| wall time, all stages | 1,448.7 s |",  # moderation 71.0 s and memory 30.0 s included
     # tokenizer, pretraining, SFT
     "| bytes/token, held-out English | 3.1797 |",
     "| bytes/token, held-out Chinese | 3.1222 |",
@@ -131,9 +140,9 @@ def test_partial_run_says_not_run(tmp_path):
 
 def test_empty_and_malformed_runs_do_not_crash(tmp_path):
     text = report.write_report(tmp_path).read_text()
-    assert text.count("**not run**") == 9
+    assert text.count("**not run**") == 10
     # Summaries missing every key, a table of junk, and an unreadable metrics file.
-    for stage in ("pretrain", "reward", "ppo", "bon", "compare"):
+    for stage in ("pretrain", "reward", "ppo", "bon", "compare", "memory"):
         (tmp_path / stage).mkdir()
         (tmp_path / stage / "summary.json").write_text(json.dumps({"stage": stage}))
     (tmp_path / "bon" / "summary.json").write_text(json.dumps({"table": [1, {"n": 2}]}))

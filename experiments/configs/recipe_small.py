@@ -7,7 +7,8 @@ Same stages, code paths and tasks as recipe_tiny.py; what changes is the model a
 pretraining sees 2,000 × 32 × 1,024 = 65.5M tokens (about four passes over the shipped
 pretraining mixture), SFT 600 steps × 32 conversations, the reward model 2,048 labeler-ranked
 prompts, PPO 200 steps × 64 prompts, FeedME best-of-8 on 2,048 prompts, the moderation
-classifier 400 steps × 32 requests. Learning rates follow
+classifier 400 steps × 32 requests, and the retrieval-memory measurement (10,000 facts).
+Learning rates follow
 the usual ones at this size (GPT-2 124M pretraining 6e-4; SFT and RM around 3e-5; PPO 1e-5).
 Any entry is overridable, e.g. --config.pretrain.train.total_steps=5000.
 """
@@ -63,4 +64,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.moderation = _scaled("moderation", optim=dict(learning_rate=3e-5, warmup_steps=20),
                            batch_size=32, seq_len=128, total_steps=400, log_every=20,
                            eval_every=100, eval_batches=8, checkpoint_every=100)
+    c.memory = _scaled("memory")
     return c

@@ -22,6 +22,7 @@ def _small(config, **train):
         config.train.update(log_every=2, eval_batches=1, progress_bar=False, **train)
     if "tasks" in config:
         config.tasks.update(train_problems=200, heldout_problems=20)
+        config.tasks.context.update(facts=400, heldout=8)
     return config
 
 
@@ -57,4 +58,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.moderation = _small(load_experiment("moderation_tiny"), batch_size=8, seq_len=48,
                           total_steps=3, eval_every=3, checkpoint_every=3)
     c.moderation.moderation.update(latency_checks=4)
+    c.memory = _small(load_experiment("memory_tiny"))
+    c.memory.memory.update(queries=40, max_new_tokens=12, examples=2)
     return c

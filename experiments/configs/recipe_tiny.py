@@ -1,5 +1,6 @@
 """The tiny recipe on the shipped data (what `make run` runs): tokenizer -> pretrain -> sft ->
-reward -> ppo -> bon -> feedme -> compare -> moderation (the server's safety classifier), then
+reward -> ppo -> bon -> feedme -> compare -> moderation (the server's safety classifier) ->
+memory (retrieval over synthetic facts, and the SFT model's answers with and without it), then
 REPORT.md.
 
 python -m gpt_jax.main --config=experiments/configs/recipe_tiny.py --workdir=runs/tiny

@@ -27,5 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     # The arithmetic task in every level and mode (gpt_jax/tasks/arithmetic.py): 4/5 of the
     # SFT tokens (demo_weight 4 against the conversation sets' 1).
     config.tasks = tasks_config("arithmetic", demo_weight=4.0)
+    # Answer from retrieved context (the retrieval memory, gpt_jax/memory): about 1 in 6
+    # conversations, short ones (a question, three facts, the fact copied back).
+    config.tasks.context.weight = 1.0
     config.samples = samples_config(eval_problems=32, max_new_tokens=128)
     return config

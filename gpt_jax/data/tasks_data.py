@@ -3,7 +3,9 @@ SFT source mixed with the shipped conversation sets, and SFT demonstrations for 
 
 `config.tasks` (see `tasks_config`) names the verifiable task and its size; the SFT mixture is
 `config.data.sft_weights` plus a source "task:<name>" of rendered demonstrations with weight
-`config.tasks.demo_weight` (relative to the other weights; all are normalized together).
+`config.tasks.demo_weight` (relative to the other weights; all are normalized together), and
+with `config.tasks.context.weight` > 0 a source "task:context" of answer-from-context
+conversations (the retrieval memory's SFT task, `context_conversations`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ def tasks_config(name: str = "arithmetic", demo_weight: float = 0.3,
                        "modes": "direct:0.25,cot:0.4,calc:0.35"},
         # the modes of the prompts the reward model, RL stages and SFT's own eval sample on
         "rl_modes": "cot",
+        # "answer from the given context" (gpt_jax/memory/synthetic.py): conversations whose user
+        # message carries retrieved facts between the retrieval tokens, as an SFT source
+        # "task:context" of this relative weight (0: none). `facts` synthetic facts, the last
+        # `heldout` of them held out (the memory stage asks about those); `k` hits per question.
+        "context": {"weight": 0.0, "facts": 10000, "heldout": 200, "k": 3, "seed": 0},
     })
     for key, value in task.items():  # top-level keys here, the rest are the task's own
         (cfg if key in cfg else cfg.arithmetic)[key] = value
@@ -57,9 +64,24 @@ def rl_problems(config, split: str, workdir: str | None = None, n: int | None = 
 
 
 def render_demos(tokenizer, task, problems, max_len: int) -> list:
+    return render_conversations(tokenizer, (task.demonstration(p) for p in problems), max_len)
+
+
+def context_conversations(context, split: str) -> list[list[dict]]:
+    """The answer-from-context conversations of `split` ("train" | "heldout") for the
+    `config.tasks.context` section (the same facts the memory stage indexes)."""
+    from gpt_jax.memory.synthetic import context_task
+
+    n_held = int(context.heldout)
+    task = context_task(int(context.facts) - n_held, n_held, k=int(context.k),
+                        seed=int(context.seed))
+    return task["train"] if split == "train" else task["heldout"][1]
+
+
+def render_conversations(tokenizer, conversations, max_len: int) -> list:
     out = []
-    for p in problems:
-        ids, mask = tokenizer.render_chat(task.demonstration(p))
+    for messages in conversations:
+        ids, mask = tokenizer.render_chat(messages)
         out.append((np.asarray(ids[:max_len], np.int32), np.asarray(mask[:max_len], np.int32)))
     return out
 
@@ -91,6 +113,12 @@ def make_sft_mixture_iterator(config, tokenizer, split: str, batch_size: int, se
         rendered[name] = render_demos(tokenizer, task, problems, seq_len + 1)
         dropped[name] = 0
         weights[name] = float(config.tasks.demo_weight)
+    context = config.tasks.get("context")
+    if context is not None and float(context.weight) > 0:
+        rendered["task:context"] = render_conversations(
+            tokenizer, context_conversations(context, split), seq_len + 1)
+        dropped["task:context"] = 0
+        weights["task:context"] = float(context.weight)
     weights = pipeline.normalized_weights(weights)
     d = config.data
     it = sft.SFTIterator(rendered, weights, batch_size=batch_size, seq_len=seq_len, seed=seed,

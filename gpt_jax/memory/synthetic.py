@@ -117,22 +117,30 @@ def context_task(n_train: int, n_heldout: int, k: int = 3, seed: int = 0) -> dic
     """{"train": conversations, "heldout": (facts, conversations)}: an SFT task teaching the model
     to answer from retrieved context. Held-out facts are other (person, attribute) pairs than the
     training ones, so the model must copy from the context, not recall; each question comes with
-    k - 1 distractors, half of them about the same person (what retrieval returns)."""
+    k - 1 distractors from its own split, half of them about the same person where it has other
+    facts (what retrieval returns)."""
     facts = make_facts(n_train + n_heldout, seed)
     rng = random.Random(seed + 1)
-    by_person: dict[str, list[Fact]] = {}
-    for f in facts:
-        by_person.setdefault(f.person, []).append(f)
-
-    def conversation(f: Fact) -> list[dict]:
-        same = [g for g in by_person[f.person] if g.id != f.id]
-        picked = rng.sample(same, min(len(same), (k - 1) // 2))
-        while len(picked) < k - 1:
-            g = facts[rng.randrange(len(facts))]
-            if g.id != f.id and g not in picked:
-                picked.append(g)
-        return context_conversation(f, picked, rng)
-
     train, held = facts[:n_train], facts[n_train:]
-    return {"train": [conversation(f) for f in train],
-            "heldout": (held, [conversation(f) for f in held])}
+    return {"train": _conversations(train, k, rng),
+            "heldout": (held, _conversations(held, k, rng))}
+
+
+def _conversations(pool: list[Fact], k: int, rng: random.Random) -> list[list[dict]]:
+    """Each fact's context conversation, its k - 1 distractors drawn from `pool` (its own split:
+    a held-out fact's text never appears in a training context)."""
+    by_person: dict[str, list[Fact]] = {}
+    for f in pool:
+        by_person.setdefault(f.person, []).append(f)
+    return [_conversation(f, pool, by_person[f.person], k, rng) for f in pool]
+
+
+def _conversation(fact: Fact, pool: list[Fact], person: list[Fact], k: int,
+                  rng: random.Random) -> list[dict]:
+    same = [g for g in person if g.id != fact.id]
+    picked = rng.sample(same, min(len(same), (k - 1) // 2))
+    while len(picked) < min(k - 1, len(pool) - 1):
+        g = pool[rng.randrange(len(pool))]
+        if g.id != fact.id and g not in picked:
+            picked.append(g)
+    return context_conversation(fact, picked, rng)

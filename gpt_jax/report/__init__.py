@@ -9,12 +9,12 @@ still train, and it never changes a stage's outputs.
 Layout: a title with the date and git commit; the report card (one headline metric per stage, and
 the policies side by side); the environment (CPU, jax devices, mesh, wall time and parameters per
 stage); then one section per stage: tokenizer, pretraining, SFT, reward model, PPO, best-of-N,
-FeedME, compare, moderation, and the evaluation suites once `python -m gpt_jax.eval` has run. A section whose stage has no summary.json says "not run"; a key a summary lacks
+FeedME, compare, moderation, retrieval memory, and the evaluation suites once `python -m gpt_jax.eval` has run. A section whose stage has no summary.json says "not run"; a key a summary lacks
 prints "n/a". A section that still fails to render says so in place rather than losing the report.
 
 Code: gpt_jax/report/runfiles.py (reading a workdir, cell formatting), card.py (report card and
 environment), sections_train.py (tokenizer, pretraining, SFT, reward model), sections_rlhf.py
-(PPO, best-of-N, FeedME, compare), sections_product.py (moderation), sections_eval.py (the evaluation suites); this module orders the sections and writes the file, and
+(PPO, best-of-N, FeedME, compare), sections_product.py (moderation, memory, LoRA), sections_eval.py (the evaluation suites); this module orders the sections and writes the file, and
 re-exports the helpers so `from gpt_jax.report import fmt, table, write_report, ...` keeps working.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from gpt_jax.report.card import (cot_accuracy, environment, git_commit, headline
 from gpt_jax.report.runfiles import (ANSWER_CHARS, COMPARE_MODELS, SIDE_BY_SIDE_PROMPTS,
                                      STAGE_ORDER, RunFiles, escape_cell, fmt, get, image, table)
 from gpt_jax.report.sections_eval import eval_section
-from gpt_jax.report.sections_product import lora_section, moderation_section
+from gpt_jax.report.sections_product import lora_section, memory_section, moderation_section
 from gpt_jax.report.sections_rlhf import bon_section, compare_section, feedme_section, ppo_section
 from gpt_jax.report.sections_train import (pretrain_section, reward_section, sft_section,
                                            tokenizer_section)
@@ -41,7 +41,7 @@ __all__ = [
     "Section", "bon_section", "compare_section", "cot_accuracy", "environment", "escape_cell",
     "eval_section",
     "feedme_section", "fmt", "get", "git_commit", "headline", "image", "jax_devices",
-    "lora_section", "main",
+    "lora_section", "main", "memory_section",
     "matmul_peaks", "moderation_section", "param_count", "policy_columns", "ppo_section", "pretrain_section", "render",
     "report_card", "reward_section", "sft_section", "table", "tokenizer_section", "wall_times",
     "write_report",
@@ -62,6 +62,7 @@ SECTIONS: list[tuple[str, str | None, Section]] = [
     ("FeedME", "feedme", feedme_section),
     ("Compare: the models side by side", "compare", compare_section),
     ("Moderation", "moderation", moderation_section),
+    ("Retrieval memory", "memory", memory_section),
     ("LoRA-SFT", "lora_sft", lora_section),
     ("Evaluation suites", "eval", eval_section),
 ]

@@ -179,6 +179,10 @@ def headline(run: RunFiles) -> list[list[str]]:
                        f"{fmt(get(s['moderation'], 'auroc'))} "
                        f"({fmt(get(s['moderation'], 'baseline_auroc'))}); "
                        f"{fmt(get(s['moderation'], 'fpr_at_90_recall'))}"),
+        "memory": ("recall@5; SFT answers with / without retrieval",
+                   f"{fmt(get(s['memory'], 'recall_at_5'))}; "
+                   f"{fmt(get(s['memory'], 'accuracy_with'))} / "
+                   f"{fmt(get(s['memory'], 'accuracy_without'))}"),
     }
     return [[stage, rows[stage][0], rows[stage][1] if s[stage] is not None else "not run"]
             for stage in STAGE_ORDER]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 STAGE_ORDER = ("tokenizer", "pretrain", "sft", "reward", "ppo", "bon", "feedme", "compare",
-               "moderation")
+               "moderation", "memory")
 COMPARE_MODELS = ("base", "sft", "ppo", "feedme")
 SIDE_BY_SIDE_PROMPTS = 4
 ANSWER_CHARS = 160

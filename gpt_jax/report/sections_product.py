@@ -1,12 +1,13 @@
 """The report's sections on using the model: the moderation stage (the server's safety classifier)
 against its TF-IDF + logistic-regression baseline on the same held-out split with its latency per
-check, and LoRA-SFT against full SFT (when the workdir has a `lora_sft` stage)."""
+check, the retrieval memory (BM25 recall and speed, the SFT model's answers with and without the
+retrieved facts), and LoRA-SFT against full SFT (when the workdir has a `lora_sft` stage)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from gpt_jax import report_plots as plots
-from gpt_jax.report.runfiles import RunFiles, fmt, get, image, table
+from gpt_jax.report.runfiles import RunFiles, escape_cell, fmt, get, image, table
 
 METRICS = (("AUROC", "auroc"), ("precision", "precision"), ("recall", "recall"),
            ("FPR at 90% recall", "fpr_at_90_recall"), ("accuracy", "accuracy"))
@@ -59,3 +60,35 @@ def lora_section(run: RunFiles, fig_dir: Path) -> list[str]:
     png = plots.plot_loss_curves(fig_dir / "lora_sft_loss.png", run.metrics("lora_sft"),
                                  "LoRA-SFT masked loss")
     return lines + image(png, "LoRA-SFT loss", run.workdir)
+
+
+def memory_section(run: RunFiles, fig_dir: Path) -> list[str]:
+    del fig_dir
+    s = run.summary("memory")
+    k = s.get("k")
+    lines = [f"Retrieval memory (`gpt_jax/memory`): BM25 over {fmt(s.get('chunks'))} synthetic "
+             f"facts (\"Mia Chen's locker number is 4821.\"), asked in other words (\"Which "
+             f"locker does Mia Chen use?\"). The `{s.get('parent')}` model answers "
+             f"{fmt(s.get('questions'))} held-out questions greedily, on the same checkpoint: "
+             f"with the top {fmt(k)} hits between the retrieval tokens, without them, and with "
+             "the fact given (its SFT task's own context, the fact among distractors). Right = "
+             "the fact's value in the reply.", ""]
+    lines += table(["retrieval", "value", "target"], [
+        ["recall@5", fmt(s.get("recall_at_5")), ">= 0.9"],
+        ["ms per query (median, single query)", fmt(s.get("query_ms")),
+         "<= 5 over 10k chunks"],
+        [f"questions whose fact is among the {fmt(k)} hits given", fmt(s.get("hit_rate")), ""],
+    ])
+    lines += [""] + table(["answer accuracy", "value"], [
+        ["with retrieval", fmt(s.get("accuracy_with"))],
+        ["without retrieval", fmt(s.get("accuracy_without"))],
+        ["with the fact given", fmt(s.get("accuracy_gold_context"))],
+    ])
+    examples = s.get("examples") or []
+    if examples:
+        lines += ["", "Examples (held-out):", ""]
+        lines += table(["question", "value", "with retrieval", "without"], [
+            [escape_cell(e.get("question", "")), escape_cell(e.get("value", "")),
+             escape_cell(e.get("with", "")), escape_cell(e.get("without", ""))]
+            for e in examples])
+    return lines
