@@ -233,6 +233,22 @@ def write_cache(cache, new, index):
     return jax.lax.dynamic_update_slice(cache, new.transpose(0, 2, 1, 3), (0, 0, index, 0))
 
 
+def lora_update(module: nn.Module, name: str, x, y):
+    """y + (x A) B for weight `name` when the module's `lora` variable collection holds its
+    per-row pair: A [B, *in, r], B [B, r, *out], alpha / r folded into B (`gpt_jax.lora_batch`:
+    each row of a serving batch through its own adapter, on one copy of the base weights).
+    x [B, T, *in] flattened to [B, T, in], y [B, T, *out]. Without the collection (training,
+    every program without adapters) y is returned as it is."""
+    if not module.has_variable("lora", f"{name}_a"):
+        return y
+    a, b = module.get_variable("lora", f"{name}_a"), module.get_variable("lora", f"{name}_b")
+    rows, rank = a.shape[0], a.shape[-1]
+    u = jnp.einsum("bti,bir->btr", x.reshape(*x.shape[:2], -1),
+                   a.reshape(rows, -1, rank).astype(x.dtype))
+    delta = jnp.einsum("btr,bro->bto", u, b.reshape(rows, rank, -1).astype(x.dtype))
+    return y + delta.reshape(y.shape).astype(y.dtype)
+
+
 class Attention(nn.Module):
     config: GPTConfig
     mesh: Mesh | None = None
@@ -248,6 +264,7 @@ class Attention(nn.Module):
                            (d, heads, hd), cfg.weight_dtype)
             # 2-D matmul: XLA:CPU copies a 3-D weight at every decode step for the einsum form
             y = (x @ w.reshape(d, heads * hd).astype(dt)).reshape(*x.shape[:2], heads, hd)
+            y = lora_update(self, name, x, y)
             if cfg.use_bias:
                 y = y + self.param(f"{name}_bias", _zeros((heads_axis, "head_dim")),
                                    (heads, hd), cfg.weight_dtype).astype(dt)
@@ -282,7 +299,8 @@ class Attention(nn.Module):
         proj_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
         wo = self.param("o", _init(proj_std, ("heads", "head_dim", "embed")), (h, hd, d),
                         cfg.weight_dtype)
-        y = out.reshape(*out.shape[:2], h * hd) @ wo.reshape(h * hd, d).astype(dt)
+        flat = out.reshape(*out.shape[:2], h * hd)
+        y = lora_update(self, "o", flat, flat @ wo.reshape(h * hd, d).astype(dt))
         if cfg.use_bias:
             y = y + self.param("o_bias", _zeros(("embed",)), (d,), cfg.weight_dtype).astype(dt)
         return y
@@ -300,7 +318,7 @@ class MLP(nn.Module):
 
         def dense_in(name):
             w = self.param(name, _init(cfg.init_std, ("embed", "mlp")), (d, f), cfg.weight_dtype)
-            y = jnp.einsum("btd,df->btf", x, w.astype(dt))
+            y = lora_update(self, name, x, jnp.einsum("btd,df->btf", x, w.astype(dt)))
             if cfg.use_bias:
                 y = y + self.param(f"{name}_bias", _zeros(("mlp",)), (f,), cfg.weight_dtype).astype(dt)
             return constrain(y, ("act_batch", "act_length", "act_mlp"), self.mesh)
@@ -311,6 +329,7 @@ class MLP(nn.Module):
             hidden = jax.nn.silu(dense_in("gate")) * dense_in("up")
         w_out = self.param("proj", _init(proj_std, ("mlp", "embed")), (f, d), cfg.weight_dtype)
         y = jnp.einsum("btf,fd->btd", hidden, w_out.astype(dt))
+        y = lora_update(self, "proj", hidden, y)
         if cfg.use_bias:
             y = y + self.param("proj_bias", _zeros(("embed",)), (d,), cfg.weight_dtype).astype(dt)
         return y

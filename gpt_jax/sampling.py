@@ -143,14 +143,18 @@ def _forward(params, config: GPTConfig, tokens, positions, valid, cache, layers=
 
 
 def run_blocks(params, config: GPTConfig, tokens, positions, mask, cache_layers, index,
-               layers=None):
+               layers=None, lora=None):
     """Embeddings + every block with its layer cache: (hidden [B, T, D] before the final norm,
-    new cache layers). `index`: the cache write position, a scalar or [B] (per row)."""
+    new cache layers). `index`: the cache write position, a scalar or [B] (per row). `lora`: one
+    dict per layer of per-row adapter pairs (`lora_batch.gather`), or None."""
     x = embed(config, params, tokens, positions)
     layers = _layer_params(config, params) if layers is None else layers
     new_layers = []
-    for layer_params, layer_cache in zip(layers, cache_layers):
-        x, c = Block(config).apply({"params": layer_params}, x, positions, mask, layer_cache, index)
+    for i, (layer_params, layer_cache) in enumerate(zip(layers, cache_layers)):
+        variables = {"params": layer_params}
+        if lora is not None:
+            variables["lora"] = lora[i]
+        x, c = Block(config).apply(variables, x, positions, mask, layer_cache, index)
         new_layers.append(c)
     return x, new_layers
 

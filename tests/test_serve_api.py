@@ -23,11 +23,25 @@ QUEUE = 2
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def workdir(tmp_path_factory):
+    """A random sft + pretrain, and a LoRA adapter of sft saved alone (served as sft+math)."""
+    from gpt_jax import lora
+    from gpt_jax.checkpoint import load_stage
+    from test_lora import trained_adapter
+
     wd = random_model_workdir(tmp_path_factory.mktemp("serve_api"), CONFIG, ("sft", "pretrain"))
-    with ServerProcess(wd, "--stages=sft,pretrain", "--slots=16", f"--max-queue={QUEUE}",
+    _, params = load_stage(wd, "sft")
+    adapter = trained_adapter(params, lora.LoRAConfig(rank=4, alpha=8.0), seed=3)
+    lora.save_adapter(wd / "math.safetensors", lora.Adapter(adapter.params, adapter.config, {
+        "base_stage": "sft", "base_fingerprint": lora.params_fingerprint(params)}))
+    return wd
+
+
+@pytest.fixture(scope="module")
+def server(workdir):
+    with ServerProcess(workdir, "--stages=sft,pretrain", "--slots=16", f"--max-queue={QUEUE}",
                        f"--api-key={KEY}", "--timeout=120", "--max-requests=2000",
-                       timeout_s=400) as proc:
+                       f"--adapters=math={workdir / 'math.safetensors'}", timeout_s=400) as proc:
         yield proc.url
 
 
@@ -49,7 +63,7 @@ def test_health_models_and_api_key(server, client):
     assert httpx.get(f"{server}/health").json()["status"] == "ok"  # no key needed
     r = httpx.get(f"{server}/v1/models")
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    assert sorted(m.id for m in client.models.list()) == ["pretrain", "sft"]
+    assert sorted(m.id for m in client.models.list()) == ["pretrain", "sft", "sft+math"]
 
 
 def test_stream_equals_non_stream_and_follows_the_protocol(server, client):
@@ -276,3 +290,42 @@ def test_memory_extension_adds_retrieved_context(server, client):
     gone = client.chat.completions.create(model="sft", messages=question, max_tokens=2,
                                           extra_body={"memory": {"conversation": "c1"}})
     assert gone.model_extra["retrieved"] == []
+
+
+def test_lora_adapter_per_request_on_the_shared_base(workdir, client):
+    """`sft+math` answers as the merged model would, batched with plain `sft` requests on the
+    same engine (one copy of the base weights)."""
+    import functools
+
+    from gpt_jax import lora
+    from gpt_jax import sampling as S
+    from gpt_jax.chat import _mask_from
+    from gpt_jax.checkpoint import load_stage
+    from gpt_jax.engine_tools import visible_text
+    from gpt_jax.tokenizer import Tokenizer
+    from gpt_jax.tools import toolbox
+
+    texts = ["Hello there", "how are you today?", "12 34 56", "The quick brown fox"]
+    with ThreadPoolExecutor(8) as pool:
+        mixed = list(pool.map(lambda a: chat(client, a[0], model=a[1], max_tokens=16),
+                              [(t, m) for t in texts for m in ("sft", "sft+math")]))
+    tok = Tokenizer.load(workdir / "tokenizer" / "tokenizer.json")
+    config, params = load_stage(workdir, "sft")
+    merged = lora.merge(params, lora.load_adapter(workdir / "math.safetensors")).params
+    stop = (tok.token_id("assistant_end"), tok.eos_id)
+    for i, text in enumerate(texts):
+        base, adapted = mixed[2 * i], mixed[2 * i + 1]
+        assert base.model == "sft" and adapted.model == "sft+math"
+        prompt = tok.render_for_completion([{"role": "user", "content": text}])
+        gen = S.generate(merged, config, [prompt], S.SamplingConfig(
+            temperature=0.0, max_new_tokens=16, stop_ids=stop), pad_id=tok.pad_id, tokenizer=tok,
+            logit_processor=functools.partial(_mask_from, first_unused=tok.vocab_size),
+            tool=toolbox(["calculator"]))
+        want = visible_text(tok, gen.row(0), skip=set(stop))
+        assert adapted.choices[0].message.content == want
+        assert base.choices[0].message.content == chat(client, text, max_tokens=16).choices[
+            0].message.content
+    assert any(mixed[2 * i].choices[0].message.content != mixed[2 * i + 1].choices[0]
+               .message.content for i in range(len(texts)))
+    with pytest.raises(openai.NotFoundError, match="sft\\+nope"):
+        chat(client, "hi", model="sft+nope")

@@ -5,7 +5,8 @@ Serves every finished chat stage of the workdir (or `--stages`) under its stage 
 rows (n choices = n rows) may wait for a slot beyond the free ones (then 429), `--timeout`
 seconds per request, `--prefix-cache-mb` of
 reusable KV per model (0 = off). `--tools` names the built-in tools that run inside decoding
-(calculator, python). `--api-key` (or GPT_JAX_API_KEY; several, comma-separated) requires
+(calculator, python). LoRA adapters (a workdir's lora_sft, `--adapters name=path[@stage]`) are
+served as `<stage>+<name>` on the stage's one copy of the weights. `--api-key` (or GPT_JAX_API_KEY; several, comma-separated) requires
 `Authorization: Bearer <key>`; each key sees only its own web-chat conversations. Without a key
 the server binds to a loopback address only. The web chat at `/` keeps conversations in SQLite
 (`--chat-db`, default <workdir>/chats.sqlite). Bodies over `--max-body-kb` are a 413.
@@ -35,6 +36,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.add_argument("--prefix-cache-mb", type=float, default=256.0)
     p.add_argument("--tools", default="calculator", help="built-in tools ('' = none)")
+    p.add_argument("--adapters", default="",
+                   help="comma-separated name=path[@stage] LoRA adapters, served as "
+                        "<stage>+<name> on the stage's weights (finished lora stages of the "
+                        "workdir are served so without it)")
     p.add_argument("--api-key", default=os.environ.get("GPT_JAX_API_KEY"),
                    help="comma-separated keys; each owns its web-chat conversations")
     p.add_argument("--chat-db", default=None,
@@ -74,7 +79,8 @@ def main(argv=None) -> None:
 
     def load():
         return load_models(args.workdir, stages, slots=args.slots, max_queue=args.max_queue,
-                           prefix_cache_mb=args.prefix_cache_mb, tools=tools)
+                           prefix_cache_mb=args.prefix_cache_mb, tools=tools,
+                           adapters=[a for a in args.adapters.split(",") if a])
 
     app = create_app(load, api_keys=args.api_keys, timeout_s=args.timeout,
                      load_moderator=(lambda: load_moderator(args.workdir))

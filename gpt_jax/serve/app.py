@@ -241,7 +241,7 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
             seed=secrets.randbits(31) if body.seed is None else body.seed,
             stop_ids=m.stop_ids(chat), stop_strings=body.stop_list(), logprobs=n_top,
             tool=m.tool if chat else None, tool_name="+".join(m.tool_names) or "tool",
-            timeout_s=timeout_s)
+            timeout_s=timeout_s, adapter=m.adapter)
 
     async def _respond(m: ServedModel, body, reqs: list[Request], out: fmt.Format,
                        http: HTTPRequest, blocked: bool = False):

@@ -62,13 +62,23 @@ class _Row:
     tool_expr: str | None = None
     matcher: structured.RowMatcher | None = None  # a constrained row's place in its grammar
     prefilled: bool = False  # its prompt is in the slot's cache (the prefix cache may read it)
+    adapter: int = 0  # index in the engine's adapter table (0: the base model)
     forced: list = dataclasses.field(default_factory=list)  # forced tokens not yet fed
 
 
 class Engine:
     def __init__(self, params, config: GPTConfig, tokenizer, n_slots: int = 8,
-                 max_queue: int = 64, prefix_cache_mb: float = 256, tool_workers: int = 4):
+                 max_queue: int = 64, prefix_cache_mb: float = 256, tool_workers: int = 4,
+                 adapters: dict | None = None):
+        """`adapters`: {name: lora.Adapter} of this base model; a request names one (or none)
+        and its rows run through it inside the shared batch (`gpt_jax.lora_batch`)."""
         self.config, self.params = sampling.unstack_layers(config, params)
+        self.adapters = None
+        if adapters:
+            from gpt_jax.lora_batch import AdapterTable, weight_shapes
+
+            self.adapters = AdapterTable.build(self.config, adapters,
+                                               weight_shapes(self.params["block_0"]))
         self.tok, self.n_slots, self.max_queue = tokenizer, int(n_slots), int(max_queue)
         self.max_len = config.max_seq_len + 64  # room for a chunk's bucket padding at the end
         self.vocab_limit = min(config.vocab_size, tokenizer.vocab_size)
@@ -94,6 +104,7 @@ class Engine:
     def submit(self, request: Request) -> None:
         if request.n > self.n_slots:
             raise ValueError(f"n={request.n} exceeds the {self.n_slots} decode slots")
+        self.adapter_index(request.adapter)  # an unknown one is refused here
         if len(request.prompt) + request.max_tokens > self.config.max_seq_len:
             raise ValueError(f"{len(request.prompt)} prompt tokens + max_tokens="
                              f"{request.max_tokens} exceed the context of "
@@ -121,6 +132,22 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
         self._tools.shutdown(wait=False, cancel_futures=True)
+
+    def adapter_index(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        if self.adapters is None:
+            raise ValueError(f"adapter {name!r}: this engine has no adapters")
+        try:
+            return self.adapters.index(name)
+        except KeyError as e:
+            raise ValueError(str(e.args[0])) from None
+
+    def _lora(self, ids) -> tuple | None:
+        """The `lora` argument of a device step for rows with these adapter indices."""
+        if self.adapters is None:
+            return None
+        return self.adapters.layers, np.asarray(ids, np.int32)
 
     def busy_slots(self) -> int:
         return sum(r is not None for r in self.rows)
@@ -173,7 +200,7 @@ class Engine:
         self.resizes += 1
 
     def _extend(self, slot: int, prefix, start: int, ids: list[int], row: tuple,
-                st: slots.SlotStatic, bitmask=None):
+                st: slots.SlotStatic, bitmask=None, adapter: int = 0):
         """Prefills ids into `slot` at `start`: from the slot's own columns, or from `prefix`
         ((keys, values, n) of a prefix-cache hit, or None: an empty row) when it is new."""
         self._fit(slot + 1, self._width(start, len(ids)))
@@ -193,7 +220,8 @@ class Engine:
             chunk = np.zeros((1, t), np.int32)
             chunk[0, :n] = rest[:n]
             cache_row, out = slots.extend(self.params, st, cache_row, np.int32(pos), chunk,
-                                          np.int32(n), sampling_row, bitmask)
+                                          np.int32(n), sampling_row, bitmask,
+                                          self._lora([adapter]))
             pos, rest = pos + n, rest[n:]
         self.cache = slots.put_row(self.cache, cache_row, np.int32(slot))
         return jax.device_get(out)  # sampled after the last chunk
@@ -203,10 +231,12 @@ class Engine:
         tokens = np.zeros(n, np.int32)
         lengths = np.zeros(n, np.int32)
         rows = [(0.0, 1.0, 0, 0, 0, 0)] * n
+        adapters = np.zeros(n, np.int32)
         constrained = {}
         for r in self.rows:
             if r is not None and r.slot < n and active[r.slot]:
                 tokens[r.slot], lengths[r.slot] = r.next_token, r.length
+                adapters[r.slot] = r.adapter
                 rows[r.slot] = self._row_params(r)
                 if r.matcher is not None and not r.forced:  # it samples this step
                     constrained[r.slot] = r.matcher
@@ -215,7 +245,8 @@ class Engine:
             bitmask = structured.fill_masks(constrained,
                                             structured.new_bitmask(n, self.config.vocab_size))
         self.cache, out = slots.decode(self.params, st, self.cache, tokens, lengths,
-                                       active[:n], slots.RowSampling.of(rows), bitmask)
+                                       active[:n], slots.RowSampling.of(rows), bitmask,
+                                       self._lora(adapters))
         return jax.device_get(out)
 
     @staticmethod
@@ -303,16 +334,17 @@ class Engine:
 
     def _insert(self, q: Request, choice: int, slot: int) -> None:
         ids = list(q.prompt)
+        adapter = self.adapter_index(q.adapter)
         n_cached, keys, values = 0, None, None
         if self.prefix is not None:  # at least one token is left to prefill (for the logits)
-            n_cached, keys, values = self.prefix.lookup(ids, limit=len(ids) - 1)
+            n_cached, keys, values = self.prefix.lookup(ids, limit=len(ids) - 1, salt=adapter)
         prefix = None
         if n_cached:
             prefix = (keys, values, n_cached)
         if choice == 0:
             q.cached_tokens = n_cached
         r = _Row(q, choice, slot, RowText(self.tok, q.stop_ids, q.stop_strings),
-                 length=len(ids), tokens=ids)
+                 length=len(ids), tokens=ids, adapter=adapter)
         self.rows[slot] = r
         bitmask = None
         if q.grammar is not None:  # the grammar's forced start is prefilled with the prompt
@@ -328,7 +360,7 @@ class Engine:
             bitmask = structured.fill_masks({0: r.matcher},
                                             structured.new_bitmask(1, self.config.vocab_size))
         out = self._extend(slot, prefix, n_cached, ids[n_cached:], self._row_params(r),
-                           self._static([q]), bitmask)
+                           self._static([q]), bitmask, adapter)
         r.prefilled = True
         self._accept(r, out, 0)  # the first token goes out before the prompt's KV is stored
         if self.rows[slot] is r:
@@ -354,7 +386,7 @@ class Engine:
         r.generated += len(inserted) - 1  # the result counts toward max_tokens and usage
         r.request.completion_tokens += len(inserted) - 1
         out = self._extend(r.slot, None, start, inserted, self._row_params(r),
-                           self._static([r.request]))
+                           self._static([r.request]), adapter=r.adapter)
         self._accept(r, out, 0)
 
     def _accept(self, r: _Row, out: slots.Sampled, i: int) -> None:
@@ -439,11 +471,11 @@ class Engine:
         if self.prefix is None or not r.prefilled:
             return
         tokens = r.tokens[:upto]
-        have = self.prefix.missing_from(tokens)
+        have = self.prefix.missing_from(tokens, r.adapter)
         n = len(tokens) // self.prefix.block * self.prefix.block
         if n <= have:
             return
         width = slots.cache_shape(self.cache)[1]  # the whole row: one program per slots shape
         keys, values = (np.asarray(x) for x in slots.read_prefix(self.cache, np.int32(r.slot),
                                                                  width))
-        self.prefix.store(tokens[:n], keys, values, start=have)
+        self.prefix.store(tokens[:n], keys, values, start=have, salt=r.adapter)

@@ -27,8 +27,8 @@ class PrefixCache:
         self._lock = threading.Lock()
         self.hits = self.lookups = self.hit_tokens = 0
 
-    def _keys(self, tokens: Sequence[int], n_blocks: int) -> list[int]:
-        keys, h = [], 0
+    def _keys(self, tokens: Sequence[int], n_blocks: int, salt: int = 0) -> list[int]:
+        keys, h = [], (0 if salt == 0 else hash(("salt", salt)))
         for i in range(n_blocks):
             h = hash((h, tuple(int(t) for t in tokens[i * self.block: (i + 1) * self.block])))
             keys.append(h)
@@ -41,14 +41,15 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def lookup(self, tokens: Sequence[int], limit: int) -> tuple[int, np.ndarray | None,
-                                                               np.ndarray | None]:
+    def lookup(self, tokens: Sequence[int], limit: int, salt: int = 0
+               ) -> tuple[int, np.ndarray | None, np.ndarray | None]:
         """(n, keys [L, K, n, D], values) for the longest cached prefix of at most `limit` tokens
-        (n a multiple of the block; (0, None, None) on a miss)."""
+        (n a multiple of the block; (0, None, None) on a miss). `salt` keeps apart prefixes
+        whose KV differs for the same tokens (each LoRA adapter's rows: 0, the base model)."""
         found = []
         with self._lock:
             self.lookups += 1
-            keys = self._keys(tokens, min(limit, len(tokens)) // self.block)
+            keys = self._keys(tokens, min(limit, len(tokens)) // self.block, salt)
             for key in keys:
                 kv = self._blocks.get(key)
                 if kv is None:
@@ -62,23 +63,23 @@ class PrefixCache:
         return (len(found) * self.block, np.concatenate([k for k, _ in found], axis=2),
                 np.concatenate([v for _, v in found], axis=2))
 
-    def missing_from(self, tokens: Sequence[int]) -> int:
+    def missing_from(self, tokens: Sequence[int], salt: int = 0) -> int:
         """Tokens (a block multiple) at the start of `tokens` already stored in full."""
         n = 0
         with self._lock:
-            for key in self._keys(tokens, len(tokens) // self.block):
+            for key in self._keys(tokens, len(tokens) // self.block, salt):
                 if key not in self._blocks:
                     break
                 n += self.block
         return n
 
     def store(self, tokens: Sequence[int], keys: np.ndarray, values: np.ndarray,
-              start: int = 0) -> None:
+              start: int = 0, salt: int = 0) -> None:
         """Stores the full blocks of `tokens` whose KV is keys/values [L, K, >= len, D] (columns
         from 0), skipping the first `start` tokens' blocks (already stored)."""
         n_blocks = len(tokens) // self.block
         with self._lock:
-            hashes = self._keys(tokens, n_blocks)
+            hashes = self._keys(tokens, n_blocks, salt)
             for i, key in enumerate(hashes):
                 if i * self.block < start or key in self._blocks:
                     continue

@@ -4,6 +4,12 @@ Chat stages (sft and the RL stages after it) answer /v1/chat/completions through
 template and /v1/completions on raw text; the base model (`pretrain`, only when asked for by
 `--stages`) answers /v1/completions alone. Each model gets its own `Engine` (own slots, queue and
 prefix cache) and the workdir's tokenizer.
+
+LoRA adapters are served as `<base stage>+<adapter>` (e.g. `pretrain+lora_sft`): every finished
+stage that saved an `adapter.safetensors` (lora_sft), plus `--adapters name=path[@stage]`. The
+adapters of one base share its engine and its one copy of the weights: each request's rows go
+through their own adapter inside the shared batch (`gpt_jax.lora_batch`). An adapter is refused
+when its shapes do not fit the base or its header's base fingerprint is another model's.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ class ServedModel:
     tool: Callable[[str], str] | None
     tool_names: tuple[str, ...]
     created: int
+    adapter: str | None = None  # a LoRA adapter of `engine` (which holds the base weights)
 
     @property
     def context(self) -> int:
@@ -81,8 +88,53 @@ def finished_stages(workdir: str | Path) -> list[str]:
     return [s for s in CHAT_STAGES if read_summary(Path(workdir) / s) is not None]
 
 
+def adapter_files(workdir: str | Path, explicit: list[str] = ()) -> dict[str, tuple[Path, str]]:
+    """{name: (safetensors path, base stage)}: each finished stage's `adapter.safetensors` (named
+    by its stage), then `name=path[@stage]` entries (the base from `@`, else the header's
+    `base_stage`)."""
+    from gpt_jax import lora
+    from gpt_jax.metrics import read_summary
+
+    workdir, out = Path(workdir), {}
+    for stage in CHAT_STAGES:
+        path = workdir / stage / "adapter.safetensors"
+        if path.exists() and read_summary(workdir / stage) is not None:
+            out[stage] = (path, lora.load_adapter(path).meta.get("base_stage", "sft"))
+    for spec in explicit:
+        name, sep, rest = spec.partition("=")
+        path, _, base = rest.partition("@")
+        if not sep or not name or not path:
+            raise ValueError(f"--adapters {spec!r}: expected name=path[@stage]")
+        base = base or lora.load_adapter(path).meta.get("base_stage")
+        if not base:
+            raise ValueError(f"--adapters {spec!r}: its header names no base stage; add @stage")
+        out[name] = (Path(path), base)
+    return out
+
+
+def load_adapters(params, files: dict[str, tuple[Path, str]], base: str) -> dict:
+    """{name: lora.Adapter} of the adapters trained on `base` (params in its saved layout),
+    each checked against it."""
+    from gpt_jax import lora
+
+    fingerprint, out = None, {}
+    for name, (path, on) in files.items():
+        if on != base:
+            continue
+        adapter = lora.load_adapter(path)
+        lora.check_fits(params, adapter)
+        want = adapter.meta.get("base_fingerprint")
+        fingerprint = fingerprint or lora.params_fingerprint(params)
+        if want and want != fingerprint:
+            raise lora.AdapterError(f"adapter {name!r} ({path}) was trained on another {base!r} "
+                                    f"model (fingerprint {want}, this one {fingerprint})")
+        out[name] = adapter
+    return out
+
+
 def load_models(workdir: str | Path, stages: list[str] | None, *, slots: int, max_queue: int,
-                prefix_cache_mb: float, tools: list[str], warmup: bool = True) -> dict[str, ServedModel]:
+                prefix_cache_mb: float, tools: list[str], warmup: bool = True,
+                adapters: list[str] = ()) -> dict[str, ServedModel]:
     from gpt_jax.checkpoint import load_stage
     from gpt_jax.metrics import read_summary
     from gpt_jax.tokenizer import Tokenizer
@@ -97,19 +149,27 @@ def load_models(workdir: str | Path, stages: list[str] | None, *, slots: int, ma
     if not stages:
         raise FileNotFoundError(f"no finished chat stage ({', '.join(CHAT_STAGES)}) in {workdir}")
     tool = toolbox(tools) if tools else None
+    files = adapter_files(workdir, adapters)
+    bases = list(dict.fromkeys(base for _, base in files.values()))
     models = {}
-    for stage in stages:
+    for stage in stages + [b for b in bases if b not in stages]:
         if stage not in CHAT_STAGES + BASE_STAGES:
             raise ValueError(f"--stages has {stage!r}; servable: {CHAT_STAGES + BASE_STAGES}")
         if read_summary(workdir / stage) is None:
             raise FileNotFoundError(f"stage {stage!r} has not finished in {workdir}")
         config, params = load_stage(workdir, stage)
+        attached = load_adapters(params, files, stage)
         engine = Engine(params, config, tokenizer, n_slots=slots, max_queue=max_queue,
-                        prefix_cache_mb=prefix_cache_mb)
+                        prefix_cache_mb=prefix_cache_mb, adapters=attached)
         if warmup:
             engine.warmup()
+        engine.start()
         created = int((workdir / stage / "config.json").stat().st_mtime)
         chat = stage in CHAT_STAGES
-        models[stage] = ServedModel(stage, engine.start(), tokenizer, chat,
-                                    tool if chat else None, tuple(tools) if chat else (), created)
+        if stage in stages:
+            models[stage] = ServedModel(stage, engine, tokenizer, chat, tool if chat else None,
+                                        tuple(tools) if chat else (), created)
+        for name in attached:  # adapters are chat finetunes
+            models[f"{stage}+{name}"] = ServedModel(f"{stage}+{name}", engine, tokenizer, True,
+                                                    tool, tuple(tools), created, adapter=name)
     return models

@@ -69,6 +69,7 @@ class Request:
     grammar: Any = None  # a compiled constraint (`Engine.compile_constraint`): output must match
     moderate: Callable[[str], bool] | None = None  # reply text -> flagged (ends it: content_filter)
     moderate_every: int = 16  # tokens between checks of a streamed reply
+    adapter: str | None = None  # a LoRA adapter of the engine (`Engine(adapters=...)`), or none
     # set by the engine
     submitted: float = dataclasses.field(default_factory=time.monotonic)
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)

@@ -212,12 +212,14 @@ def row_from_prefix(config: GPTConfig, keys, values, n, n_cols: int):
 
 
 @functools.partial(jax.jit, static_argnums=1, donate_argnums=2)
-def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling, bitmask=None):
+def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling, bitmask=None,
+           lora=None):
     """tokens [1, T] (n_real real, then padding) into a one-row cache at columns
     [start, start + T) -> (row, Sampled [1]) for the token after the last real one, sampled
     under `bitmask` [1, ceil(V/32)] when given (a constrained row; None: another program). Columns
     >= start + n_real end up invalid. Compiled per (row width, T) only: the engine moves the row
-    out of and back into the slots (`take_row` / `put_row`), so the number of slots never matters."""
+    out of and back into the slots (`take_row` / `put_row`), so the number of slots never matters.
+    `lora`: (the engine's `AdapterTable.layers`, the row's adapter index [1]), or None."""
     config = st.config
     t, s = tokens.shape[1], row["valid"].shape[1]
     cols = start + jnp.arange(t)
@@ -226,7 +228,8 @@ def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling
     valid = jax.lax.dynamic_update_slice(valid, (jnp.arange(t) < n_real)[None], (0, start))
     mask = (valid[:, None, :] | (jnp.arange(s)[None, :] == cols[:, None])[None]) & (
         jnp.arange(s)[None, None, :] <= cols[None, :, None])
-    x, layers = run_blocks(params, config, tokens, positions, mask, row["layers"], start)
+    x, layers = run_blocks(params, config, tokens, positions, mask, row["layers"], start,
+                           lora=_rows_lora(lora))
     last = jax.lax.dynamic_slice_in_dim(x, n_real - 1, 1, axis=1)
     logits = apply_bitmask(head_logits(params, config, last)[:, 0], bitmask)
     return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
@@ -234,22 +237,31 @@ def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling
 
 @functools.partial(jax.jit, static_argnums=1, donate_argnums=2)
 def decode(params, st: SlotStatic, cache, tokens, lengths, active, rows: RowSampling,
-           bitmask=None):
+           bitmask=None, lora=None):
     """tokens [R] written at columns lengths [R] (valid where `active`) -> (cache, Sampled [R]),
     sampled under `bitmask` [R, ceil(V/32)] when some row is constrained (the others' rows of it
     all ones; None, the usual case, compiles a program without it).
 
     Over the whole cache, which the engine keeps sized to the rows and lengths in use (`resize`):
-    a step reads each cached column once and copies nothing."""
+    a step reads each cached column once and copies nothing. `lora`: (adapter table layers,
+    each slot's adapter index [R]), or None."""
     config = st.config
     cols = jnp.arange(cache_shape(cache)[1])[None, :]
     valid = cache["valid"] | ((cols == lengths[:, None]) & active[:, None])
     mask = ((valid | (cols == lengths[:, None])) & (cols <= lengths[:, None]))[:, None, :]
     positions = jnp.minimum(lengths, config.max_seq_len - 1)[:, None]
     x, layers = run_blocks(params, config, tokens[:, None], positions, mask, cache["layers"],
-                           lengths)
+                           lengths, lora=_rows_lora(lora))
     logits = apply_bitmask(head_logits(params, config, x)[:, 0], bitmask)
     return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
+
+
+def _rows_lora(lora):
+    if lora is None:
+        return None
+    from gpt_jax.lora_batch import gather
+
+    return gather(*lora)
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -23,7 +23,7 @@ def warmup(engine, max_chunk: int = 256) -> None:
         while t <= min(cols, max_chunk):
             row = slots.init_slots(engine.config, 1, cols)
             slots.extend(engine.params, greedy, row, np.int32(0), np.zeros((1, t), np.int32),
-                         np.int32(t), slots.RowSampling.of([params]))
+                         np.int32(t), slots.RowSampling.of([params]), None, engine._lora([0]))
             t *= 2
     one = np.arange(engine.n_slots) == 0  # slot 0 at length 0
     for q in (Request([0], 1, lambda e: None, temperature=1.0),

@@ -308,7 +308,8 @@ async def generate_title(m: ServedModel, thread: list[dict]) -> str:
     text = ""
     if len(prompt) + TITLE_TOKENS <= m.context:
         req = Request(prompt=prompt, max_tokens=TITLE_TOKENS, on_event=lambda e: None,
-                      temperature=0.0, stop_ids=m.stop_ids(True), timeout_s=60.0)
+                      temperature=0.0, stop_ids=m.stop_ids(True), timeout_s=60.0,
+                      adapter=m.adapter)
         events = _listen(req)
         m.engine.submit(req)
         text = "".join([e.text async for e in events if isinstance(e, Delta)])

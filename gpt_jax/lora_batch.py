@@ -1,0 +1,108 @@
+"""Many LoRA adapters on one base model in one batch: each row of a serving step goes through its
+own adapter (or none) while the base weights stay one shared copy. The per-row low-rank path of
+S-LoRA / Punica ("BGMV"): row i computes x W + (x A_i) B_i, never W + A_i B_i.
+
+`AdapterTable` stacks every adapter's A and B per layer and target weight. Index 0 is "no
+adapter" (zeros); ranks are zero-padded to the largest (exact: a padded column of A meets a zero
+row of B); alpha / r is folded into B; a target one adapter lacks is zeros for it. `gather(table,
+ids)` picks each row's pair inside the jitted step, and `model.lora_update` adds (x A) B wherever
+the `lora` variable collection holds a weight's pair.
+
+    table = AdapterTable.build(config, {"math": load_adapter("math.safetensors")})
+    lora = (table.layers, np.array([0, 1, 1, 0], np.int32))   # rows 1 and 2 use "math"
+    run_blocks(params, config, ..., lora=gather(*lora))
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt_jax.lora import TARGET_AXES, Adapter, _leaves
+
+_MODULE = {"q": "attn", "k": "attn", "v": "attn", "o": "attn",
+           "gate": "mlp", "up": "mlp", "fc": "mlp", "proj": "mlp"}
+
+
+def layer_pairs(adapter: Adapter, n_layers: int) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Per layer {target: (A [*in, r], B [r, *out] * scale)}, from the scanned layout (`blocks`,
+    a leading layers axis) or the unscanned one (`block_<i>`)."""
+    out: list[dict] = [{} for _ in range(n_layers)]
+    for path, a in _leaves(adapter.params):
+        if path[-1] != "A":
+            continue
+        name = path[-2]
+        b = np.asarray(_at(adapter.params, (*path[:-1], "B")), np.float32) * adapter.config.scale
+        a = np.asarray(a, np.float32)
+        m = re.fullmatch(r"block_(\d+)", path[0])
+        if path[0] == "blocks":
+            for i in range(n_layers):
+                out[i][name] = (a[i], b[i])
+        elif m:
+            out[int(m.group(1))][name] = (a, b)
+        else:
+            raise ValueError(f"adapter path {'/'.join(path)}: not under blocks or block_<i>")
+    return out
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+@dataclasses.dataclass
+class AdapterTable:
+    names: tuple[str, ...]  # index i + 1 is names[i]; 0 is no adapter
+    layers: list  # per layer {"attn": {"q_a": [N + 1, *in, R], "q_b": [N + 1, R, *out]}, "mlp": ...}
+    rank: int
+
+    @classmethod
+    def build(cls, config, adapters: dict[str, Adapter], weight_shapes: dict[str, tuple]):
+        """`weight_shapes`: {target: (in shape, out shape)} of one layer's base weights."""
+        names = tuple(adapters)
+        pairs = [layer_pairs(adapters[n], config.n_layers) for n in names]
+        rank = max((a.config.rank for a in adapters.values()), default=1)
+        targets = sorted({t for per in pairs for layer in per for t in layer})
+        layers = []
+        for i in range(config.n_layers):
+            layer: dict = {}
+            for t in targets:
+                ins, outs = weight_shapes[t]
+                a = np.zeros((len(names) + 1, *ins, rank), np.float32)
+                b = np.zeros((len(names) + 1, rank, *outs), np.float32)
+                for j, per in enumerate(pairs):
+                    if t in per[i]:
+                        pa, pb = per[i][t]
+                        a[j + 1, ..., : pa.shape[-1]] = pa
+                        b[j + 1, : pb.shape[0]] = pb
+                mod = layer.setdefault(_MODULE[t], {})
+                mod[f"{t}_a"], mod[f"{t}_b"] = jnp.asarray(a), jnp.asarray(b)
+            layers.append(layer)
+        return cls(names, layers, rank)
+
+    def index(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        if name not in self.names:
+            raise KeyError(f"no adapter {name!r}; loaded: {list(self.names) or 'none'}")
+        return self.names.index(name) + 1
+
+
+def weight_shapes(layer_params: dict) -> dict[str, tuple[tuple, tuple]]:
+    """{target: (in shape, out shape)} of one unscanned layer's weights (`block_0`)."""
+    out = {}
+    for module in ("attn", "mlp"):
+        for name, w in layer_params.get(module, {}).items():
+            if name in TARGET_AXES:
+                n_in, n_out = TARGET_AXES[name]
+                out[name] = (tuple(w.shape[:n_in]), tuple(w.shape[n_in:n_in + n_out]))
+    return out
+
+
+def gather(layers, ids):
+    """Each row's adapter pairs: per layer, every [N + 1, ...] array indexed by ids [B]."""
+    return jax.tree.map(lambda x: jnp.take(x, ids, axis=0), layers)
