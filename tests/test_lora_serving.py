@@ -2,7 +2,6 @@
 row's logits equal its own merged model's (adapters of different ranks and targets, base rows
 untouched), and the serving engine's rows with different adapters, batched together, equal
 each row alone and the merged model's engine; the prefix cache keeps each adapter's KV apart."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

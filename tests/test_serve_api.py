@@ -274,6 +274,12 @@ def test_memory_extension_adds_retrieved_context(server, client):
                                          temperature=0, extra_body={"memory": {
                                              "conversation": "c1", "k": 2}})
     assert res.model_extra["retrieved"] == ["My locker number is 4821."]
+    stream = client.chat.completions.create(model="sft", messages=question, max_tokens=2,
+                                            temperature=0, stream=True, extra_body={"memory": {
+                                                "conversation": "c1", "k": 2}})
+    chunks = list(stream)
+    assert chunks[0].model_extra["retrieved"] == ["My locker number is 4821."]  # first chunk
+    assert all("retrieved" not in c.model_extra for c in chunks[1:])
     # exactly the context's tokens were added to the prompt
     tok = small_tokenizer()  # the workdir's (random_model_workdir saves this one)
     with_ctx = tok.render_for_completion([{**question[0], "context": ["My locker number is 4821."]}])

@@ -179,10 +179,8 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
         req.grammar = await _grammar(m, body, req.stop_ids)
         users = [x["content"] for x in messages if x["role"] == "user"]
         blocked = bool(users) and await _input_flagged(users[-1])
-        out = await _respond(m, body, [req], fmt.Chat(m, body), http, blocked=blocked)
-        if retrieved is not None and isinstance(out, dict):
-            out["retrieved"] = retrieved
-        return out
+        return await _respond(m, body, [req], fmt.Chat(m, body, retrieved), http,
+                              blocked=blocked)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, http: HTTPRequest):

@@ -121,10 +121,16 @@ class Format:
 class Chat(Format):
     object_name, chunk_name, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
 
-    def __init__(self, model, body):
+    def __init__(self, model, body, retrieved: list | None = None):
+        """`retrieved`: the memory hits put in the prompt (the `memory` extension), listed in the
+        response and in each stream's first chunk."""
         super().__init__(model, body)
         self.want_logprobs = bool(body.logprobs)
         self.choices = body.n
+        self.extra = {} if retrieved is None else {"retrieved": retrieved}
+
+    def response(self) -> dict:
+        return {**super().response(), **self.extra}
 
     def _logprobs(self, entries) -> dict | None:
         if not self.want_logprobs:
@@ -144,7 +150,7 @@ class Chat(Format):
     def first_chunks(self) -> list[dict]:
         return [self._envelope(self.chunk_name, [
             {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-             "finish_reason": None}]) for i in range(self.choices)]
+             "finish_reason": None}], **self.extra) for i in range(self.choices)]
 
     def _chunk_choice(self, i: int, event: Delta | None, reason: str | None) -> dict:
         if event is None:
