@@ -46,3 +46,13 @@ def test_small_pretrain_step_compiles():
     # params + Adam moments in float32: about 12 bytes a parameter on the one device
     assert plan["per_device_memory"]["arguments_gib"] * 2**30 > 12 * plan["num_params"] * 0.99
     assert jax.devices()[0].platform == "cpu"
+
+
+def test_context_preset_trains_the_context_task_alone():
+    tiny, ctx = load_experiment("recipe_tiny"), load_experiment("recipe_context_tiny")
+    assert ctx.stages == "tokenizer,pretrain,sft,memory"
+    for stage in ctx.stages.split(","):
+        assert _flat_keys(ctx[stage]) == _flat_keys(tiny[stage]), stage
+    assert ctx.pretrain == tiny.pretrain  # the same pretrained model as make run's
+    assert set(ctx.sft.data.sft_weights.values()) == {0.0} and ctx.sft.tasks.demo_weight == 0
+    assert ctx.sft.tasks.context.weight > 0 and ctx.sft.train.total_steps == 2000

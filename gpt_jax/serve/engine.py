@@ -144,10 +144,13 @@ class Engine:
             raise ValueError(str(e.args[0])) from None
 
     def _lora(self, ids) -> tuple | None:
-        """The `lora` argument of a device step for rows with these adapter indices."""
-        if self.adapters is None:
+        """The `lora` argument of a device step for rows with these adapter indices: None when
+        no row uses one (the programs without the low-rank path: loading adapters costs the
+        base model's requests nothing)."""
+        ids = np.asarray(ids, np.int32)
+        if self.adapters is None or not ids.any():
             return None
-        return self.adapters.layers, np.asarray(ids, np.int32)
+        return self.adapters.layers, ids
 
     def busy_slots(self) -> int:
         return sum(r is not None for r in self.rows)
@@ -226,12 +229,14 @@ class Engine:
         self.cache = slots.put_row(self.cache, cache_row, np.int32(slot))
         return jax.device_get(out)  # sampled after the last chunk
 
-    def _decode(self, active: np.ndarray, st: slots.SlotStatic):
+    def _decode(self, active: np.ndarray, st: slots.SlotStatic, warm_adapter: int = 0):
+        """One decode step of the active slots (`warm_adapter`: the adapter of active slots with
+        no row, for the warm-up)."""
         n = slots.cache_shape(self.cache)[0]
         tokens = np.zeros(n, np.int32)
         lengths = np.zeros(n, np.int32)
         rows = [(0.0, 1.0, 0, 0, 0, 0)] * n
-        adapters = np.zeros(n, np.int32)
+        adapters = np.where(active[:n], warm_adapter, 0).astype(np.int32)
         constrained = {}
         for r in self.rows:
             if r is not None and r.slot < n and active[r.slot]:
