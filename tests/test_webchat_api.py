@@ -18,7 +18,8 @@ ALICE, BOB = "key-alice", "key-bob"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     wd = webchat_workdir(tmp_path_factory.mktemp("webchat_api"))
-    with ServerProcess(wd, "--slots=4", "--max-requests=300", f"--api-key={ALICE},{BOB}",
+    with ServerProcess(wd, "--slots=4", "--step-delay-ms=2",
+                       "--max-requests=300", f"--api-key={ALICE},{BOB}",
                        "--max-body-kb=64", timeout_s=400) as proc:
         yield proc.url
 

@@ -172,7 +172,13 @@ def test_web_chat_end_to_end(browser, tmp_path):
         store.update("local", conv["id"], title="Tool call")
         store.close()
         page.goto(f"{server.url}/#{conv['id']}")
-        page.wait_for_selector("[data-testid=tool-call]")
+        try:
+            page.wait_for_selector("[data-testid=tool-call]")
+        except Exception:  # seen once in ~10 runs beside another server test: say what was shown
+            print("url", page.url, "wanted", conv["id"], "page state", page.evaluate(
+                "JSON.stringify({conv: state.conv && state.conv.id, streaming: state.streaming, "
+                "listed: state.conversations.map((c) => c.id)})"))
+            raise
         call = by_testid(page, "tool-call")
         assert call.count() == 1 and call.get_attribute("open") is None
         assert call.locator("summary").inner_text() == "calculator: 12*34"

@@ -10,7 +10,8 @@ served as `<stage>+<name>` on the stage's one copy of the weights. `--api-key` (
 `Authorization: Bearer <key>`; each key sees only its own web-chat conversations. Without a key
 the server binds to a loopback address only. The web chat at `/` keeps conversations in SQLite
 (`--chat-db`, default <workdir>/chats.sqlite). Bodies over `--max-body-kb` are a 413.
-`--max-requests` makes the server exit after that many requests (tests, benchmarks);
+`--max-requests` makes the server exit after that many requests (tests, benchmarks),
+`--step-delay-ms` pauses after each decode step (tests that press Stop mid-reply);
 `--compile-cache DIR` keeps XLA's compiled programs on disk, so a restart skips the warm-up's
 compiles.
 """
@@ -46,6 +47,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="the web chat's SQLite file (default <workdir>/chats.sqlite)")
     p.add_argument("--max-body-kb", type=int, default=1024, help="largest request body")
     p.add_argument("--max-requests", type=int, default=None)
+    p.add_argument("--step-delay-ms", type=float, default=0.0,
+                   help="pause after each decode step (tests that act while a reply streams; "
+                        "demos of streaming)")
     p.add_argument("--compile-cache", default=None,
                    help="a directory for XLA's persistent compilation cache (restarts skip "
                         "compiling)")
@@ -80,7 +84,8 @@ def main(argv=None) -> None:
     def load():
         return load_models(args.workdir, stages, slots=args.slots, max_queue=args.max_queue,
                            prefix_cache_mb=args.prefix_cache_mb, tools=tools,
-                           adapters=[a for a in args.adapters.split(",") if a])
+                           adapters=[a for a in args.adapters.split(",") if a],
+                           step_delay_s=args.step_delay_ms / 1000)
 
     app = create_app(load, api_keys=args.api_keys, timeout_s=args.timeout,
                      load_moderator=(lambda: load_moderator(args.workdir))

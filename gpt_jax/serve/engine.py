@@ -16,31 +16,29 @@ Admission control: at most `max_queue` rows (a request's `n` choices are n rows)
 beyond the free ones; `submit` raises `QueueFull` past that (the server answers 429). Every
 request has a deadline; past it, its rows end "timeout".
 The engine knows nothing of HTTP: requests come in as `requests.Request` and leave as events.
+Its device side (params, the slots' cache and its size, the jitted calls, LoRA adapters) is the
+base class `device.SlotDevice`.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import logging
-import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import jax
 import numpy as np
 
-from gpt_jax import sampling, structured
+from gpt_jax import structured
 from gpt_jax.engine_tools import ToolIds, open_call, result_ids, run_tool
 from gpt_jax.model import GPTConfig
-from gpt_jax.seq_utils import bucket
 from gpt_jax.serve import slots
+from gpt_jax.serve.device import SlotDevice
 from gpt_jax.serve.prefix_cache import PrefixCache
 from gpt_jax.serve.requests import Delta, Done, Finish, Request, RowText, TokenLogprob
 
 log = logging.getLogger("gpt_jax.serve")
-N_TOP = 20  # most top_logprobs a request may ask (OpenAI's limit)
-SHRINK_AFTER_STEPS = 32  # decode steps with a quarter or less of the slots cache in use
 
 
 class QueueFull(RuntimeError):
@@ -66,27 +64,16 @@ class _Row:
     forced: list = dataclasses.field(default_factory=list)  # forced tokens not yet fed
 
 
-class Engine:
+class Engine(SlotDevice):
     def __init__(self, params, config: GPTConfig, tokenizer, n_slots: int = 8,
                  max_queue: int = 64, prefix_cache_mb: float = 256, tool_workers: int = 4,
-                 adapters: dict | None = None):
+                 adapters: dict | None = None, step_delay_s: float = 0.0):
         """`adapters`: {name: lora.Adapter} of this base model; a request names one (or none)
-        and its rows run through it inside the shared batch (`gpt_jax.lora_batch`)."""
-        self.config, self.params = sampling.unstack_layers(config, params)
-        self.adapters = None
-        if adapters:
-            from gpt_jax.lora_batch import AdapterTable, weight_shapes
-
-            self.adapters = AdapterTable.build(self.config, adapters,
-                                               weight_shapes(self.params["block_0"]))
-        self.tok, self.n_slots, self.max_queue = tokenizer, int(n_slots), int(max_queue)
-        self.max_len = config.max_seq_len + 64  # room for a chunk's bucket padding at the end
-        self.vocab_limit = min(config.vocab_size, tokenizer.vocab_size)
-        self.cache = slots.init_slots(self.config, 1, 64)  # grown and cut as rows come and go
-        self._no_prefix = np.zeros((config.n_layers, self.config.kv_heads, 16,
-                                    self.config.head_dim), np.float32)
-        self.resizes = 0
-        self._small_steps = 0
+        and its rows run through it inside the shared batch (`gpt_jax.lora_batch`).
+        `step_delay_s`: a pause after each decode step (tests that must act while a reply
+        streams, on hosts fast enough to finish it first; demos of streaming)."""
+        super().__init__(params, config, tokenizer, n_slots, adapters)
+        self.max_queue, self.step_delay_s = int(max_queue), float(step_delay_s)
         self.prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         try:
             self.tool_ids = ToolIds.of(tokenizer)
@@ -133,134 +120,8 @@ class Engine:
             self._thread.join()
         self._tools.shutdown(wait=False, cancel_futures=True)
 
-    def adapter_index(self, name: str | None) -> int:
-        if name is None:
-            return 0
-        if self.adapters is None:
-            raise ValueError(f"adapter {name!r}: this engine has no adapters")
-        try:
-            return self.adapters.index(name)
-        except KeyError as e:
-            raise ValueError(str(e.args[0])) from None
-
-    def _lora(self, ids) -> tuple | None:
-        """The `lora` argument of a device step for rows with these adapter indices: None when
-        no row uses one (the programs without the low-rank path: loading adapters costs the
-        base model's requests nothing)."""
-        ids = np.asarray(ids, np.int32)
-        if self.adapters is None or not ids.any():
-            return None
-        return self.adapters.layers, ids
-
     def busy_slots(self) -> int:
         return sum(r is not None for r in self.rows)
-
-    def compile_constraint(self, constraint: structured.Constraint, stop_ids):
-        """The compiled grammar a `Request.grammar` takes; raises `structured.ConstraintError`
-        (invalid, or over 5 s to compile). Blocking: call it off the event loop."""
-        lltok = structured.grammar_tokenizer(self.tok, self.config.vocab_size, stop_ids)
-        return structured.compile_constraint(constraint, lltok)
-
-    def warmup(self, max_chunk: int = 256) -> None:
-        """Compiles the serving programs before the first request (`serve.warmup`)."""
-        from gpt_jax.serve.warmup import warmup
-
-        warmup(self, max_chunk)
-
-    # -- device calls ----------------------------------------------------------------------------
-    def _col_buckets(self) -> list[int]:
-        cols, out = 64, []
-        while True:
-            out.append(cols)
-            if cols >= self.max_len:
-                return out
-            cols = min(self.max_len, 2 * cols)
-
-    def _width(self, start: int, n: int) -> int:
-        """Columns a row needs to take n more tokens at `start`, with room for a chunk's padding."""
-        return min(self.max_len, bucket(start + n + 8, 64))
-
-    def _row_bucket(self, n: int) -> int:
-        """Rows as a power of 4 (at most the slots): few decode programs to compile."""
-        return min(self.n_slots, 4 ** max(0, math.ceil(math.log(max(n, 1), 4) - 1e-9)))
-
-    def _fit(self, n_rows: int, n_cols: int, shrink: bool = False) -> None:
-        """Resizes the slots to hold rows [0, n_rows) (a power of 4) and columns [0, n_cols) (a
-        power of two): grown when short; with `shrink`, cut when a quarter or less is in use."""
-        rows, cols = slots.cache_shape(self.cache)
-        want = (self._row_bucket(n_rows), min(self.max_len, bucket(n_cols, 64)))
-        if want[0] > rows or want[1] > cols:
-            want = (max(want[0], rows), max(want[1], cols))
-        elif shrink and (4 * want[0] <= rows or 4 * want[1] <= cols):
-            self._small_steps += 1  # cut only after a while: each new shape may compile
-            if self._small_steps < SHRINK_AFTER_STEPS and any(r is not None for r in self.rows):
-                return
-        else:
-            self._small_steps = 0
-            return
-        self._small_steps = 0
-        self.cache = slots.resize(self.cache, *want)
-        self.resizes += 1
-
-    def _extend(self, slot: int, prefix, start: int, ids: list[int], row: tuple,
-                st: slots.SlotStatic, bitmask=None, adapter: int = 0):
-        """Prefills ids into `slot` at `start`: from the slot's own columns, or from `prefix`
-        ((keys, values, n) of a prefix-cache hit, or None: an empty row) when it is new."""
-        self._fit(slot + 1, self._width(start, len(ids)))
-        width = slots.cache_shape(self.cache)[1]  # the row as wide as the slots: few programs
-        if start == 0 or prefix is not None:
-            keys, values, n = prefix or (self._no_prefix, self._no_prefix, 0)
-            pad = [(0, 0), (0, 0), (0, width - keys.shape[2]), (0, 0)]  # one program per width
-            cache_row = slots.row_from_prefix(self.config, np.pad(keys, pad), np.pad(values, pad),
-                                              np.int32(n), width)
-        else:
-            cache_row = slots.take_row(self.cache, np.int32(slot))
-        sampling_row = slots.RowSampling.of([row])
-        pos, rest = start, list(ids)
-        while rest:  # power-of-two chunks (few programs): 580 tokens go as 512 + 64 + 4 (in 8)
-            t = min(max(8, 1 << (len(rest).bit_length() - 1)), 1 << ((width - pos).bit_length() - 1))
-            n = min(len(rest), t)
-            chunk = np.zeros((1, t), np.int32)
-            chunk[0, :n] = rest[:n]
-            cache_row, out = slots.extend(self.params, st, cache_row, np.int32(pos), chunk,
-                                          np.int32(n), sampling_row, bitmask,
-                                          self._lora([adapter]))
-            pos, rest = pos + n, rest[n:]
-        self.cache = slots.put_row(self.cache, cache_row, np.int32(slot))
-        return jax.device_get(out)  # sampled after the last chunk
-
-    def _decode(self, active: np.ndarray, st: slots.SlotStatic, warm_adapter: int = 0):
-        """One decode step of the active slots (`warm_adapter`: the adapter of active slots with
-        no row, for the warm-up)."""
-        n = slots.cache_shape(self.cache)[0]
-        tokens = np.zeros(n, np.int32)
-        lengths = np.zeros(n, np.int32)
-        rows = [(0.0, 1.0, 0, 0, 0, 0)] * n
-        adapters = np.where(active[:n], warm_adapter, 0).astype(np.int32)
-        constrained = {}
-        for r in self.rows:
-            if r is not None and r.slot < n and active[r.slot]:
-                tokens[r.slot], lengths[r.slot] = r.next_token, r.length
-                adapters[r.slot] = r.adapter
-                rows[r.slot] = self._row_params(r)
-                if r.matcher is not None and not r.forced:  # it samples this step
-                    constrained[r.slot] = r.matcher
-        bitmask = None
-        if constrained:
-            bitmask = structured.fill_masks(constrained,
-                                            structured.new_bitmask(n, self.config.vocab_size))
-        self.cache, out = slots.decode(self.params, st, self.cache, tokens, lengths,
-                                       active[:n], slots.RowSampling.of(rows), bitmask,
-                                       self._lora(adapters))
-        return jax.device_get(out)
-
-    @staticmethod
-    def _row_params(r: _Row) -> tuple:
-        q = r.request
-        return (q.temperature, q.top_p, q.top_k, q.seed, r.choice, r.generated)
-
-    def _static(self, requests) -> slots.SlotStatic:
-        return slots.static_for(self.config, self.vocab_limit, requests, N_TOP)
 
     # -- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -299,6 +160,8 @@ class Engine:
             active[r.slot] = True
         out = self._decode(active, self._static([r.request for r in running]))
         self.steps += 1
+        if self.step_delay_s > 0:
+            time.sleep(self.step_delay_s)
         for r in running:
             r.tokens.append(r.next_token)
             r.length += 1

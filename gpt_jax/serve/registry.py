@@ -134,7 +134,7 @@ def load_adapters(params, files: dict[str, tuple[Path, str]], base: str) -> dict
 
 def load_models(workdir: str | Path, stages: list[str] | None, *, slots: int, max_queue: int,
                 prefix_cache_mb: float, tools: list[str], warmup: bool = True,
-                adapters: list[str] = ()) -> dict[str, ServedModel]:
+                adapters: list[str] = (), step_delay_s: float = 0.0) -> dict[str, ServedModel]:
     from gpt_jax.checkpoint import load_stage
     from gpt_jax.metrics import read_summary
     from gpt_jax.tokenizer import Tokenizer
@@ -160,7 +160,8 @@ def load_models(workdir: str | Path, stages: list[str] | None, *, slots: int, ma
         config, params = load_stage(workdir, stage)
         attached = load_adapters(params, files, stage)
         engine = Engine(params, config, tokenizer, n_slots=slots, max_queue=max_queue,
-                        prefix_cache_mb=prefix_cache_mb, adapters=attached)
+                        prefix_cache_mb=prefix_cache_mb, adapters=attached,
+                        step_delay_s=step_delay_s)
         if warmup:
             engine.warmup()
         engine.start()
