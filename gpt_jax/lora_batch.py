@@ -5,8 +5,8 @@ S-LoRA / Punica ("BGMV"): row i computes x W + (x A_i) B_i, never W + A_i B_i.
 `AdapterTable` stacks every adapter's A and B per layer and target weight. Index 0 is "no
 adapter" (zeros); ranks are zero-padded to the largest (exact: a padded column of A meets a zero
 row of B); alpha / r is folded into B; a target one adapter lacks is zeros for it. `gather(table,
-ids)` picks each row's pair inside the jitted step, and `model.lora_update` adds (x A) B wherever
-the `lora` variable collection holds a weight's pair.
+ids)` picks each row's pair inside the jitted step, and `lora_update` (called by the model's
+projections) adds (x A) B wherever the `lora` variable collection holds a weight's pair.
 
     table = AdapterTable.build(config, {"math": load_adapter("math.safetensors")})
     lora = (table.layers, np.array([0, 1, 1, 0], np.int32))   # rows 1 and 2 use "math"
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.lora import TARGET_AXES, Adapter, _leaves
+from gpt_jax.lora import TARGET_AXES, Adapter, _get, _leaves
 
 _MODULE = {"q": "attn", "k": "attn", "v": "attn", "o": "attn",
            "gate": "mlp", "up": "mlp", "fc": "mlp", "proj": "mlp"}
@@ -35,7 +35,7 @@ def layer_pairs(adapter: Adapter, n_layers: int) -> list[dict[str, tuple[np.ndar
         if path[-1] != "A":
             continue
         name = path[-2]
-        b = np.asarray(_at(adapter.params, (*path[:-1], "B")), np.float32) * adapter.config.scale
+        b = np.asarray(_get(adapter.params, (*path[:-1], "B")), np.float32) * adapter.config.scale
         a = np.asarray(a, np.float32)
         m = re.fullmatch(r"block_(\d+)", path[0])
         if path[0] == "blocks":
@@ -46,12 +46,6 @@ def layer_pairs(adapter: Adapter, n_layers: int) -> list[dict[str, tuple[np.ndar
         else:
             raise ValueError(f"adapter path {'/'.join(path)}: not under blocks or block_<i>")
     return out
-
-
-def _at(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
 
 
 @dataclasses.dataclass
@@ -106,3 +100,19 @@ def weight_shapes(layer_params: dict) -> dict[str, tuple[tuple, tuple]]:
 def gather(layers, ids):
     """Each row's adapter pairs: per layer, every [N + 1, ...] array indexed by ids [B]."""
     return jax.tree.map(lambda x: jnp.take(x, ids, axis=0), layers)
+
+
+def lora_update(module, name: str, x, y):
+    """y + (x A) B for weight `name` when the module's `lora` variable collection holds its
+    per-row pair: A [B, *in, r], B [B, r, *out], alpha / r folded into B (`gather`:
+    each row of a serving batch through its own adapter, on one copy of the base weights).
+    x [B, T, *in] flattened to [B, T, in], y [B, T, *out]. Without the collection (training,
+    every program without adapters) y is returned as it is."""
+    if not module.has_variable("lora", f"{name}_a"):
+        return y
+    a, b = module.get_variable("lora", f"{name}_a"), module.get_variable("lora", f"{name}_b")
+    rows, rank = a.shape[0], a.shape[-1]
+    u = jnp.einsum("bti,bir->btr", x.reshape(*x.shape[:2], -1),
+                   a.reshape(rows, -1, rank).astype(x.dtype))
+    delta = jnp.einsum("btr,bro->bto", u, b.reshape(rows, rank, -1).astype(x.dtype))
+    return y + delta.reshape(y.shape).astype(y.dtype)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from gpt_jax.lora_batch import lora_update
 from gpt_jax.sharding import constrain
 
 FAMILIES = ("gpt2", "llama")
@@ -231,22 +232,6 @@ def write_cache(cache, new, index):
     if cache.ndim == 3:
         return jax.lax.dynamic_update_slice(cache, new[0].transpose(1, 2, 0), (0, 0, index))
     return jax.lax.dynamic_update_slice(cache, new.transpose(0, 2, 1, 3), (0, 0, index, 0))
-
-
-def lora_update(module: nn.Module, name: str, x, y):
-    """y + (x A) B for weight `name` when the module's `lora` variable collection holds its
-    per-row pair: A [B, *in, r], B [B, r, *out], alpha / r folded into B (`gpt_jax.lora_batch`:
-    each row of a serving batch through its own adapter, on one copy of the base weights).
-    x [B, T, *in] flattened to [B, T, in], y [B, T, *out]. Without the collection (training,
-    every program without adapters) y is returned as it is."""
-    if not module.has_variable("lora", f"{name}_a"):
-        return y
-    a, b = module.get_variable("lora", f"{name}_a"), module.get_variable("lora", f"{name}_b")
-    rows, rank = a.shape[0], a.shape[-1]
-    u = jnp.einsum("bti,bir->btr", x.reshape(*x.shape[:2], -1),
-                   a.reshape(rows, -1, rank).astype(x.dtype))
-    delta = jnp.einsum("btr,bro->bto", u, b.reshape(rows, rank, -1).astype(x.dtype))
-    return y + delta.reshape(y.shape).astype(y.dtype)
 
 
 class Attention(nn.Module):

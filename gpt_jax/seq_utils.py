@@ -4,6 +4,7 @@
 - `positions_from_valid`: position ids that count real tokens only (padding anywhere in a row).
 - `last_valid_index`: the index of each row's last real token.
 - `fit_prompt`: a prompt cut to a token budget, keeping BOS and the most recent tokens.
+- `equal_chunks`: rows cut into generate() calls of one batch size.
 """
 from __future__ import annotations
 
@@ -47,3 +48,11 @@ def fit_prompt(ids: Sequence[int], room: int) -> list[int]:
     """A prompt of at most `room` tokens: the first token (BOS) + the most recent ones."""
     ids = list(ids)
     return ids if len(ids) <= room else [ids[0]] + ids[len(ids) - room + 1:]
+
+
+def equal_chunks(n: int, max_rows: int) -> list[slice]:
+    """`n` rows cut into the fewest chunks of at most `max_rows`, all of one size but the last
+    (200 rows at 32 -> 7 x 29: one compiled batch bucket per call, not a small remainder)."""
+    chunks = -(-n // max(int(max_rows), 1))
+    size = max(1, -(-n // max(chunks, 1)))
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]

@@ -232,3 +232,13 @@ def test_prompt_lengths_pad_to_powers_of_two_then_multiples_of_32():
 
     assert [length_bucket(n) for n in (1, 8, 9, 33, 64, 65, 96, 97, 200)] == \
         [8, 8, 16, 64, 64, 96, 96, 128, 224]
+
+
+def test_equal_chunks_cover_every_row_in_one_batch_size():
+    from gpt_jax.seq_utils import equal_chunks
+
+    parts = equal_chunks(200, 32)
+    assert [(p.start, p.stop) for p in parts[:2]] == [(0, 29), (29, 58)] and len(parts) == 7
+    assert [i for p in parts for i in range(200)[p]] == list(range(200))
+    assert {p.stop - p.start for p in parts[:-1]} == {29} and parts[-1].stop - parts[-1].start == 26
+    assert equal_chunks(0, 32) == [] and equal_chunks(5, 32) == [slice(0, 5)]

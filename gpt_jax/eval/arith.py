@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from gpt_jax import labeler
-from gpt_jax.seq_utils import fit_prompt
+from gpt_jax.seq_utils import equal_chunks, fit_prompt
 from gpt_jax.tasks.arithmetic import LEVELS, ArithmeticTask
 
 EVAL_MODES = ("direct", "cot", "calc", "calc_off")
@@ -178,16 +178,11 @@ class PolicyEval:
         sampling = SamplingConfig(temperature=temperature, max_new_tokens=n_new,
                                   stop_ids=stop_ids, stop_strings=stops, seed=int(c.seed))
         out = []
-        # equal chunks of at most gen_batch rows: one compiled batch shape per call, not a
-        # smaller one for the remainder (200 rows at 32 -> 7 x 29, all in the 32-row bucket)
-        chunks = -(-len(prompts) // int(c.gen_batch))
-        size = -(-len(prompts) // max(chunks, 1))
-        for start in range(0, len(prompts), max(size, 1)):
-            end = start + size
-            gen = generate(self.params, self.model_config, prompts[start:end], sampling,
+        for part in equal_chunks(len(prompts), int(c.gen_batch)):
+            gen = generate(self.params, self.model_config, prompts[part], sampling,
                            logit_processor=processor, pad_id=tok.pad_id, tokenizer=tok,
-                           row_ids=rows[start:end], tool=self.calculate if tool else None)
-            for i in range(len(prompts[start:end])):
+                           row_ids=rows[part], tool=self.calculate if tool else None)
+            for i in range(len(prompts[part])):
                 ids = [t for t in gen.row(i) if t not in drop]
                 text, used = visible_text(tok, ids)
                 if stops:

@@ -68,6 +68,7 @@ def context_section(workdir: str | Path, parent: str) -> ml_collections.ConfigDi
 def greedy_replies(params, model_config, tokenizer, conversations, c) -> list[str]:
     """The model's greedy reply text to each conversation (generated in equal chunks)."""
     from gpt_jax.sampling import SamplingConfig, generate
+    from gpt_jax.seq_utils import equal_chunks
     from gpt_jax.train.sft import vocab_limit_processor
 
     stop = (tokenizer.token_id("assistant_end"), tokenizer.eos_id)
@@ -76,11 +77,9 @@ def greedy_replies(params, model_config, tokenizer, conversations, c) -> list[st
     processor = (vocab_limit_processor(tokenizer.vocab_size)
                  if model_config.vocab_size > tokenizer.vocab_size else None)
     prompts = [tokenizer.render_for_completion(m) for m in conversations]
-    chunks = -(-len(prompts) // int(c.gen_batch))
-    size = max(1, -(-len(prompts) // max(chunks, 1)))
     out = []
-    for start in range(0, len(prompts), size):
-        gen = generate(params, model_config, prompts[start:start + size], sampling,
+    for part in equal_chunks(len(prompts), int(c.gen_batch)):
+        gen = generate(params, model_config, prompts[part], sampling,
                        logit_processor=processor, pad_id=tokenizer.pad_id, tokenizer=tokenizer)
         for i in range(gen.tokens.shape[0]):
             ids = [t for t in gen.row(i) if t not in stop]

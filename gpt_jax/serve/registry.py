@@ -88,9 +88,9 @@ def finished_stages(workdir: str | Path) -> list[str]:
     return [s for s in CHAT_STAGES if read_summary(Path(workdir) / s) is not None]
 
 
-def adapter_files(workdir: str | Path, explicit: list[str] = ()) -> dict[str, tuple[Path, str]]:
-    """{name: (safetensors path, base stage)}: each finished stage's `adapter.safetensors` (named
-    by its stage), then `name=path[@stage]` entries (the base from `@`, else the header's
+def find_adapters(workdir: str | Path, explicit: list[str] = ()) -> dict[str, tuple]:
+    """{name: (lora.Adapter, base stage)}: each finished stage's `adapter.safetensors` (named by
+    its stage), then `name=path[@stage]` entries (the base from `@`, else the header's
     `base_stage`)."""
     from gpt_jax import lora
     from gpt_jax.metrics import read_summary
@@ -99,35 +99,36 @@ def adapter_files(workdir: str | Path, explicit: list[str] = ()) -> dict[str, tu
     for stage in CHAT_STAGES:
         path = workdir / stage / "adapter.safetensors"
         if path.exists() and read_summary(workdir / stage) is not None:
-            out[stage] = (path, lora.load_adapter(path).meta.get("base_stage", "sft"))
+            adapter = lora.load_adapter(path)
+            out[stage] = (adapter, adapter.meta.get("base_stage", "sft"))
     for spec in explicit:
         name, sep, rest = spec.partition("=")
         path, _, base = rest.partition("@")
         if not sep or not name or not path:
             raise ValueError(f"--adapters {spec!r}: expected name=path[@stage]")
-        base = base or lora.load_adapter(path).meta.get("base_stage")
+        adapter = lora.load_adapter(path)
+        base = base or adapter.meta.get("base_stage")
         if not base:
             raise ValueError(f"--adapters {spec!r}: its header names no base stage; add @stage")
-        out[name] = (Path(path), base)
+        out[name] = (adapter, base)
     return out
 
 
-def load_adapters(params, files: dict[str, tuple[Path, str]], base: str) -> dict:
+def adapters_of(params, found: dict[str, tuple], base: str) -> dict:
     """{name: lora.Adapter} of the adapters trained on `base` (params in its saved layout),
     each checked against it."""
     from gpt_jax import lora
 
     fingerprint, out = None, {}
-    for name, (path, on) in files.items():
+    for name, (adapter, on) in found.items():
         if on != base:
             continue
-        adapter = lora.load_adapter(path)
         lora.check_fits(params, adapter)
         want = adapter.meta.get("base_fingerprint")
         fingerprint = fingerprint or lora.params_fingerprint(params)
         if want and want != fingerprint:
-            raise lora.AdapterError(f"adapter {name!r} ({path}) was trained on another {base!r} "
-                                    f"model (fingerprint {want}, this one {fingerprint})")
+            raise lora.AdapterError(f"adapter {name!r} was trained on another {base!r} model "
+                                    f"(fingerprint {want}, this one {fingerprint})")
         out[name] = adapter
     return out
 
@@ -149,8 +150,8 @@ def load_models(workdir: str | Path, stages: list[str] | None, *, slots: int, ma
     if not stages:
         raise FileNotFoundError(f"no finished chat stage ({', '.join(CHAT_STAGES)}) in {workdir}")
     tool = toolbox(tools) if tools else None
-    files = adapter_files(workdir, adapters)
-    bases = list(dict.fromkeys(base for _, base in files.values()))
+    found = find_adapters(workdir, adapters)
+    bases = list(dict.fromkeys(base for _, base in found.values()))
     models = {}
     for stage in stages + [b for b in bases if b not in stages]:
         if stage not in CHAT_STAGES + BASE_STAGES:
@@ -158,7 +159,7 @@ def load_models(workdir: str | Path, stages: list[str] | None, *, slots: int, ma
         if read_summary(workdir / stage) is None:
             raise FileNotFoundError(f"stage {stage!r} has not finished in {workdir}")
         config, params = load_stage(workdir, stage)
-        attached = load_adapters(params, files, stage)
+        attached = adapters_of(params, found, stage)
         engine = Engine(params, config, tokenizer, n_slots=slots, max_queue=max_queue,
                         prefix_cache_mb=prefix_cache_mb, adapters=attached,
                         step_delay_s=step_delay_s)
