@@ -174,11 +174,12 @@ def test_web_chat_end_to_end(browser, tmp_path):
         page.goto(f"{server.url}/#{conv['id']}")
         try:
             page.wait_for_selector("[data-testid=tool-call]")
-        except Exception:  # seen once in ~10 runs beside another server test: say what was shown
-            print("url", page.url, "wanted", conv["id"], "page state", page.evaluate(
+        except Exception as err:  # say what was shown, in the one line CI's summary keeps
+            shown = page.evaluate(
                 "JSON.stringify({conv: state.conv && state.conv.id, streaming: state.streaming, "
-                "listed: state.conversations.map((c) => c.id)})"))
-            raise
+                "pending: state.pendingHash, status: document.getElementById('status').textContent, "
+                "listed: state.conversations.map((c) => c.id)})")
+            raise AssertionError(f"url {page.url} wanted {conv['id']} shown {shown}") from err
         call = by_testid(page, "tool-call")
         assert call.count() == 1 and call.get_attribute("open") is None
         assert call.locator("summary").inner_text() == "calculator: 12*34"

@@ -14,6 +14,8 @@ const state = {
   messages: new Map(), // its whole tree: id -> message
   streaming: null,     // {cid} while a reply streams
   titlePolls: 0,
+  shown: 0,            // bumped by every open / new chat: a slower, older open must not win
+  pendingHash: null,   // a #<id> followed while a reply streamed: opened when it ends
 };
 
 function setStatus(text) { $("status").textContent = text || ""; }
@@ -93,6 +95,7 @@ async function removeChat(c) {
 
 // ---- the open conversation -------------------------------------------------------------------
 function newChat() {
+  state.shown++;
   state.conv = null;
   state.messages = new Map();
   history.replaceState(null, "", "#");
@@ -102,7 +105,9 @@ function newChat() {
 }
 
 async function openConversation(id) {
+  const shown = ++state.shown;
   const conv = await api("GET", `/api/conversations/${id}`);
+  if (shown !== state.shown) return;  // another conversation was opened meanwhile
   state.conv = conv;
   state.messages = new Map(conv.messages.map((m) => [m.id, m]));
   delete conv.messages;
@@ -113,7 +118,7 @@ async function openConversation(id) {
   renderList();
   if (conv.generating && !state.streaming) {
     setStatus("a reply is being generated…");
-    setTimeout(() => { if (state.conv && state.conv.id === id) openConversation(id).catch(showError); }, 1000);
+    setTimeout(() => { if (state.conv && state.conv.id === id && !state.streaming) openConversation(id).catch(showError); }, 1000);
   } else if (!state.streaming) {
     setStatus("");
   }
@@ -251,6 +256,7 @@ async function ensureConversation() {
   if (state.conv) return state.conv;
   const conv = await api("POST", "/api/conversations", {
     model: $("model").value || undefined, temperature: Number($("temperature").value) });
+  state.shown++;
   state.conv = conv;
   state.messages = new Map();
   history.replaceState(null, "", `#${conv.id}`);
@@ -319,6 +325,7 @@ async function send(content, parent) {
   } finally {
     state.streaming = null;
     setBusy(false);
+    if (state.pendingHash) followHash().catch(showError);
   }
 }
 
@@ -331,6 +338,17 @@ function setBusy(busy) {
 async function stop() {
   if (!state.streaming) return;
   await api("POST", `/api/conversations/${state.streaming.cid}/stop`);
+}
+
+// a link or a typed #<id> opens that conversation (our own moves use replaceState: no event);
+// while a reply streams, it waits for the end of the stream
+async function followHash() {
+  const id = location.hash.slice(1);
+  state.pendingHash = null;
+  if (!id || (state.conv && state.conv.id === id)) return;
+  if (state.streaming) { state.pendingHash = id; return; }
+  await loadList().catch(showError);
+  await openConversation(id);
 }
 
 // ---- start -----------------------------------------------------------------------------------
@@ -362,14 +380,7 @@ function wire() {
     if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); $("composer-form").requestSubmit(); }
   };
   $("stop").onclick = () => stop().catch(showError);
-  // a link or a typed #<id> opens that conversation (our own moves use replaceState: no event)
-  window.onhashchange = async () => {
-    const id = location.hash.slice(1);
-    if (id && (!state.conv || state.conv.id !== id) && !state.streaming) {
-      await loadList();
-      await openConversation(id).catch(showError);
-    }
-  };
+  window.onhashchange = () => followHash().catch(showError);
   $("model").onchange = () => {
     if (state.conv) api("PATCH", `/api/conversations/${state.conv.id}`, { model: $("model").value }).catch(showError);
   };
