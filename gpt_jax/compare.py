@@ -39,7 +39,7 @@ from gpt_jax.stages import begin_stage
 
 STAGE = "compare"
 MODEL_STAGES = {"base": "pretrain", "sft": "sft", "ppo": "ppo", "feedme": "feedme", "grpo": "grpo",
-                "dpo": "dpo"}
+                "dpo": "dpo", "ppo_ptx": "ppo_ptx", "grpo_rm": "grpo_rm", "ppo_weak": "ppo_weak"}
 
 
 def compare_config(**overrides) -> ml_collections.ConfigDict:

@@ -66,6 +66,17 @@ def rerun_closure(config, stages) -> list[str]:
     return chosen
 
 
+def run_section(config, section: str, workdir: str) -> dict:
+    """Runs `config.<section>` in `<workdir>/<section>`: a section named otherwise than its
+    stage (`reward_weak` of stage "reward", `ppo_ptx` of stage "ppo") is a second run of that
+    stage in its own directory (stages that take `stage=`: reward, ppo, grpo, dpo)."""
+    kind = config[section].stage
+    module = stage_module(kind)
+    if section == kind:
+        return module.run(config[section], workdir)
+    return module.run(config[section], workdir, stage=section)
+
+
 def _clock(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
@@ -92,7 +103,7 @@ def run(config, workdir: str) -> dict:
         print(f"[recipe {i}/{len(stages)}] {stage}{' (done, skipped)' if done else ''} "
               f"(elapsed {_clock(time.perf_counter() - t_start)})", flush=True)
         t0 = time.perf_counter()
-        summaries[stage] = stage_module(config[stage].stage).run(config[stage], workdir)
+        summaries[stage] = run_section(config, stage, workdir)
         if done:  # the seconds of the run that did it: an earlier recipe's, or the stage's own
             timings[stage] = (previous.get("seconds", {}).get(stage)
                               or summaries[stage].get("wall_seconds") or 0.0)

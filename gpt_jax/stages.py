@@ -39,6 +39,7 @@ STAGES = {
     "compare": "gpt_jax.compare",
     "memory": "gpt_jax.memory.stage",
     "recipe": "gpt_jax.recipe",
+    "recipe_seeds": "gpt_jax.recipe_seeds",
 }
 
 # Config keys that cannot change a stage's result (display, logging sinks, checkpoint cadence and

@@ -56,3 +56,25 @@ def test_context_preset_trains_the_context_task_alone():
     assert ctx.pretrain == tiny.pretrain  # the same pretrained model as make run's
     assert set(ctx.sft.data.sft_weights.values()) == {0.0} and ctx.sft.tasks.demo_weight == 0
     assert ctx.sft.tasks.context.weight > 0 and ctx.sft.train.total_steps == 2000
+
+
+def test_seeds_presets_override_only_known_keys_and_seed_0_is_make_runs():
+    from gpt_jax.recipe_seeds import SECTIONS, seeded
+
+    tiny, smoke = load_experiment("recipe_tiny"), load_experiment("recipe_smoke")
+    kind = {"reward_weak": "reward", "ppo_weak": "ppo", "ppo_ptx": "ppo", "grpo_rm": "grpo"}
+    for name, base in (("recipe_seeds", tiny), ("recipe_seeds_smoke", smoke)):
+        recipe = load_experiment(name).recipe
+        assert recipe.stages == ",".join(SECTIONS) and recipe.report is False
+        for section in SECTIONS:
+            stage = kind.get(section, section)
+            assert recipe[section].stage == stage, (name, section)
+            reference = base[stage] if stage in base else load_experiment(f"{stage}_tiny")
+            assert _flat_keys(recipe[section]) == _flat_keys(reference), (name, section)
+    seed0 = seeded(load_experiment("recipe_seeds").recipe, 0)
+    for stage in tiny.stages.split(","):  # seed 0 trains exactly make run's stages
+        if stage in seed0 and stage != "compare":  # compare: more models
+            assert seed0[stage] == tiny[stage], stage
+    seed2 = seeded(load_experiment("recipe_seeds").recipe, 2)
+    assert {seed2[s].seed for s in SECTIONS if s not in ("tokenizer", "compare")} == {2}
+    assert seed2.compare.seed == tiny.compare.seed

@@ -317,6 +317,9 @@ def test_dpo_stage_then_resume_after_a_crash(workdir, tmp_path, monkeypatch):
     assert 2 in train and 4 in train
     assert summary["heldout_margin"] > 0.0  # the held-out chosen replies gained on the rejected
     assert set(load_stage(straight, "dpo")[1]) >= {"wte", "ln_f"}
+    # sampled as PPO's evaluation samples: the SFT model against itself at KL 0, 4 x 2 responses
+    assert summary["sft"]["kl"] == 0.0 and summary["dpo"]["responses"] == 8
+    assert summary["kl"] == summary["dpo"]["kl"] != 0.0  # a sampled estimate: moved, either sign
     assert dpo.run(config_from_tests("dpo_test"), str(straight)) == summary  # done: skipped
 
     # a crash in step 3, then a resume: the same final state (bitwise equal metrics and evals)

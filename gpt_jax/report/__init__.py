@@ -14,7 +14,8 @@ prints "n/a". A section that still fails to render says so in place rather than 
 
 Code: gpt_jax/report/runfiles.py (reading a workdir, cell formatting), card.py (report card and
 environment), sections_train.py (tokenizer, pretraining, SFT, reward model), sections_rlhf.py
-(PPO, best-of-N, FeedME, compare), sections_product.py (moderation, memory, LoRA), sections_eval.py (the evaluation suites); this module orders the sections and writes the file, and
+(PPO, best-of-N, FeedME, compare), sections_product.py (moderation, memory, LoRA),
+sections_seeds.py (post-training over whole-recipe seeds), sections_eval.py (the evaluation suites); this module orders the sections and writes the file, and
 re-exports the helpers so `from gpt_jax.report import fmt, table, write_report, ...` keeps working.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from gpt_jax.report.runfiles import (ANSWER_CHARS, COMPARE_MODELS, SIDE_BY_SIDE_
 from gpt_jax.report.sections_eval import eval_section
 from gpt_jax.report.sections_product import lora_section, memory_section, moderation_section
 from gpt_jax.report.sections_rlhf import bon_section, compare_section, feedme_section, ppo_section
+from gpt_jax.report.sections_seeds import seeds_section
 from gpt_jax.report.sections_train import (pretrain_section, reward_section, sft_section,
                                            tokenizer_section)
 
@@ -43,13 +45,13 @@ __all__ = [
     "feedme_section", "fmt", "get", "git_commit", "headline", "image", "jax_devices",
     "lora_section", "main", "memory_section",
     "matmul_peaks", "moderation_section", "param_count", "policy_columns", "ppo_section", "pretrain_section", "render",
-    "report_card", "reward_section", "sft_section", "table", "tokenizer_section", "wall_times",
+    "report_card", "reward_section", "seeds_section", "sft_section", "table", "tokenizer_section", "wall_times",
     "write_report",
 ]
 
 
 Section = Callable[[RunFiles, Path], list[str]]
-OPTIONAL = {"eval", "lora_sft"}  # sections left out (not "not run") until their command has run
+OPTIONAL = {"eval", "lora_sft", "recipe_seeds"}  # sections left out (not "not run") until their command has run
 SECTIONS: list[tuple[str, str | None, Section]] = [
     ("Report card", None, report_card),
     ("Environment", None, environment),
@@ -64,6 +66,7 @@ SECTIONS: list[tuple[str, str | None, Section]] = [
     ("Moderation", "moderation", moderation_section),
     ("Retrieval memory", "memory", memory_section),
     ("LoRA-SFT", "lora_sft", lora_section),
+    ("Post-training over seeds", "recipe_seeds", seeds_section),
     ("Evaluation suites", "eval", eval_section),
 ]
 

@@ -172,6 +172,26 @@ class Sampler:
                 "gold": gold.reshape(shape), "correct": correct.reshape(shape)}
 
 
+    def heldout_eval(self, config, workdir: str, task, policy_params, n_prompts: int,
+                     batch: int, samples: int) -> tuple[dict, dict]:
+        """(SFT's, the policy's) sampled evaluation on `n_prompts` held-out prompts, PPO's
+        (`ppo.evaluate`: gold and RM reward, accuracy, KL(policy || this sampler's model)) with
+        PPO's evaluation seed, so the SFT model's draws are those PPO's step 0 scores."""
+        from gpt_jax.data import tasks_data
+        from gpt_jax.train.ppo import evaluate
+
+        _, held = tasks_data.rl_problems(config, "heldout", workdir, n=int(n_prompts))
+        prompts = self.prompt_ids(task, held)
+        ref = self.engine.place_reference(self.params)
+        seed = config.seed * 7919 + 104_729
+
+        def run_eval(params):
+            return evaluate(self.engine, self.scorer, params, ref, prompts, held, int(batch),
+                            int(samples), seed)[0]
+
+        return run_eval(ref), run_eval(policy_params)
+
+
 def run(config, workdir: str) -> dict[str, Any]:
     from gpt_jax.data import tasks_data
 

@@ -15,7 +15,10 @@ Training: `train.batch_size` pairs per step, drawn without replacement within a 
 function of (seed, step) (exact resume), one compiled `dpo_step` (gpt_jax/train/dpo_core.py) on
 the shared loop. Evaluation (step 0, every `train.eval_every`, the end) on the held-out pairs:
 implicit-reward accuracy against the labeler's order (`heldout_accuracy`) and against the gold
-score where gold differs (`heldout_gold_accuracy`), and the mean margin.
+score where gold differs (`heldout_gold_accuracy`), and the mean margin. At the end, sampled
+responses to `dpo.heldout_prompts` held-out task prompts are scored as PPO and FeedME score theirs
+(`bon.Sampler.heldout_eval`): `sft` and `dpo` (gold and RM reward, accuracy, KL to SFT), so DPO
+has a place on the reward-against-KL plot.
 
 Writes `<workdir>/dpo/`: metrics.jsonl (+ TensorBoard), final/ (the policy, loadable with
 checkpoint.load_stage), summary.json.
@@ -48,6 +51,12 @@ def dpo_config(**overrides) -> ml_collections.ConfigDict:
         "max_prompt_len": 88,
         "max_new_tokens": 128,
         "score_batch": 32,              # pairs per reference / evaluation call
+        # the end: sampled responses to held-out prompts, scored as PPO / FeedME score theirs
+        # (gold and RM reward, accuracy, KL to SFT); heldout_prompts 0 = none
+        "reward_stage": "reward",
+        "heldout_prompts": 64,
+        "eval_samples": 2,
+        "eval_batch": 32,
     })
     cfg.update(overrides)
     return cfg
@@ -157,6 +166,7 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
                       donate_argnums=0)
     policy = GPT(model_config, mesh=mesh)
     seq_lp = jax.jit(lambda params, side: sequence_logprobs(policy, params, side, hp))
+    sft_params = jax.device_put(sft_params, shardings.params)  # on the mesh, as the policy's
 
     def logprobs(params, pairs) -> np.ndarray:
         """[n, 2] sequence log-probs (chosen, rejected), in fixed-size chunks."""
@@ -204,6 +214,19 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
     last = evals.get("last") or {k.removeprefix("eval_"): v
                                  for k, v in eval_hook(result.state.params, steps).items()}
     save_policy(stage_dir, result.state.params, stage)
+    sampled, eval_seconds = {}, 0.0
+    if int(dc.heldout_prompts) > 0:
+        from gpt_jax.train.bon import Sampler
+
+        t_eval = time.perf_counter()
+        sampler = Sampler(config, workdir, config.parent, dc.reward_stage, P, N, 1.0,
+                          int(dc.eval_batch))
+        sft_eval, dpo_eval = sampler.heldout_eval(config, workdir, task, result.state.params,
+                                                  dc.heldout_prompts, dc.eval_batch,
+                                                  dc.eval_samples)
+        sampled = {"sft": sft_eval, "dpo": dpo_eval, **{k: dpo_eval[k] for k in (
+            "gold_reward", "rm_reward", "accuracy", "kl")}}
+        eval_seconds = time.perf_counter() - t_eval
     summary = {
         "stage": stage, "parent": config.parent, "comparisons": str(path),
         "loss_type": hp.loss_type, "beta": hp.beta, "label_smoothing": hp.label_smoothing,
@@ -213,7 +236,9 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
         "final_train_loss": result.last_train.get("loss"),
         "final_train_reward_accuracy": result.last_train.get("reward_accuracy"),
         **last,
+        **sampled,
         "reference_seconds": ref_seconds,
+        "eval_seconds": eval_seconds,
         "wall_seconds": time.perf_counter() - t_start,
     }
     write_summary(stage_dir, summary)

@@ -105,7 +105,6 @@ def run(config, workdir: str) -> dict[str, Any]:
     from gpt_jax.data import tasks_data
     from gpt_jax.train import sft
     from gpt_jax.train.bon import Sampler
-    from gpt_jax.train.ppo import evaluate
 
     stage_dir, done = begin_stage(config, workdir, STAGE, parent=config.parent)
     if done is not None:
@@ -127,17 +126,9 @@ def run(config, workdir: str) -> dict[str, Any]:
     result = sft.train_from_parent(config, workdir, stage_dir, STAGE, train_iter)
 
     t_eval = time.perf_counter()
-    _, held = tasks_data.rl_problems(config, "heldout", workdir, n=int(fc.heldout_prompts))
-    held_prompts = sampler.prompt_ids(task, held)
-    ref = sampler.engine.place_reference(sampler.params)
-    eval_seed = config.seed * 7919 + 104_729  # the PPO stage's: the same draws for the SFT model
-
-    def run_eval(params):
-        return evaluate(sampler.engine, sampler.scorer, params, ref, held_prompts, held,
-                        int(fc.eval_batch), int(fc.eval_samples), eval_seed)[0]
-
-    sft_eval = run_eval(ref)
-    feedme_eval = run_eval(result.state.params)
+    sft_eval, feedme_eval = sampler.heldout_eval(config, workdir, task, result.state.params,
+                                                 fc.heldout_prompts, fc.eval_batch,
+                                                 fc.eval_samples)
     summary = {
         "stage": STAGE,
         "parent": config.parent,

@@ -245,12 +245,13 @@ def _load_or_sample(stage_dir, params, model_config, tokenizer, task, config, k,
     return out, time.perf_counter() - t0
 
 
-def run(config, workdir: str) -> dict[str, Any]:
+def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
+    """`stage`: the directory (a second RM beside `reward`, e.g. the weak one of recipe_seeds)."""
     from gpt_jax import labeler as labeler_lib
     from gpt_jax.data import tasks_data
     from gpt_jax.tokenizer import Tokenizer
 
-    stage_dir, done = begin_stage(config, workdir, STAGE, parent=config.parent)
+    stage_dir, done = begin_stage(config, workdir, stage, parent=config.parent)
     if done is not None:
         return done
     t_start = time.perf_counter()
@@ -314,7 +315,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         eval_hook=hook, tokens_per_step=tokens_per_step,
         flops_per_step=train_flops_per_token(built.model_config, T) * tokens_per_step,
         peak_flops=tcfg.peak_flops,
-        meta={"stage": STAGE, "model": config.model.to_dict()}, desc=STAGE)
+        meta={"stage": stage, "model": config.model.to_dict()}, desc=stage)
     result = loop.run(init_state, jax.random.key(config.seed))
     params = result.state.params
     t_eval = time.perf_counter()
@@ -329,7 +330,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     params = jax.device_get(params)
     params["head"]["bias"] = params["head"]["bias"] - np.float32(offset)
     final = Checkpointer(stage_dir / "final", max_to_keep=1, async_save=False)
-    final.save(0, {"params": params}, meta={"stage": STAGE, "bias_offset": offset})
+    final.save(0, {"params": params}, meta={"stage": stage, "bias_offset": offset})
     final.close()
 
     summary = {

@@ -18,5 +18,6 @@ def get_config():
     config.train.update(batch_size=4, seq_len=64, total_steps=4, eval_every=2,
                         checkpoint_every=2, log_every=2)
     config.dpo = dpo_config(comparisons_stage="rankings", beta=0.5, max_prompt_len=40,
-                            max_new_tokens=24, score_batch=8)
+                            max_new_tokens=24, score_batch=8, heldout_prompts=4,
+                            eval_samples=2, eval_batch=8)
     return config
