@@ -332,3 +332,39 @@ def test_dpo_stage_then_resume_after_a_crash(workdir, tmp_path, monkeypatch):
     a = {r["step"]: r for r in read_metrics(crashed / "dpo" / "metrics.jsonl") if "loss" in r}
     assert a[4]["loss"] == train[4]["loss"] and a[4]["grad_norm"] == train[4]["grad_norm"]
     assert resumed["heldout_margin"] == summary["heldout_margin"]
+
+
+@pytest.mark.slow
+def test_dpo_on_the_human_sets_as_the_control(workdir, tmp_path):
+    from gpt_jax.data import ranking
+    from gpt_jax.tokenizer import Tokenizer
+    from gpt_jax.train import dpo
+
+    run_dir = _fresh(tmp_path, workdir)
+    config = config_from_tests("dpo_test")
+    config.dpo.update(source="human", human_max_records=6)
+    summary = dpo.run(config, str(run_dir))
+    tok = Tokenizer.load(str(workdir / "tokenizer" / "tokenizer.json"))
+    train, held = dpo.human_rankings(config, str(run_dir), tok, 6)
+    assert len(train) + len(held) == 6 * 4  # six records of each of the four sets
+    for rows in (train, held):  # best first: each ranking's pairs are its C(k, 2)
+        assert all(g == list(range(len(ids))) for _, ids, g, _ in rows)
+    pairs = lambda rows: sum(len(ids) * (len(ids) - 1) // 2 for _, ids, _, _ in rows)  # noqa
+    assert summary["source"] == "human"
+    assert summary["train_pairs"] + summary["identical_pairs_left_out"] >= 1
+    assert summary["train_pairs"] <= pairs(train) and summary["heldout_pairs"] <= pairs(held)
+    assert summary["heldout_gold_pairs"] == summary["heldout_pairs"]  # human ranks never tie
+    assert summary["sft"]["kl"] == 0.0 and summary["dpo"]["responses"] == 8  # the task's eval
+    # the held-out records are the reward stage's (the same sha256 rule and fraction)
+    from gpt_jax.data import pipeline, registry
+
+    rec = next(registry.read_records(registry.prepare(
+        "dpo_en_demo", data_dir=config.data.dir or None,
+        cache_dir=pipeline.resolve_cache_dir(config, str(run_dir), None)), "train"))
+    expect_held = ranking.held_out(rec["id"], 0.2)
+    first = (tok.render_for_completion(rec["prompt"]), [tok.encode(r) for r in rec["responses"]])
+    in_held = any(p == first[0] and ids == first[1] for p, ids, _, _ in held)
+    assert in_held == expect_held
+    config.dpo.source = "people"
+    with pytest.raises(ValueError, match="dpo.source"):
+        dpo.run(config, str(tmp_path / "other"))

@@ -8,7 +8,10 @@ which makes the two comparable.
 Data: every ranking of K responses (best first, ties share a group) gives its pairs (i, j) with
 group i < group j: chosen i, rejected j. Each side is the task's chat prompt (left-padded or cut
 to `dpo.max_prompt_len`) followed by the response ids as sampled and <|assistant_end|>, cut at
-`dpo.max_new_tokens`. The comparisons' own train / held-out split is kept. The frozen SFT model's
+`dpo.max_new_tokens`. The comparisons' own train / held-out split is kept. With
+`dpo.source="human"` the pairs come from the shipped human preference sets instead (hh-rlhf
+harmless, OASST, the DPO demos; held out by the reward stage's own rule): the control, a
+preference signal that says nothing about the task. The frozen SFT model's
 sequence log-probs of every pair are computed once before training.
 
 Training: `train.batch_size` pairs per step, drawn without replacement within a step as a pure
@@ -44,7 +47,12 @@ SIDE_KEYS = ("tokens", "valid", "response_mask")
 
 def dpo_config(**overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict({
+        # "labeler": <comparisons_stage>/comparisons.jsonl (the labeler's rankings of SFT samples);
+        # "human": the shipped human preference sets (the control: not about the task)
+        "source": "labeler",
         "comparisons_stage": "reward",  # its comparisons.jsonl: the labeler's rankings
+        "human_heldout_fraction": 0.2,  # as the reward stage's (same rule, same held-out pairs)
+        "human_max_records": 0,         # per human set (0 = all)
         "beta": 0.1,
         "loss_type": "sigmoid",         # "sigmoid" (DPO) | "ipo"
         "label_smoothing": 0.0,
@@ -64,17 +72,50 @@ def dpo_config(**overrides) -> ml_collections.ConfigDict:
 
 def pairs_from_rankings(records, tokenizer, task, prompt_len: int, new_tokens: int):
     """({"chosen": side, "rejected": side} numpy arrays, gold [n, 2], identical) of every ranked
-    pair; `identical` counts the pairs left out because their two replies are the same once cut
-    at `new_tokens` (they carry no preference, only a zero gradient)."""
-    from gpt_jax.seq_utils import fit_prompt
+    pair of the labeler's comparisons.jsonl records (see `pairs_from_ranked`)."""
     from gpt_jax.tasks import Problem
+
+    return pairs_from_ranked(
+        ((tokenizer.render_for_completion(task.prompt_messages(Problem.from_dict(r["problem"]))),
+          r["completion_ids"], r["groups"], r["gold"]) for r in records),
+        tokenizer, prompt_len, new_tokens)
+
+
+def human_rankings(config, workdir: str, tokenizer, max_records: int = 0):
+    """(train, held-out) rankings of the shipped human preference sets (the reward stage's
+    `HUMAN_SETS`, best first; held out by the reward stage's own rule, so the RM's human
+    held-out pairs are these): (prompt ids, completion ids, groups, gold = -rank) each;
+    `max_records` > 0 keeps the first that many per set."""
+    from gpt_jax.data import pipeline, ranking, registry
+    from gpt_jax.train.reward import HUMAN_SETS
+
+    root = pipeline.resolve_cache_dir(config, workdir, None)
+    train, held = [], []
+    for name in HUMAN_SETS:
+        builder = registry.prepare(name, data_dir=config.data.dir or None, cache_dir=root,
+                                   skip_bad_records=config.data.skip_bad_records)
+        records = [r for split in ("train", "heldout") for r in registry.read_records(builder, split)]
+        for rec in records[:max_records or None]:
+            k = len(rec["responses"])
+            row = (tokenizer.render_for_completion(rec["prompt"]),
+                   [tokenizer.encode(r) for r in rec["responses"]], list(range(k)),
+                   [-float(i) for i in range(k)])
+            (held if ranking.held_out(rec["id"], float(config.dpo.human_heldout_fraction))
+             else train).append(row)
+    return train, held
+
+
+def pairs_from_ranked(ranked, tokenizer, prompt_len: int, new_tokens: int):
+    """({"chosen": side, "rejected": side} numpy arrays, gold [n, 2], identical) of every pair
+    (i, j) with group i < group j of each (prompt ids, completion ids, groups, gold) ranking;
+    `identical` counts the pairs left out because their two replies are the same once cut at
+    `new_tokens` (they carry no preference, only a zero gradient)."""
+    from gpt_jax.seq_utils import fit_prompt
 
     end = tokenizer.token_id("assistant_end")
     rows, gold, identical = [], [], 0
-    for rec in records:
-        prompt = fit_prompt(tokenizer.render_for_completion(
-            task.prompt_messages(Problem.from_dict(rec["problem"]))), prompt_len)
-        ids, groups = rec["completion_ids"], rec["groups"]
+    for prompt_ids, ids, groups, scores in ranked:
+        prompt = fit_prompt(prompt_ids, prompt_len)
         for i in range(len(ids)):
             for j in range(len(ids)):
                 if groups[i] < groups[j]:
@@ -84,7 +125,7 @@ def pairs_from_rankings(records, tokenizer, task, prompt_len: int, new_tokens: i
                         identical += 1
                         continue
                     rows.append((prompt, chosen, rejected))
-                    gold.append((rec["gold"][i], rec["gold"][j]))
+                    gold.append((scores[i], scores[j]))
     n, width = len(rows), prompt_len + new_tokens
     sides = {s: {"tokens": np.full((n, width), tokenizer.pad_id, np.int32),
                  "valid": np.zeros((n, width), bool)} for s in ("chosen", "rejected")}
@@ -133,23 +174,32 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
     from gpt_jax.train.optim import make_optimizer
     from gpt_jax.train.rl_common import fresh_policy_state, policy_state_layout, save_policy
 
+    if config.dpo.source not in ("labeler", "human"):
+        raise ValueError(f"dpo.source={config.dpo.source!r}; expected 'labeler' or 'human'")
     stage_dir, done = begin_stage(config, workdir, stage, parent=config.parent)
     if done is not None:
         return done
     t_start = time.perf_counter()
     dc, tcfg = config.dpo, config.train
-    path = Path(workdir) / dc.comparisons_stage / "comparisons.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"dpo needs the labeler's rankings at {path} (run the "
-                                f"{dc.comparisons_stage!r} stage first)")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     tokenizer = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
     task, _ = tasks_data.rl_problems(config, "train", workdir, n=1)
     P, N = int(dc.max_prompt_len), int(dc.max_new_tokens)
-    train, _, train_same = pairs_from_rankings([r for r in records if r["split"] == "train"],
-                                               tokenizer, task, P, N)
-    held, held_gold, held_same = pairs_from_rankings(
-        [r for r in records if r["split"] == "heldout"], tokenizer, task, P, N)
+    if dc.source == "labeler":
+        path = Path(workdir) / dc.comparisons_stage / "comparisons.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"dpo needs the labeler's rankings at {path} (run the "
+                                    f"{dc.comparisons_stage!r} stage first)")
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        train, _, train_same = pairs_from_rankings(
+            [r for r in records if r["split"] == "train"], tokenizer, task, P, N)
+        held, held_gold, held_same = pairs_from_rankings(
+            [r for r in records if r["split"] == "heldout"], tokenizer, task, P, N)
+    else:  # "human"
+        path = "human preference sets"
+        ranked_train, ranked_held = human_rankings(config, workdir, tokenizer,
+                                                   int(dc.human_max_records))
+        train, _, train_same = pairs_from_ranked(ranked_train, tokenizer, P, N)
+        held, held_gold, held_same = pairs_from_ranked(ranked_held, tokenizer, P, N)
     model_config, sft_params = load_stage(workdir, config.parent)
     if P + N > model_config.max_seq_len:
         raise ValueError(f"dpo.max_prompt_len + dpo.max_new_tokens = {P + N} exceeds the model "
@@ -228,7 +278,8 @@ def run(config, workdir: str, stage: str = STAGE) -> dict[str, Any]:
             "gold_reward", "rm_reward", "accuracy", "kl")}}
         eval_seconds = time.perf_counter() - t_eval
     summary = {
-        "stage": stage, "parent": config.parent, "comparisons": str(path),
+        "stage": stage, "parent": config.parent, "source": str(dc.source),
+        "comparisons": str(path),
         "loss_type": hp.loss_type, "beta": hp.beta, "label_smoothing": hp.label_smoothing,
         "train_pairs": int(len(train_ref)), "heldout_pairs": int(len(held_ref)),
         "heldout_gold_pairs": int(differs.sum()), "identical_pairs_left_out": train_same + held_same,
