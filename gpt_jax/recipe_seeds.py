@@ -8,7 +8,9 @@ For each seed in `config.seeds`, `config.recipe` (a recipe config whose sections
 experiments/configs/recipe_seeds.py) runs in `<workdir>/recipe_seeds/seed<s>/`. Every section's
 `seed` is set to s: pretraining, SFT, both reward models and every RL stage. Two things are shared
 on purpose: the tokenizer and the data cache (symlinked to the first seed's), and the compare
-stage's held-out problems. Each seed's recipe resumes and skips like `make run`'s.
+stage's held-out problems. Each seed's recipe resumes and skips like `make run`'s, and a stage
+the workdir itself already finished with exactly a seed's config (seed 0 trains exactly
+`make run`'s stages) is linked into that seed instead of trained twice (`link_finished`).
 
 After the stages, the alignment tax: bits per byte of every pretraining source's held-out text
 under each model (`eval.suites.bpb`, cached in the seed's eval/parts.jsonl).
@@ -80,6 +82,35 @@ def share(first: Path, seed_dir: Path) -> None:
             target.symlink_to(Path("..") / first.name / name, target_is_directory=True)
 
 
+def link_finished(workdir: Path, seed_dir: Path, recipe) -> list[str]:
+    """Links seed_dir/<section> -> <workdir>/<section> for each section that `workdir` (e.g. the
+    `make run` workdir recipe_seeds runs in) already finished with exactly this seed's config and
+    whose upstream stages are linked too (seed 0 trains exactly make run's stages), so they are
+    not trained twice. The data cache goes with the tokenizer. Returns the linked sections."""
+    from gpt_jax.metrics import read_summary
+    from gpt_jax.stages import config_diff, config_dict, upstream_stages
+
+    stages = [x.strip() for x in recipe.stages.split(",") if x.strip()]
+    linked: list[str] = []
+    for section in stages:
+        source, target = workdir / section, seed_dir / section
+        saved = source / "config.json"
+        if target.exists() or target.is_symlink() or read_summary(source) is None \
+                or not saved.exists():
+            continue
+        if config_diff(json.loads(saved.read_text()), config_dict(recipe[section])):
+            continue
+        if not (set(upstream_stages(recipe[section], recipe[section].stage)) & set(stages)
+                <= set(linked)):
+            continue  # it read a stage this seed trains itself
+        target.symlink_to(Path("../..") / section, target_is_directory=True)
+        linked.append(section)
+    cache = seed_dir / "data_cache"
+    if "tokenizer" in linked and (workdir / "data_cache").exists() and not cache.exists():
+        cache.symlink_to(Path("../..") / "data_cache", target_is_directory=True)
+    return linked
+
+
 def alignment_tax(seed_dir: Path, max_bytes: int, log=print) -> dict[str, Any]:
     """{stage: bpb result} for each finished stage of TAX_STAGES (held-out pretraining text)."""
     from gpt_jax.eval import suites
@@ -109,8 +140,13 @@ def run(config, workdir: str) -> dict[str, Any]:
         seed_dir.mkdir(exist_ok=True)
         if i > 0:
             share(stage_dir / f"seed{seeds[0]}", seed_dir)
+        recipe_config = seeded(config.recipe, seed)
+        linked = link_finished(Path(workdir), seed_dir, recipe_config)
+        if linked:
+            print(f"[{STAGE}] seed {seed}: {workdir} finished {', '.join(linked)} with this "
+                  f"seed's configs; linked, not trained again", flush=True)
         print(f"[{STAGE}] seed {seed} ({i + 1}/{len(seeds)}) in {seed_dir}", flush=True)
-        recipe.run(seeded(config.recipe, seed), str(seed_dir))
+        recipe.run(recipe_config, str(seed_dir))
         tax = alignment_tax(seed_dir, int(config.bpb_max_bytes))
         saved = seed_dir / "recipe_summary.json"
         recipe_summary = json.loads(saved.read_text()) if saved.exists() else {}

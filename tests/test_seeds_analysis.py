@@ -1,12 +1,14 @@
 """recipe_seeds' analysis against hand-computed values: the Gao et al. fits recover known
 coefficients, the over-optimization test, each claim on one seed and over seeds (a claim passes
-only when every seed passes), the matched-KL table's means and sds."""
+only when every seed passes), the matched-KL table's means and sds; a stage the workdir finished
+with exactly a seed's config is linked into that seed, one that read an unlinked stage is not."""
+import json
 import math
 
 import numpy as np
 import pytest
 
-from gpt_jax.recipe_seeds import claims_config, parse_seeds
+from gpt_jax.recipe_seeds import claims_config, link_finished, parse_seeds, seeded
 from gpt_jax.seeds_analysis import (gao_curve, gao_fit, matched_kl_table, overoptimization,
                                     seed_checks, summarize)
 
@@ -100,3 +102,35 @@ def test_seeds_are_parsed_strictly():
     for bad in ("", "0,0", "a"):
         with pytest.raises(ValueError):
             parse_seeds(bad)
+
+
+def _finished(stage_dir, config):
+    from gpt_jax.stages import config_dict
+
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "config.json").write_text(json.dumps(config_dict(config)))
+    (stage_dir / "summary.json").write_text("{}")
+
+
+def test_stages_the_workdir_finished_with_a_seeds_config_are_linked_not_retrained(tmp_path):
+    from gpt_jax.recipe import load_experiment
+
+    recipe = load_experiment("recipe_seeds_smoke").recipe
+    seed0 = seeded(recipe, 0)
+    for stage in ("tokenizer", "pretrain", "reward"):  # reward: equal, but it read sft
+        _finished(tmp_path / stage, seed0[stage])
+    other = seed0.sft.copy_and_resolve_references()
+    other.train.total_steps += 1
+    _finished(tmp_path / "sft", other)  # another config: this seed trains its own
+    (tmp_path / "data_cache").mkdir()
+    (tmp_path / "ppo").mkdir()  # not finished
+    seed_dir = tmp_path / "recipe_seeds" / "seed0"
+    seed_dir.mkdir(parents=True)
+    assert link_finished(tmp_path, seed_dir, seed0) == ["tokenizer", "pretrain"]
+    assert (seed_dir / "pretrain").resolve() == (tmp_path / "pretrain").resolve()
+    assert (seed_dir / "data_cache").resolve() == (tmp_path / "data_cache").resolve()
+    assert not (seed_dir / "sft").exists() and not (seed_dir / "reward").exists()
+    assert link_finished(tmp_path, seed_dir, seed0) == []  # already there
+    seed1_dir = tmp_path / "recipe_seeds" / "seed1"
+    seed1_dir.mkdir()
+    assert link_finished(tmp_path, seed1_dir, seeded(recipe, 1)) == ["tokenizer"]  # unseeded
