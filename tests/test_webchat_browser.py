@@ -70,7 +70,10 @@ def test_web_chat_end_to_end(browser, tmp_path):
     SHOTS.mkdir(parents=True, exist_ok=True)
     wd = webchat_workdir(tmp_path)
     cache = f"--compile-cache={tmp_path / 'xla'}"  # the restart skips the warm-up's compiles
-    with ServerProcess(wd, "--slots=4", "--max-requests=400", cache, timeout_s=240) as server:
+    # 5 ms a decode step: on a fast host the random model's whole 300-token reply once streamed
+    # out before the page could see it grow and press Stop
+    with ServerProcess(wd, "--slots=4", "--max-requests=400", "--step-delay-ms=5", cache,
+                       timeout_s=240) as server:
         long_prompt = long_greedy_prompt(server.url)
         page, errors = open_page(browser, server.url + "/")
         assert sorted(by_testid(page, "model-select").locator("option").all_inner_texts()) == [
