@@ -5,7 +5,10 @@ axis) an adapter holds A [layers, *in, r] and B [layers, r, *out], and the adapt
 
     W' = W + (alpha / r) * A @ B        (contracting r; `in`/`out` are W's input/output axes)
 
-B starts at zero, so an untrained adapter leaves the model unchanged. Why explicit params and
+B starts at zero, so an untrained adapter leaves the model unchanged. With `token_ids` the adapter
+also holds, as deltas, full embedding rows (`wte`) and output columns (`lm_head`) of those tokens:
+the chat special tokens, which pretraining never saw and a low-rank update of the projections
+cannot teach (PEFT's "trainable tokens"); 2 x 15 x d_model params. Why explicit params and
 not a model transform: the model stays the one pure function; training differentiates the loss
 of `merge(stop_gradient(base), adapter)` with respect to the adapter alone, so the optimizer
 holds state for the adapter only (`masked_optimizer`), and export is the same `merge`.
@@ -32,7 +35,8 @@ import optax
 
 # target name -> (input axes, output axes) of its weight, after the leading `layers` axes
 TARGET_AXES = {"q": (1, 2), "k": (1, 2), "v": (1, 2), "o": (2, 1),
-               "gate": (1, 1), "up": (1, 1), "fc": (1, 1), "proj": (1, 1)}
+               "gate": (1, 1), "up": (1, 1), "fc": (1, 1), "proj": (1, 1), "lm_head": (1, 1)}
+TOP_LEVEL_TARGETS = ("lm_head",)  # model-level weights (the untied output head), not per layer
 DEFAULT_TARGETS = ("q", "k", "v", "o", "gate", "up", "fc", "proj")
 
 
@@ -45,6 +49,9 @@ class LoRAConfig:
     rank: int = 8
     alpha: float = 16.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    # token ids whose embedding row (wte) and output column (lm_head) are trained in full, as a
+    # delta: the chat special tokens, which pretraining never saw (PEFT's trainable tokens)
+    token_ids: tuple[int, ...] = ()
 
     @property
     def scale(self) -> float:
@@ -58,17 +65,20 @@ class LoRAConfig:
             raise ValueError(f"lora.targets: unknown {sorted(unknown)}; known {sorted(TARGET_AXES)}")
         if int(cfg.rank) < 1:
             raise ValueError(f"lora.rank={cfg.rank} must be >= 1")
-        return cls(rank=int(cfg.rank), alpha=float(cfg.alpha), targets=tuple(targets))
+        token_ids = tuple(int(i) for i in cfg.get("token_ids", ()) or ())
+        return cls(rank=int(cfg.rank), alpha=float(cfg.alpha), targets=tuple(targets),
+                   token_ids=token_ids)
 
 
 def target_paths(params, cfg: LoRAConfig) -> Iterator[tuple[tuple[str, ...], Any]]:
     """(path, weight) of every weight the adapter covers: leaves named one of `cfg.targets`
-    under an `attn` or `mlp` module."""
+    under an `attn` or `mlp` module, and the output head (`lm_head`) when targeted."""
     def walk(node, path):
         for key, value in node.items():
             if isinstance(value, dict):
                 yield from walk(value, (*path, key))
-            elif key in cfg.targets and path and path[-1] in ("attn", "mlp"):
+            elif key in cfg.targets and (path and path[-1] in ("attn", "mlp") or
+                                         not path and key in TOP_LEVEL_TARGETS):
                 yield (*path, key), value
     yield from walk(params, ())
 
@@ -91,7 +101,22 @@ def init_adapter(params, cfg: LoRAConfig, rng) -> dict:
         a = jax.random.normal(jax.random.fold_in(rng, k), (*lead, *ins, cfg.rank), jnp.float32)
         _set(adapter, path, {"A": a / np.sqrt(fan_in),
                              "B": jnp.zeros((*lead, cfg.rank, *outs), jnp.float32)})
+    if cfg.token_ids:
+        adapter["tokens"] = {k: jnp.zeros(shape, jnp.float32)
+                             for k, shape in token_shapes(params, cfg).items()}
     return adapter
+
+
+def token_shapes(params, cfg: LoRAConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the trained token deltas: wte rows [n, d] and lm_head columns [d, n] (none for
+    a tied head, which is wte itself)."""
+    n, vocab = len(cfg.token_ids), params["wte"].shape[0]
+    if bad := [i for i in cfg.token_ids if not 0 <= i < vocab]:
+        raise AdapterError(f"lora.token_ids {bad} outside the vocabulary [0, {vocab})")
+    shapes = {"wte": (n, params["wte"].shape[1])}
+    if "lm_head" in params:
+        shapes["lm_head"] = (params["lm_head"].shape[0], n)
+    return shapes
 
 
 def delta(ab: dict, name: str, scale: float) -> jax.Array:
@@ -113,6 +138,13 @@ def apply(params, adapter: dict, cfg: LoRAConfig, sign: float = 1.0):
     for path, w in target_paths(params, cfg):
         ab = _get(adapter, path)
         _set(out, path, (w + sign * delta(ab, path[-1], cfg.scale)).astype(w.dtype))
+    if cfg.token_ids:
+        ids, tokens = jnp.asarray(cfg.token_ids), adapter["tokens"]
+        wte = jnp.asarray(out["wte"])  # `out`: after any low-rank update of the same weight
+        out["wte"] = wte.at[ids].add(sign * jnp.asarray(tokens["wte"], wte.dtype))
+        if "lm_head" in tokens:
+            head = jnp.asarray(out["lm_head"])
+            out["lm_head"] = head.at[:, ids].add(sign * jnp.asarray(tokens["lm_head"], head.dtype))
     return out
 
 
@@ -195,7 +227,8 @@ def load_adapter(path: str | Path) -> Adapter:
             _set(params, tuple(key.split(".")), f.get_tensor(key))
     cfg = json.loads(header["lora"])
     adapter = Adapter(params, LoRAConfig(rank=cfg["rank"], alpha=cfg["alpha"],
-                                         targets=tuple(cfg["targets"])),
+                                         targets=tuple(cfg["targets"]),
+                                         token_ids=tuple(cfg.get("token_ids", ()))),
                       json.loads(header.get("meta", "{}")))
     if adapter.fingerprint != header.get("fingerprint"):
         raise AdapterError(f"{path}: the tensors do not match the fingerprint in its header")
@@ -215,14 +248,31 @@ def check_fits(params, adapter: Adapter) -> None:
             if tuple(ab[k].shape) != tuple(shape):
                 raise AdapterError(f"{'/'.join(path)}.{k}: shape {tuple(ab[k].shape)}, the "
                                    f"model needs {shape}")
+    if adapter.config.token_ids:
+        for k, shape in token_shapes(params, adapter.config).items():
+            got = adapter.params.get("tokens", {}).get(k)
+            if got is None or tuple(got.shape) != shape:
+                raise AdapterError(f"tokens.{k}: shape {None if got is None else got.shape}, "
+                                   f"the model needs {shape}")
 
 
-def masked_optimizer(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`tx` on params["adapter"], nothing (no state, zero update) on params["base"]."""
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                 lambda p: {k: jax.tree.map(lambda _: "train" if k == "adapter"
-                                                            else "frozen", v)
-                                            for k, v in p.items()})
+def masked_optimizer(tx: optax.GradientTransformation,
+                     b_lr_ratio: float = 1.0) -> optax.GradientTransformation:
+    """`tx` on params["adapter"], nothing (no state, zero update) on params["base"]. With
+    `b_lr_ratio` != 1, the B matrices' updates are scaled by it (LoRA+, Hayou et al. 2024: B
+    learns at ratio x the step of A)."""
+    def label(params):
+        def one(path, _):
+            keys = [getattr(k, "key", None) for k in path]
+            if keys[0] != "adapter":
+                return "frozen"
+            return "train_b" if b_lr_ratio != 1.0 and keys[-1] == "B" else "train"
+        return jax.tree_util.tree_map_with_path(one, params)
+
+    transforms = {"train": tx, "frozen": optax.set_to_zero()}
+    if b_lr_ratio != 1.0:
+        transforms["train_b"] = optax.chain(tx, optax.scale(float(b_lr_ratio)))
+    return optax.multi_transform(transforms, label)
 
 
 def _leaves(tree, path=()) -> Iterator[tuple[tuple[str, ...], Any]]:

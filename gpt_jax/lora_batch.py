@@ -4,12 +4,15 @@ S-LoRA / Punica ("BGMV"): row i computes x W + (x A_i) B_i, never W + A_i B_i.
 
 `AdapterTable` stacks every adapter's A and B per layer and target weight. Index 0 is "no
 adapter" (zeros); ranks are zero-padded to the largest (exact: a padded column of A meets a zero
-row of B); alpha / r is folded into B; a target one adapter lacks is zeros for it. `gather(table,
-ids)` picks each row's pair inside the jitted step, and `lora_update` (called by the model's
-projections) adds (x A) B wherever the `lora` variable collection holds a weight's pair.
+row of B); alpha / r is folded into B; a target one adapter lacks is zeros for it. An adapter's
+trained token rows (`lora.LoRAConfig.token_ids`: embedding rows and output columns, as deltas)
+are stacked the same way, ids padded with -1. `gather(table.device, ids)` picks each row's part
+inside the jitted step; `lora_update` (called by the model's projections) adds (x A) B wherever
+the `lora` variable collection holds a weight's pair, `token_embed` / `head_update` add a row's
+token deltas to its embeddings and its output-head pair and token columns to its logits.
 
     table = AdapterTable.build(config, {"math": load_adapter("math.safetensors")})
-    lora = (table.layers, np.array([0, 1, 1, 0], np.int32))   # rows 1 and 2 use "math"
+    lora = (table.device, np.array([0, 1, 1, 0], np.int32))   # rows 1 and 2 use "math"
     run_blocks(params, config, ..., lora=gather(*lora))
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.lora import TARGET_AXES, Adapter, _get, _leaves
+from gpt_jax.lora import TARGET_AXES, TOP_LEVEL_TARGETS, Adapter, _get, _leaves
 
 _MODULE = {"q": "attn", "k": "attn", "v": "attn", "o": "attn",
            "gate": "mlp", "up": "mlp", "fc": "mlp", "proj": "mlp"}
@@ -35,6 +38,8 @@ def layer_pairs(adapter: Adapter, n_layers: int) -> list[dict[str, tuple[np.ndar
         if path[-1] != "A":
             continue
         name = path[-2]
+        if name in TOP_LEVEL_TARGETS and len(path) == 2:
+            continue  # the output head's pair: `head_pairs`
         b = np.asarray(_get(adapter.params, (*path[:-1], "B")), np.float32) * adapter.config.scale
         a = np.asarray(a, np.float32)
         m = re.fullmatch(r"block_(\d+)", path[0])
@@ -53,6 +58,19 @@ class AdapterTable:
     names: tuple[str, ...]  # index i + 1 is names[i]; 0 is no adapter
     layers: list  # per layer {"attn": {"q_a": [N + 1, *in, R], "q_b": [N + 1, R, *out]}, "mlp": ...}
     rank: int
+    # {"ids": [N + 1, n] (-1: none), "wte": [N + 1, n, D], "lm_head": [N + 1, D, n]}, or None
+    # when no adapter trains token rows
+    tokens: dict | None = None
+    # the output head's pairs {"a": [N + 1, D, R], "b": [N + 1, R, V]}, or None when no adapter
+    # targets `lm_head`
+    head: dict | None = None
+
+    @property
+    def device(self) -> dict:
+        """What a step gathers per row: {"layers": ..., "tokens" / "head": when some adapter has
+        them}."""
+        extra = {k: v for k, v in (("tokens", self.tokens), ("head", self.head)) if v}
+        return {"layers": self.layers, **extra}
 
     @classmethod
     def build(cls, config, adapters: dict[str, Adapter], weight_shapes: dict[str, tuple]):
@@ -76,7 +94,8 @@ class AdapterTable:
                 mod = layer.setdefault(_MODULE[t], {})
                 mod[f"{t}_a"], mod[f"{t}_b"] = jnp.asarray(a), jnp.asarray(b)
             layers.append(layer)
-        return cls(names, layers, rank)
+        listed = [adapters[n] for n in names]
+        return cls(names, layers, rank, token_table(listed), head_table(listed, rank))
 
     def index(self, name: str | None) -> int:
         if name is None:
@@ -84,6 +103,66 @@ class AdapterTable:
         if name not in self.names:
             raise KeyError(f"no adapter {name!r}; loaded: {list(self.names) or 'none'}")
         return self.names.index(name) + 1
+
+
+def token_table(adapters: list[Adapter]) -> dict | None:
+    """Every adapter's token deltas stacked (index 0 and adapters without them: no ids)."""
+    have = [a for a in adapters if a.config.token_ids]
+    if not have:
+        return None
+    n = max(len(a.config.token_ids) for a in have)
+    d = have[0].params["tokens"]["wte"].shape[1]
+    ids = np.full((len(adapters) + 1, n), -1, np.int32)
+    wte = np.zeros((len(adapters) + 1, n, d), np.float32)
+    head = np.zeros((len(adapters) + 1, d, n), np.float32)
+    for j, a in enumerate(adapters):
+        k = len(a.config.token_ids)
+        if k:
+            ids[j + 1, :k] = a.config.token_ids
+            wte[j + 1, :k] = np.asarray(a.params["tokens"]["wte"], np.float32)
+            delta = a.params["tokens"]
+            # a tied head is the embedding itself: its output columns move with the rows
+            head[j + 1, :, :k] = (np.asarray(delta["lm_head"], np.float32) if "lm_head" in delta
+                                  else np.asarray(delta["wte"], np.float32).T)
+    return {"ids": jnp.asarray(ids), "wte": jnp.asarray(wte), "lm_head": jnp.asarray(head)}
+
+
+def head_table(adapters: list[Adapter], rank: int) -> dict | None:
+    """Every adapter's output-head pair stacked like a layer's (zeros where it has none)."""
+    have = [a for a in adapters if "lm_head" in a.params]
+    if not have:
+        return None
+    d, vocab = have[0].params["lm_head"]["A"].shape[0], have[0].params["lm_head"]["B"].shape[-1]
+    a = np.zeros((len(adapters) + 1, d, rank), np.float32)
+    b = np.zeros((len(adapters) + 1, rank, vocab), np.float32)
+    for j, adapter in enumerate(adapters):
+        if "lm_head" in adapter.params:
+            pair, r = adapter.params["lm_head"], adapter.config.rank
+            a[j + 1, :, :r] = np.asarray(pair["A"], np.float32)
+            b[j + 1, :r] = np.asarray(pair["B"], np.float32) * adapter.config.scale
+    return {"a": jnp.asarray(a), "b": jnp.asarray(b)}
+
+
+def token_embed(rows: dict, tokens, x):
+    """x [B, T, D] plus each row's embedding delta where its token is one of its adapter's ids
+    (`rows`: the gathered token table, ids [B, n])."""
+    hit = (tokens[:, :, None] == rows["ids"][:, None, :]).astype(x.dtype)  # [B, T, n]
+    return x + jnp.einsum("btn,bnd->btd", hit, rows["wte"].astype(x.dtype))
+
+
+def head_update(rows: dict, hidden, logits, vocab: int):
+    """logits [B, T, V] plus each row's output-head updates (`rows`: a gathered
+    `AdapterTable.device`): its low-rank pair, (hidden A) B, and its token columns' deltas,
+    (hidden @ delta) scattered onto its adapter's ids (for a tied head, the embedding rows')."""
+    h = hidden.astype(jnp.float32)
+    if "head" in rows:
+        u = jnp.einsum("btd,bdr->btr", h, rows["head"]["a"])
+        logits = logits + jnp.einsum("btr,brv->btv", u, rows["head"]["b"])
+    if "tokens" in rows:
+        u = jnp.einsum("btd,bdn->btn", h, rows["tokens"]["lm_head"])
+        onto = jax.nn.one_hot(rows["tokens"]["ids"], vocab, dtype=jnp.float32)  # -1: all zeros
+        logits = logits + jnp.einsum("btn,bnv->btv", u, onto)
+    return logits
 
 
 def weight_shapes(layer_params: dict) -> dict[str, tuple[tuple, tuple]]:

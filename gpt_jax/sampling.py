@@ -145,23 +145,35 @@ def _forward(params, config: GPTConfig, tokens, positions, valid, cache, layers=
 def run_blocks(params, config: GPTConfig, tokens, positions, mask, cache_layers, index,
                layers=None, lora=None):
     """Embeddings + every block with its layer cache: (hidden [B, T, D] before the final norm,
-    new cache layers). `index`: the cache write position, a scalar or [B] (per row). `lora`: one
-    dict per layer of per-row adapter pairs (`lora_batch.gather`), or None."""
+    new cache layers). `index`: the cache write position, a scalar or [B] (per row). `lora`: the
+    per-row adapters (`lora_batch.gather` of an `AdapterTable.device`: "layers", one dict of
+    pairs per layer, and "tokens" when some adapter trains token rows), or None."""
     x = embed(config, params, tokens, positions)
+    if lora is not None and "tokens" in lora:
+        from gpt_jax.lora_batch import token_embed
+
+        x = token_embed(lora["tokens"], tokens, x)
     layers = _layer_params(config, params) if layers is None else layers
     new_layers = []
     for i, (layer_params, layer_cache) in enumerate(zip(layers, cache_layers)):
         variables = {"params": layer_params}
         if lora is not None:
-            variables["lora"] = lora[i]
+            variables["lora"] = lora["layers"][i]
         x, c = Block(config).apply(variables, x, positions, mask, layer_cache, index)
         new_layers.append(c)
     return x, new_layers
 
 
-def head_logits(params, config: GPTConfig, x):
-    """Hidden [B, T, D] -> float32 logits [B, T, V]: the final norm, then the output head."""
-    return lm_logits(config, params, Norm(config).apply({"params": params["ln_f"]}, x))
+def head_logits(params, config: GPTConfig, x, lora=None):
+    """Hidden [B, T, D] -> float32 logits [B, T, V]: the final norm, then the output head (plus
+    each row's output-head updates when `lora` has token rows or `lm_head` pairs)."""
+    hidden = Norm(config).apply({"params": params["ln_f"]}, x)
+    logits = lm_logits(config, params, hidden)
+    if lora is not None and ("tokens" in lora or "head" in lora):
+        from gpt_jax.lora_batch import head_update
+
+        logits = head_update(lora, hidden, logits, config.vocab_size)
+    return logits
 
 
 def _prefill(params, config, tokens, cache, valid=None, layers=None):

@@ -81,9 +81,53 @@ def test_merge_is_the_adapted_model_and_unmerge_restores_it():
                                logits(lora.merge(params, other).params), atol=1e-5)
 
 
+def test_token_rows_train_the_special_tokens_embedding_and_output():
+    params = random_params(CONFIG, std=0.1)
+    cfg = lora.LoRAConfig(rank=4, alpha=8.0, token_ids=(1, 5, 7))
+    ad = trained_adapter(params, cfg)
+    assert ad.params["tokens"]["wte"].shape == (3, 32)
+    assert ad.params["tokens"]["lm_head"].shape == (32, 3)
+    assert ad.num_params() == trained_adapter(params).num_params() + 2 * 3 * 32
+    merged = lora.merge(params, ad).params
+    want = np.asarray(params["wte"]).copy()
+    want[[1, 5, 7]] += np.asarray(ad.params["tokens"]["wte"])
+    np.testing.assert_allclose(merged["wte"], want, rtol=1e-6, atol=1e-7)
+    other = [i for i in range(256) if i not in (1, 5, 7)]
+    np.testing.assert_array_equal(np.asarray(merged["wte"])[other],
+                                  np.asarray(params["wte"])[other])  # only those rows move
+    head = np.asarray(params["lm_head"]).copy()
+    head[:, [1, 5, 7]] += np.asarray(ad.params["tokens"]["lm_head"])
+    np.testing.assert_allclose(merged["lm_head"], head, rtol=1e-6, atol=1e-7)
+    back = lora.unmerge(lora.merge(params, ad), ad).params
+    assert float(jnp.max(jnp.abs(logits(back) - logits(params)))) < 1e-5
+    lora.check_fits(params, ad)
+    with pytest.raises(lora.AdapterError, match="outside the vocabulary"):
+        lora.init_adapter(params, lora.LoRAConfig(token_ids=(256,)), jax.random.key(0))
+    short = lora.Adapter({**ad.params, "tokens": {"wte": ad.params["tokens"]["wte"][:2]}}, cfg)
+    with pytest.raises(lora.AdapterError, match="tokens.wte"):
+        lora.check_fits(params, short)
+
+
+def test_output_head_target_adds_to_the_token_columns():
+    params = random_params(CONFIG, std=0.1)
+    cfg = lora.LoRAConfig(rank=4, alpha=8.0, targets=("q", "lm_head"), token_ids=(1, 5))
+    ad = trained_adapter(params, cfg)
+    assert [p for p, _ in lora.target_paths(params, cfg)] == [("blocks", "attn", "q"),
+                                                              ("lm_head",)]
+    ab = ad.params["lm_head"]
+    want = np.asarray(params["lm_head"]) + 2.0 * np.asarray(ab["A"]) @ np.asarray(ab["B"])
+    want[:, [1, 5]] += np.asarray(ad.params["tokens"]["lm_head"])  # both updates, not one
+    merged = lora.merge(params, ad)
+    np.testing.assert_allclose(merged.params["lm_head"], want, rtol=1e-5, atol=1e-6)
+    back = lora.unmerge(merged, ad).params
+    assert float(jnp.max(jnp.abs(logits(back) - logits(params)))) < 1e-5
+
+
 def test_safetensors_round_trip(tmp_path):
     params = random_params(CONFIG, std=0.1)
-    ad = dataclasses.replace(trained_adapter(params), meta={"base": "sft"})
+    ad = dataclasses.replace(trained_adapter(params, lora.LoRAConfig(rank=4, alpha=8.0,
+                                                                     token_ids=(2, 3))),
+                             meta={"base": "sft"})
     path = lora.save_adapter(tmp_path / "adapter.safetensors", ad)
     assert path.stat().st_size < 4 * ad.num_params() + 4096  # the adapter alone: KBs
     back = lora.load_adapter(path)
@@ -127,6 +171,26 @@ def test_masked_optimizer_trains_the_adapter_alone():
     assert max(moved) > 0
 
 
+def test_lora_plus_scales_the_b_updates_alone():
+    params = random_params(CONFIG, std=0.1)
+    cfg = lora.LoRAConfig(rank=4, token_ids=(1, 2))
+    both = {"base": params, "adapter": lora.init_adapter(params, cfg, jax.random.key(0))}
+    grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), both)
+
+    def first_update(ratio):
+        tx = lora.masked_optimizer(optax.sgd(0.1), b_lr_ratio=ratio)
+        updates, _ = tx.update(grads, tx.init(both), both)
+        return updates
+
+    plain, plus = first_update(1.0), first_update(4.0)
+    for path, u in jax.tree_util.tree_leaves_with_path(plus["adapter"]):
+        want = jax.tree_util.tree_leaves_with_path(plain["adapter"])
+        ref = dict((jax.tree_util.keystr(k), v) for k, v in want)[jax.tree_util.keystr(path)]
+        factor = 4.0 if path[-1].key == "B" else 1.0
+        np.testing.assert_allclose(u, factor * ref, rtol=1e-6)
+    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(plus["base"]))
+
+
 @pytest.fixture(scope="module")
 def sft_workdir(tmp_path_factory, data_dir):
     from gpt_jax.train import sft
@@ -150,8 +214,12 @@ def test_lora_sft_stage_end_to_end(sft_workdir):
     s = lora_sft.run(config, str(workdir))
     model_config, pre = load_stage(workdir, "pretrain")
     n_base = sum(x.size for x in jax.tree.leaves(pre))
+    from gpt_jax.tokenizer import Tokenizer
+
     adapter = lora.load_adapter(workdir / "lora_sft" / "adapter.safetensors")
-    assert adapter.config == lora.LoRAConfig(rank=4, alpha=8.0)
+    specials = Tokenizer.load(str(workdir / "tokenizer" / "tokenizer.json")).special_ids
+    assert adapter.config == lora.LoRAConfig(rank=4, alpha=8.0,
+                                             token_ids=tuple(sorted(specials.values())))
     assert adapter.meta["base_fingerprint"] == lora.params_fingerprint(pre)  # the base stayed
     assert s["trainable_params"] == adapter.num_params()
     assert s["trainable_fraction"] == adapter.num_params() / n_base
@@ -166,6 +234,17 @@ def test_lora_sft_stage_end_to_end(sft_workdir):
     assert s["loss_vs_full"] == pytest.approx(s["heldout_masked_loss"] /
                                               full["heldout_masked_loss"])
     assert s["final_train_loss"] is not None and s["task_eval_problems"] == 4
+    # both models asked the same held-out problems, every level x mode
+    for key in ("heldout_accuracy", "full_heldout_accuracy"):
+        assert sorted(s[key]) == ["L1", "L2", "L3"]
+        assert all(sorted(row) == ["calc", "calc_off", "cot", "direct"]
+                   for row in s[key].values())
+    cells = [v for row in s["heldout_accuracy"].values() for v in row.values()]
+    assert s["heldout_accuracy_mean"] == pytest.approx(np.mean(cells))
+    assert all(v in (0.0, 0.5, 1.0) for v in cells)  # 2 problems per level
+    if s["full_heldout_accuracy_mean"]:
+        assert s["accuracy_vs_full"] == pytest.approx(s["heldout_accuracy_mean"] /
+                                                      s["full_heldout_accuracy_mean"])
     # final/ holds pretrain + adapter merged: what chat, eval and the server load
     _, final = load_stage(workdir, "lora_sft")
     expected = lora.merge(pre, adapter).params

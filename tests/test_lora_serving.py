@@ -32,6 +32,10 @@ def model(tmp_path_factory):
         "all8": trained_adapter(params, lora.LoRAConfig(rank=8, alpha=16.0), seed=1),
         "attn4": trained_adapter(params, lora.LoRAConfig(rank=4, alpha=4.0,
                                                          targets=("q", "v", "o")), seed=2),
+        # the output head too, and trained token rows (embedding rows, output columns) of 3 ids
+        "tok4": trained_adapter(params, lora.LoRAConfig(rank=4, alpha=8.0,
+                                                        targets=("q", "up", "lm_head"),
+                                                        token_ids=(3, 7, 290)), seed=3),
     }
     return tok, config, params, adapters
 
@@ -43,23 +47,29 @@ def hidden(params, config, tokens, lora_rows=None):
     causal = jnp.tril(jnp.ones((t, t), bool))[None].repeat(b, 0)
     positions = jnp.arange(t)[None].repeat(b, 0)
     x, _ = S.run_blocks(prm, cfg, tokens, positions, causal, cache["layers"], 0, lora=lora_rows)
-    return np.asarray(S.head_logits(prm, cfg, x))
+    return np.asarray(S.head_logits(prm, cfg, x, lora_rows))
 
 
 def test_each_row_gets_its_own_adapter(model):
     _, config, params, adapters = model
     cfg, prm = S.unstack_layers(config, params)
     table = AdapterTable.build(cfg, adapters, weight_shapes(prm["block_0"]))
-    assert table.names == ("all8", "attn4") and table.rank == 8
-    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 300, (4, 12)), jnp.int32)
-    ids = np.array([0, 1, 2, 1], np.int32)
-    batched = hidden(params, config, tokens, gather(table.layers, ids))
+    assert table.names == ("all8", "attn4", "tok4") and table.rank == 8
+    tokens = np.random.default_rng(0).integers(0, 300, (5, 12))
+    tokens[:, [2, 5, 9]] = [3, 290, 7]  # the token rows' ids in every row
+    tokens = jnp.asarray(tokens, jnp.int32)
+    ids = np.array([0, 1, 2, 1, 3], np.int32)
+    batched = hidden(params, config, tokens, gather(table.device, ids))
     merged = {0: params, **{i + 1: lora.merge(params, adapters[n]).params
                             for i, n in enumerate(table.names)}}
     for row, i in enumerate(ids):
         alone = hidden(merged[int(i)], config, tokens[row:row + 1])[0]
         np.testing.assert_allclose(batched[row], alone, atol=2e-5, rtol=0)
     assert np.abs(batched[1] - batched[0]).max() > 0.1  # the adapter does change the logits
+    no_rows = lora.Adapter({k: v for k, v in adapters["tok4"].params.items() if k != "tokens"},
+                           lora.LoRAConfig(rank=4, alpha=8.0, targets=("q", "up", "lm_head")))
+    without = hidden(lora.merge(params, no_rows).params, config, tokens[4:])[0]
+    assert np.abs(batched[4] - without).max() > 0.1  # the token rows do too
     with pytest.raises(KeyError, match="no adapter 'nope'"):
         table.index("nope")
 
@@ -67,7 +77,7 @@ def test_each_row_gets_its_own_adapter(model):
 def test_engine_batches_adapters_and_matches_merged_models(model):
     tok, config, params, adapters = model
     prompts = [[tok.bos_id, *tok.encode(t)] for t in TEXTS]
-    names = [None, "all8", "attn4", "all8", None, "attn4"]
+    names = [None, "all8", "attn4", "tok4", None, "attn4"]
     reqs = [{"prompt": p, "max_tokens": 10, "adapter": a} for p, a in zip(prompts, names)]
     shared = Engine(params, config, tok, n_slots=8, prefix_cache_mb=16, adapters=adapters).start()
     try:
@@ -83,7 +93,7 @@ def test_engine_batches_adapters_and_matches_merged_models(model):
         assert t["ids"] == a["ids"] and t["text"] == a["text"]
     assert again["ids"] == alone[1]["ids"] and again["done"].cached_tokens >= 16
     assert base_same_prompt["done"].cached_tokens == 0  # the adapter's KV is not the base's
-    for name in ("all8", "attn4"):
+    for name in ("all8", "attn4", "tok4"):
         merged = Engine(lora.merge(params, adapters[name]).params, config, tok, n_slots=8,
                         prefix_cache_mb=0).start()
         try:

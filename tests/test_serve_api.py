@@ -24,14 +24,17 @@ QUEUE = 2
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A random sft + pretrain, and a LoRA adapter of sft saved alone (served as sft+math)."""
+    """A random sft + pretrain, and a LoRA adapter of sft saved alone (served as sft+math; every
+    projection, the output head, and the chat tokens' rows)."""
     from gpt_jax import lora
     from gpt_jax.checkpoint import load_stage
     from test_lora import trained_adapter
 
     wd = random_model_workdir(tmp_path_factory.mktemp("serve_api"), CONFIG, ("sft", "pretrain"))
     _, params = load_stage(wd, "sft")
-    adapter = trained_adapter(params, lora.LoRAConfig(rank=4, alpha=8.0), seed=3)
+    adapter = trained_adapter(params, lora.LoRAConfig(
+        rank=4, alpha=8.0, targets=(*lora.DEFAULT_TARGETS, "lm_head"), token_ids=tuple(range(15))),
+        seed=3)
     lora.save_adapter(wd / "math.safetensors", lora.Adapter(adapter.params, adapter.config, {
         "base_stage": "sft", "base_fingerprint": lora.params_fingerprint(params)}))
     return wd

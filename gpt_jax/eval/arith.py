@@ -6,7 +6,7 @@ Every policy (base few-shot, SFT, PPO, FeedME, ...) answers the SAME held-out pr
   no tool attached: the model must write each result itself);
 - pass@k for k in `pass_k` at temperature 1 over `pass_k_samples` samples of each of
   `pass_k_problems` problems (levels in turn) asked in `pass_k_mode`, with the unbiased estimator
-  1 - C(n - c, k) / C(n, k) (Chen et al. 2021);
+  1 - C(n - c, k) / C(n, k) (Chen et al. 2021); none with `pass_k_problems` 0;
 - `format_valid`: the share of greedy answers (direct/cot/calc) whose text has its mode's shape
   (`format_ok`); a calc answer must also have called the tool.
 
@@ -226,15 +226,15 @@ def evaluate(policy: PolicyEval, sets: dict[str, list], c) -> dict[str, Any]:
                 cot_lengths += [len(a[2]) for a in answers]
             examples[f"{level}/{mode}"] = {"question": asked[0].question, "reply": answers[0][0],
                                           "correct": right[0]}
-    ks = [int(k) for k in str(c.pass_k).split(",")]
+    ks = [int(k) for k in str(c.pass_k).split(",")] if int(c.pass_k_problems) > 0 else []
     n = int(c.pass_k_samples)
-    if max(ks) > n:
+    if ks and max(ks) > n:
         raise ValueError(f"pass_k={c.pass_k} needs pass_k_samples >= {max(ks)}, got {n}")
     pool = [p for trio in zip(*(sets[lv] for lv in LEVELS)) for p in trio]
     asked = [ArithmeticTask.with_mode(p, c.pass_k_mode) for p in pool[:int(c.pass_k_problems)]]
-    samples = policy.answer(asked, tool=c.pass_k_mode == "calc", temperature=float(c.temperature),
-                            samples=n, max_new_tokens=reply_budget(policy.tok, asked,
-                                                                   c.max_new_tokens))
+    samples = [] if not asked else policy.answer(
+        asked, tool=c.pass_k_mode == "calc", temperature=float(c.temperature), samples=n,
+        max_new_tokens=reply_budget(policy.tok, asked, c.max_new_tokens))
     correct = [sum(labeler.is_correct(p, s[0]) for s in samples[i * n:(i + 1) * n])
                for i, p in enumerate(asked)]
     logps = np.concatenate([s[3] for s in samples]) if samples else np.zeros(0)

@@ -42,9 +42,11 @@ def lora_section(run: RunFiles, fig_dir: Path) -> list[str]:
              f"{fmt(cfg.get('rank'))} adapters (alpha {cfg.get('alpha', 'n/a')}) on "
              f"{', '.join(cfg.get('targets') or []) or 'n/a'} of the frozen `{s.get('parent')}` "
              f"model, against the full SFT stage of this workdir.", ""]
+    n = s.get("heldout_problems_per_level")
     lines += table(["", "LoRA-SFT", "full SFT", "LoRA / full"], [
-        ["held-out task accuracy", fmt(s.get("task_heldout_accuracy")),
-         fmt(full.get("task_heldout_accuracy")), fmt(s.get("accuracy_vs_full"))],
+        [f"held-out accuracy (greedy, mean of level x mode, {fmt(n)} problems per level)",
+         fmt(s.get("heldout_accuracy_mean")), fmt(s.get("full_heldout_accuracy_mean")),
+         fmt(s.get("accuracy_vs_full"))],
         ["held-out masked loss", fmt(s.get("heldout_masked_loss")),
          fmt(full.get("heldout_masked_loss")), fmt(s.get("loss_vs_full"))],
         ["tokens/s", fmt(s.get("tokens_per_sec"), 1), fmt(full.get("tokens_per_sec"), 1),
@@ -54,6 +56,16 @@ def lora_section(run: RunFiles, fig_dir: Path) -> list[str]:
         ["trained params", fmt(s.get("trainable_params")), "all",
          fmt(s.get("trainable_fraction"))],
     ])
+    ours, theirs = s.get("heldout_accuracy") or {}, s.get("full_heldout_accuracy") or {}
+    if ours:
+        lines += ["", "Per level and mode (LoRA-SFT / full SFT):", ""]
+        modes = list(next(iter(ours.values())))
+        lines += table(["level", *modes], [
+            [level, *(f"{fmt(row.get(m))} / {fmt((theirs.get(level) or {}).get(m))}"
+                      for m in modes)] for level, row in ours.items()])
+    if cfg.get("token_ids"):
+        lines += ["", f"Also trained: the embedding rows and output columns of "
+                      f"{len(cfg['token_ids'])} special tokens (as deltas, in the adapter)."]
     diff = s.get("merge_max_abs_diff")
     lines += ["", f"Adapter file: {fmt(s.get('adapter_bytes'))} bytes; merge then unmerge "
                   f"changes logits by at most {'n/a' if diff is None else f'{diff:.2e}'}.", ""]

@@ -61,7 +61,7 @@ class SlotDevice:
         ids = np.asarray(ids, np.int32)
         if self.adapters is None or not ids.any():
             return None
-        return self.adapters.layers, ids
+        return self.adapters.device, ids
 
     def compile_constraint(self, constraint: structured.Constraint, stop_ids):
         """The compiled grammar a `Request.grammar` takes; raises `structured.ConstraintError`

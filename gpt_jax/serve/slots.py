@@ -219,7 +219,7 @@ def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling
     under `bitmask` [1, ceil(V/32)] when given (a constrained row; None: another program). Columns
     >= start + n_real end up invalid. Compiled per (row width, T) only: the engine moves the row
     out of and back into the slots (`take_row` / `put_row`), so the number of slots never matters.
-    `lora`: (the engine's `AdapterTable.layers`, the row's adapter index [1]), or None."""
+    `lora`: (the engine's `AdapterTable.device`, the row's adapter index [1]), or None."""
     config = st.config
     t, s = tokens.shape[1], row["valid"].shape[1]
     cols = start + jnp.arange(t)
@@ -228,10 +228,11 @@ def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling
     valid = jax.lax.dynamic_update_slice(valid, (jnp.arange(t) < n_real)[None], (0, start))
     mask = (valid[:, None, :] | (jnp.arange(s)[None, :] == cols[:, None])[None]) & (
         jnp.arange(s)[None, None, :] <= cols[None, :, None])
+    lora = _rows_lora(lora)
     x, layers = run_blocks(params, config, tokens, positions, mask, row["layers"], start,
-                           lora=_rows_lora(lora))
+                           lora=lora)
     last = jax.lax.dynamic_slice_in_dim(x, n_real - 1, 1, axis=1)
-    logits = apply_bitmask(head_logits(params, config, last)[:, 0], bitmask)
+    logits = apply_bitmask(head_logits(params, config, last, lora)[:, 0], bitmask)
     return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
 
 
@@ -243,16 +244,17 @@ def decode(params, st: SlotStatic, cache, tokens, lengths, active, rows: RowSamp
     all ones; None, the usual case, compiles a program without it).
 
     Over the whole cache, which the engine keeps sized to the rows and lengths in use (`resize`):
-    a step reads each cached column once and copies nothing. `lora`: (adapter table layers,
+    a step reads each cached column once and copies nothing. `lora`: (`AdapterTable.device`,
     each slot's adapter index [R]), or None."""
     config = st.config
     cols = jnp.arange(cache_shape(cache)[1])[None, :]
     valid = cache["valid"] | ((cols == lengths[:, None]) & active[:, None])
     mask = ((valid | (cols == lengths[:, None])) & (cols <= lengths[:, None]))[:, None, :]
     positions = jnp.minimum(lengths, config.max_seq_len - 1)[:, None]
+    lora = _rows_lora(lora)
     x, layers = run_blocks(params, config, tokens[:, None], positions, mask, cache["layers"],
-                           lengths, lora=_rows_lora(lora))
-    logits = apply_bitmask(head_logits(params, config, x)[:, 0], bitmask)
+                           lengths, lora=lora)
+    logits = apply_bitmask(head_logits(params, config, x, lora)[:, 0], bitmask)
     return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
 
 

@@ -16,6 +16,7 @@ base). At the end it writes
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,25 @@ STAGE = "lora_sft"
 
 def lora_config(**overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict({"rank": 8, "alpha": 16.0,
-                                     "targets": ",".join(lora.DEFAULT_TARGETS)})
+                                     "targets": ",".join(lora.DEFAULT_TARGETS),
+                                     # "special": also train the chat special tokens' embedding
+                                     # rows and output columns; "": the projections alone
+                                     "train_tokens": "special",
+                                     # LoRA+: B's step = b_lr_ratio x A's (1: plain LoRA)
+                                     "b_lr_ratio": 1.0})
     cfg.update(overrides)
     return cfg
 
 
-def lora_tree(cfg: lora.LoRAConfig, seed: int) -> TrainedTree:
+def heldout_eval_config(**overrides) -> ml_collections.ConfigDict:
+    """The comparison with full SFT: greedy, every level x mode, no pass@k (n_per_level 0: none)."""
+    from gpt_jax.eval.arith import eval_config
+
+    return eval_config(**{"n_per_level": 200, "pass_k_problems": 0, "max_new_tokens": 128,
+                          **overrides})
+
+
+def lora_tree(cfg: lora.LoRAConfig, seed: int, b_lr_ratio: float = 1.0) -> TrainedTree:
     def loss_fn_factory(model, z_loss):
         inner = sft_loss_fn(model, z_loss)
 
@@ -57,7 +71,7 @@ def lora_tree(cfg: lora.LoRAConfig, seed: int) -> TrainedTree:
                                                              jax.random.key(seed))}
 
     return TrainedTree(loss_fn_factory=loss_fn_factory, extend_params=extend_params,
-                       wrap_tx=lora.masked_optimizer,
+                       wrap_tx=lambda tx: lora.masked_optimizer(tx, b_lr_ratio),
                        model_params=lambda tree: lora.apply(tree["base"], tree["adapter"], cfg))
 
 
@@ -66,8 +80,22 @@ def _bytes(tree) -> int:
                    if hasattr(x, "dtype")))
 
 
-def run(config, workdir: str) -> dict[str, Any]:
+def adapter_config(config, workdir: str) -> lora.LoRAConfig:
+    """The stage's LoRAConfig; `lora.train_tokens="special"` names the tokenizer's special ids."""
     cfg = lora.LoRAConfig.from_config(config.lora)
+    which = config.lora.get("train_tokens", "")
+    if which == "special":
+        from gpt_jax.tokenizer import Tokenizer
+
+        tok = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
+        return dataclasses.replace(cfg, token_ids=tuple(sorted(tok.special_ids.values())))
+    if which:
+        raise ValueError(f"lora.train_tokens={which!r}: use 'special' or ''")
+    return cfg
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    cfg = adapter_config(config, workdir)
 
     def finish(stage_dir: Path, result, summary: dict) -> dict:
         from gpt_jax.model import GPT, GPTConfig
@@ -91,7 +119,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         full_state = jax.eval_shape(full_tx.init, base)
         n_base = sum(int(np.size(x)) for x in jax.tree.leaves(base))
         out = {
-            "lora": {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets)},
+            "lora": {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
+                     "token_ids": list(cfg.token_ids)},
             "trainable_params": adapter.num_params(),
             "trainable_fraction": adapter.num_params() / n_base,
             "optimizer_bytes": _bytes(result.state.opt_state),
@@ -104,9 +133,12 @@ def run(config, workdir: str) -> dict[str, Any]:
         full = read_summary(Path(workdir) / "sft")
         if full is not None:
             out.update(_ratios(summary, full))
+        out.update(heldout_against_full(config, workdir, model_config, merged.params,
+                                        full is not None))
         return out
 
-    return run_sft(config, workdir, STAGE, tree=lora_tree(cfg, config.seed), finish=finish)
+    return run_sft(config, workdir, STAGE, finish=finish,
+                   tree=lora_tree(cfg, config.seed, float(config.lora.get("b_lr_ratio", 1.0))))
 
 
 def _ratios(ours: dict, full: dict) -> dict:
@@ -116,6 +148,35 @@ def _ratios(ours: dict, full: dict) -> dict:
         return a / b if a is not None and b else None
     return {"full_sft": {k: full.get(k) for k in ("task_heldout_accuracy", "heldout_masked_loss",
                                                   "tokens_per_sec", "steps")},
-            "accuracy_vs_full": ratio("task_heldout_accuracy"),
             "loss_vs_full": ratio("heldout_masked_loss"),
             "tokens_per_sec_vs_full": ratio("tokens_per_sec")}
+
+
+def heldout_against_full(config, workdir: str, model_config, params, with_full: bool) -> dict:
+    """Greedy accuracy on the compare stage's held-out problems (`config.heldout_eval.n_per_level`
+    per level, each asked in every mode) of the merged model and, `with_full`, of the workdir's
+    full `sft` stage on the same problems: `heldout_accuracy` (level -> mode -> accuracy), its
+    mean over the cells, and `accuracy_vs_full` = that mean / full SFT's."""
+    from gpt_jax.compare import eval_sets, load_model
+    from gpt_jax.eval.arith import PolicyEval, evaluate
+    from gpt_jax.tokenizer import Tokenizer
+
+    c = config.heldout_eval
+    if int(c.n_per_level) < 1:
+        return {}
+    tokenizer = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
+    _, sets, demos = eval_sets(config, workdir, c)
+
+    def table(name, cfg, p):
+        accuracy = evaluate(PolicyEval(name, cfg, p, tokenizer, demos, c), sets, c)["accuracy"]
+        return accuracy, float(np.mean([v for row in accuracy.values() for v in row.values()]))
+
+    accuracy, mean = table(STAGE, model_config, params)
+    out = {"heldout_problems_per_level": int(c.n_per_level), "heldout_accuracy": accuracy,
+           "heldout_accuracy_mean": mean}
+    full = load_model(workdir, "sft") if with_full else "no sft stage"
+    if not isinstance(full, str):
+        full_accuracy, full_mean = table("sft", *full)
+        out.update(full_heldout_accuracy=full_accuracy, full_heldout_accuracy_mean=full_mean,
+                   accuracy_vs_full=mean / full_mean if full_mean else None)
+    return out

@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpt_jax import configs  # noqa: E402
-from gpt_jax.train.lora_sft import lora_config  # noqa: E402
+from gpt_jax.train.lora_sft import heldout_eval_config, lora_config  # noqa: E402
 from sft_test import get_config as sft_config  # noqa: E402
 
 
@@ -16,4 +16,5 @@ def get_config():
     config.optim = configs.optim_config(name="adamw", learning_rate=3e-3, warmup_steps=1,
                                         weight_decay=0.0)
     config.lora = lora_config(rank=4, alpha=8.0)
+    config.heldout_eval = heldout_eval_config(n_per_level=2, max_new_tokens=16)
     return config
