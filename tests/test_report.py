@@ -180,7 +180,8 @@ def test_lora_section_appears_once_the_stage_ran(tmp_path):
     (workdir / "lora_sft" / "summary.json").write_text(json.dumps({
         "stage": "lora_sft", "parent": "pretrain", "task_heldout_accuracy": 0.125,
         "heldout_masked_loss": 2.0, "accuracy_vs_full": 0.8, "loss_vs_full": 2.0 / 5.2297,
-        "full_sft": {"task_heldout_accuracy": 0.125, "heldout_masked_loss": 5.2297},
+        "full_sft": {"task_heldout_accuracy": 0.125, "heldout_masked_loss": 5.2297, "steps": 480},
+        "steps": 960,
         "heldout_problems_per_level": 200, "heldout_accuracy_mean": 0.2,
         "full_heldout_accuracy_mean": 0.25,
         "heldout_accuracy": {"L1": {"direct": 0.1, "cot": 0.3}, "L2": {"direct": 0, "cot": 0.4}},
@@ -191,7 +192,8 @@ def test_lora_section_appears_once_the_stage_ran(tmp_path):
         "optimizer_memory_vs_full": 0.01, "trainable_params": 500,
         "trainable_fraction": 0.005, "adapter_bytes": 4096, "merge_max_abs_diff": 3e-6}))
     text = report.write_report(workdir).read_text()
-    assert "training rank-8 adapters (alpha 16.0) on q, v of the frozen `pretrain` model" in text
+    assert ("SFT's data and evaluation, 960 steps (full SFT: 480), training rank-8 adapters "
+            "(alpha 16.0) on q, v of the frozen `pretrain` model") in text
     assert ("| held-out accuracy (greedy, mean of level x mode, 200 problems per level) | "
             "0.2000 | 0.2500 | 0.8000 |") in text
     assert "| level | direct | cot |" in text

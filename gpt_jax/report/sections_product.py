@@ -38,7 +38,8 @@ def lora_section(run: RunFiles, fig_dir: Path) -> list[str]:
     s = run.summary("lora_sft")
     full = s.get("full_sft") or {}
     cfg = s.get("lora") or {}
-    lines = [f"LoRA-SFT (`sft_lora_tiny.py`): SFT's data, steps and evaluation, training rank-"
+    lines = [f"LoRA-SFT (`sft_lora_tiny.py`): SFT's data and evaluation, {fmt(s.get('steps'))} "
+             f"steps (full SFT: {fmt(full.get('steps'))}), training rank-"
              f"{fmt(cfg.get('rank'))} adapters (alpha {cfg.get('alpha', 'n/a')}) on "
              f"{', '.join(cfg.get('targets') or []) or 'n/a'} of the frozen `{s.get('parent')}` "
              f"model, against the full SFT stage of this workdir.", ""]
