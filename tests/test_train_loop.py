@@ -112,6 +112,18 @@ def test_completed_stage_is_skipped(tmp_path):
     assert json.loads(proc.stdout[proc.stdout.index("{"):])["steps"] == 2
 
 
+def test_stage_killed_before_its_summary_reports_its_last_figures(tmp_path):
+    """Killed after the final checkpoint, before summary.json: the rerun resumes at the last
+    step, trains nothing, and its summary carries the figures that step logged."""
+    _main(tmp_path)
+    first = json.loads((tmp_path / "pretrain" / "summary.json").read_text())
+    (tmp_path / "pretrain" / "summary.json").unlink()
+    _main(tmp_path)
+    again = json.loads((tmp_path / "pretrain" / "summary.json").read_text())
+    for key in ("final_train_loss", "final_eval_loss", "tokens_per_sec", "mfu"):
+        assert again[key] == first[key] and first[key] is not None, key
+
+
 def test_changed_config_is_refused_and_rerun_moves_the_old_stage_aside(tmp_path):
     _main(tmp_path, "--config.train.total_steps=2")
     first = json.loads((tmp_path / "pretrain" / "summary.json").read_text())

@@ -32,7 +32,7 @@ import numpy as np
 
 from gpt_jax.checkpoint import Checkpointer, abstract_with_shardings
 from gpt_jax.flops import measure_matmul_peak
-from gpt_jax.metrics import MetricsWriter, truncate_jsonl
+from gpt_jax.metrics import MetricsWriter, read_metrics, truncate_jsonl
 from gpt_jax.multihost import is_primary
 from gpt_jax.progress import progress
 
@@ -54,6 +54,18 @@ class LoopResult:
     mfu: float
     compile_seconds: float
     wall_seconds: float
+
+
+def logged_at(path: Path, step: int) -> tuple[dict, dict]:
+    """(train row, eval row) written at `step` in a metrics.jsonl: a row with a "loss" is the
+    training log, any other row at that step the evaluation."""
+    train: dict = {}
+    evaluation: dict = {}
+    for row in read_metrics(path) if path.exists() else []:
+        if row.get("step") == step:
+            body = {k: v for k, v in row.items() if k != "step"}
+            (train if "loss" in body else evaluation).update(body)
+    return train, evaluation
 
 
 @dataclasses.dataclass
@@ -225,6 +237,12 @@ class Loop:
                 dst = Path(self.stage_dir) / QUARANTINE / str(k)
                 dst.parent.mkdir(exist_ok=True)
                 os.replace(Path(ckpt.directory) / str(k), dst)
+        if start == cfg.total_steps and start and writer.enabled:
+            # resumed at its last step (killed between the final checkpoint and the stage's
+            # summary): nothing trains, so report what that step logged before the stop
+            last_train, last_eval = logged_at(Path(self.stage_dir) / "metrics.jsonl", start)
+            tokens_per_sec = last_train.get("tokens_per_sec", tokens_per_sec)
+            mfu = last_train.get("mfu", mfu)
         return LoopResult(
             state=state, last_train=last_train, last_eval=last_eval,
             steps_run=cfg.total_steps - start, tokens_per_sec=tokens_per_sec, mfu=mfu,
