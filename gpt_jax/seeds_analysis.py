@@ -27,6 +27,9 @@ METHODS = {"ppo": "PPO (RM)", "ppo_ptx": "PPO-ptx (RM)", "ppo_weak": "PPO (weak 
            "grpo": "GRPO (verifier)", "grpo_rm": "GRPO (RM)", "dpo": "DPO",
            "feedme": "FeedME (best-of-4 distilled)"}
 CURVES = ("ppo", "ppo_ptx", "ppo_weak", "grpo", "grpo_rm")  # evaluated during training
+# the stage each method's section runs (its summary.json's layout)
+SUMMARY_KEY = {"ppo": "ppo", "ppo_ptx": "ppo", "ppo_weak": "ppo", "grpo": "grpo",
+               "grpo_rm": "grpo", "dpo": "dpo", "feedme": "feedme"}
 
 
 def gao_fit(kl, reward, form: str) -> dict[str, float] | None:
@@ -105,10 +108,7 @@ def seed_row(seed_dir: Path, seed: int, claims, tax: dict, recipe_summary: dict)
     compare = s["compare"] or {}
     greedy = {m: g for m in ("sft", *METHODS) if (g := _greedy(compare, m, claims)) is not None}
     sampled = {"sft": _sampled(s["ppo"], "sft")}
-    for name in METHODS:
-        key = {"ppo": "ppo", "ppo_ptx": "ppo", "ppo_weak": "ppo", "grpo": "grpo",
-               "grpo_rm": "grpo", "dpo": "dpo", "feedme": "feedme"}[name]
-        sampled[name] = _sampled(s[name], key)
+    sampled.update({name: _sampled(s[name], SUMMARY_KEY[name]) for name in METHODS})
     curves = {name: eval_curve(seed_dir / name) for name in CURVES if s[name] is not None}
     bon = (s["bon"] or {}).get("table", [])
     weak = curves.get(claims.weak_ppo, [])
