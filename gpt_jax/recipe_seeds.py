@@ -87,18 +87,14 @@ def link_finished(workdir: Path, seed_dir: Path, recipe) -> list[str]:
     `make run` workdir recipe_seeds runs in) already finished with exactly this seed's config and
     whose upstream stages are linked too (seed 0 trains exactly make run's stages), so they are
     not trained twice. The data cache goes with the tokenizer. Returns the linked sections."""
-    from gpt_jax.metrics import read_summary
-    from gpt_jax.stages import config_diff, config_dict, upstream_stages
+    from gpt_jax.stages import finished_with, upstream_stages
 
     stages = [x.strip() for x in recipe.stages.split(",") if x.strip()]
     linked: list[str] = []
     for section in stages:
-        source, target = workdir / section, seed_dir / section
-        saved = source / "config.json"
-        if target.exists() or target.is_symlink() or read_summary(source) is None \
-                or not saved.exists():
-            continue
-        if config_diff(json.loads(saved.read_text()), config_dict(recipe[section])):
+        target = seed_dir / section
+        if target.exists() or target.is_symlink() or not finished_with(workdir / section,
+                                                                       recipe[section]):
             continue
         if not (set(upstream_stages(recipe[section], recipe[section].stage)) & set(stages)
                 <= set(linked)):

@@ -149,6 +149,17 @@ def config_diff(old: dict, new: dict, ignore=IGNORED_KEYS) -> list[tuple[str, ob
             if k not in ignore and a.get(k, _MISSING) != b.get(k, _MISSING)]
 
 
+def finished_with(stage_dir: Path, config) -> bool:
+    """Whether `stage_dir` finished (its summary.json) with exactly `config` (its saved
+    config.json, up to the keys that never change a result): its results can stand for a run of
+    `config` elsewhere (a symlink instead of training it again)."""
+    from gpt_jax.metrics import read_summary
+
+    saved = Path(stage_dir) / "config.json"
+    return (read_summary(stage_dir) is not None and saved.exists()
+            and not config_diff(json.loads(saved.read_text()), config_dict(config)))
+
+
 def upstream_stages(config, stage: str) -> list[str]:
     """The stage directories `stage` reads: the tokenizer, `config.parent`, every string value of
     a key named `*_stage` (ppo.reward_stage, feedme.ppo_stage, ...); compare reads every model."""

@@ -14,14 +14,13 @@ second identical run.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gpt_jax.metrics import read_metrics, read_summary, write_summary
+from gpt_jax.metrics import read_metrics, write_summary
 
 STAGE = "ppo_seeds"
 
@@ -52,13 +51,10 @@ def plot_seeds(workdir: Path, stages: list[str], path: Path) -> None:
 
 def reuse_finished_ppo(config, workdir: Path, stage: str) -> bool:
     """Links <workdir>/<stage> -> ppo when ppo finished with exactly this config; True if linked."""
-    source, target = workdir / "ppo", workdir / stage
-    if target.exists() or target.is_symlink() or read_summary(source) is None:
-        return False
-    from gpt_jax.stages import config_diff, config_dict
+    from gpt_jax.stages import finished_with
 
-    saved = source / "config.json"
-    if not saved.exists() or config_diff(json.loads(saved.read_text()), config_dict(config)):
+    target = workdir / stage
+    if target.exists() or target.is_symlink() or not finished_with(workdir / "ppo", config):
         return False
     target.symlink_to("ppo", target_is_directory=True)
     return True
