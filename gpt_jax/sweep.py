@@ -159,13 +159,14 @@ def upstream(stage_name: str, swept: str) -> bool:
 
 def parent_links(parent: str | Path | None, swept: str) -> list[Path]:
     """The parent's dirs to link into each run: its finished stages upstream of the swept one
-    (a later stage, e.g. compare, would describe the parent's run, not this one) + caches."""
+    (a later stage, e.g. compare, would describe the parent's run, not this one) + caches; never
+    a stage moved aside by a rerun (`<stage>.old-<time>`)."""
     if parent is None:
         return []
     parent = Path(parent).resolve()
     if not parent.is_dir():
         raise FileNotFoundError(f"--parent={parent} does not exist")
-    return sorted(d for d in parent.iterdir() if d.is_dir() and (
+    return sorted(d for d in parent.iterdir() if d.is_dir() and ".old-" not in d.name and (
         d.name in SHARED_DIRS or ((d / "summary.json").exists() and upstream(d.name, swept))))
 
 

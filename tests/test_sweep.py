@@ -65,9 +65,9 @@ def test_dry_run_prints_the_exact_commands(tmp_path):
 
 def test_dry_run_with_parent_links_only_upstream_stages(tmp_path):
     parent = tmp_path / "parent"
-    for stage in ("tokenizer", "pretrain", "sft", "compare"):
+    for stage in ("tokenizer", "pretrain", "sft", "compare", "tokenizer.old-20261128-131132"):
         (parent / stage).mkdir(parents=True)
-        (parent / stage / "summary.json").write_text("{}")
+        (parent / stage / "summary.json").write_text("{}")  # moved aside: never linked
     (parent / "data_cache").mkdir()
     (parent / "scratch").mkdir()  # no summary: not a finished stage
     lines = []
