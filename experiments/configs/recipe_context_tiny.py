@@ -1,7 +1,7 @@
 """The tiny recipe's model taught to answer from retrieved context alone: tokenizer -> pretrain
 (as `make run`) -> SFT on the answer-from-context task only, 2,000 steps -> memory.
 
-Why it exists: in `make run` the context task is one conversation in six of SFT's 480 steps,
+Why it exists: in `make run` the context task is one conversation in six of SFT's steps,
 which teaches the reply's template but not to copy the fact's value out of the context (memory
 accuracy about 0 with the fact given). This preset shows the same model learns it when SFT is
 the task alone for long enough: held-out answers with retrieval 0.785, without 0.005, with the
