@@ -2,7 +2,9 @@
 
 Each point trains the lora_sft stage on the parent's pretrained model and scores it and the
 parent's full SFT on the compare stage's held-out problems (`accuracy_vs_full`). The measured
-table and what it shows are in docs/lora.md ("Rank, learning rate and steps").
+table and what it shows are in docs/lora.md ("Measured"); it ran against a parent whose full SFT
+trained 480 steps (`make run` before SFT went to 960: `--config.train.total_steps=480` on the
+parent's sft stage reproduces that parent).
 
 python -m gpt_jax.sweep --config=experiments/configs/sft_lora_tiny.py \
     --sweep=experiments/sweeps/lora_rank.py --workdir=runs/sweep_lora --parent=runs/tiny \
