@@ -39,7 +39,7 @@ def layer_pairs(adapter: Adapter, n_layers: int) -> list[dict[str, tuple[np.ndar
             continue
         name = path[-2]
         if name in TOP_LEVEL_TARGETS and len(path) == 2:
-            continue  # the output head's pair: `head_pairs`
+            continue  # the output head's pair: `head_table`
         b = np.asarray(_get(adapter.params, (*path[:-1], "B")), np.float32) * adapter.config.scale
         a = np.asarray(a, np.float32)
         m = re.fullmatch(r"block_(\d+)", path[0])
@@ -83,16 +83,9 @@ class AdapterTable:
         for i in range(config.n_layers):
             layer: dict = {}
             for t in targets:
-                ins, outs = weight_shapes[t]
-                a = np.zeros((len(names) + 1, *ins, rank), np.float32)
-                b = np.zeros((len(names) + 1, rank, *outs), np.float32)
-                for j, per in enumerate(pairs):
-                    if t in per[i]:
-                        pa, pb = per[i][t]
-                        a[j + 1, ..., : pa.shape[-1]] = pa
-                        b[j + 1, : pb.shape[0]] = pb
+                stacked = stack_pairs([per[i].get(t) for per in pairs], *weight_shapes[t], rank)
                 mod = layer.setdefault(_MODULE[t], {})
-                mod[f"{t}_a"], mod[f"{t}_b"] = jnp.asarray(a), jnp.asarray(b)
+                mod[f"{t}_a"], mod[f"{t}_b"] = stacked["a"], stacked["b"]
             layers.append(layer)
         listed = [adapters[n] for n in names]
         return cls(names, layers, rank, token_table(listed), head_table(listed, rank))
@@ -118,29 +111,37 @@ def token_table(adapters: list[Adapter]) -> dict | None:
     for j, a in enumerate(adapters):
         k = len(a.config.token_ids)
         if k:
-            ids[j + 1, :k] = a.config.token_ids
-            wte[j + 1, :k] = np.asarray(a.params["tokens"]["wte"], np.float32)
             delta = a.params["tokens"]
+            ids[j + 1, :k] = a.config.token_ids
+            wte[j + 1, :k] = np.asarray(delta["wte"], np.float32)
             # a tied head is the embedding itself: its output columns move with the rows
             head[j + 1, :, :k] = (np.asarray(delta["lm_head"], np.float32) if "lm_head" in delta
                                   else np.asarray(delta["wte"], np.float32).T)
     return {"ids": jnp.asarray(ids), "wte": jnp.asarray(wte), "lm_head": jnp.asarray(head)}
 
 
+def stack_pairs(pairs: list, ins: tuple, outs: tuple, rank: int) -> dict:
+    """{"a": [N + 1, *ins, R], "b": [N + 1, R, *outs]} of N adapters' (A, B * scale) pairs of one
+    weight (None: that adapter lacks it), index 0 none, ranks zero-padded to R."""
+    a = np.zeros((len(pairs) + 1, *ins, rank), np.float32)
+    b = np.zeros((len(pairs) + 1, rank, *outs), np.float32)
+    for j, pair in enumerate(pairs):
+        if pair is not None:
+            pa, pb = pair
+            a[j + 1, ..., : pa.shape[-1]] = pa
+            b[j + 1, : pb.shape[0]] = pb
+    return {"a": jnp.asarray(a), "b": jnp.asarray(b)}
+
+
 def head_table(adapters: list[Adapter], rank: int) -> dict | None:
     """Every adapter's output-head pair stacked like a layer's (zeros where it has none)."""
-    have = [a for a in adapters if "lm_head" in a.params]
-    if not have:
+    pairs = [(np.asarray(a.params["lm_head"]["A"], np.float32),
+              np.asarray(a.params["lm_head"]["B"], np.float32) * a.config.scale)
+             if "lm_head" in a.params else None for a in adapters]
+    first = next((p for p in pairs if p is not None), None)
+    if first is None:
         return None
-    d, vocab = have[0].params["lm_head"]["A"].shape[0], have[0].params["lm_head"]["B"].shape[-1]
-    a = np.zeros((len(adapters) + 1, d, rank), np.float32)
-    b = np.zeros((len(adapters) + 1, rank, vocab), np.float32)
-    for j, adapter in enumerate(adapters):
-        if "lm_head" in adapter.params:
-            pair, r = adapter.params["lm_head"], adapter.config.rank
-            a[j + 1, :, :r] = np.asarray(pair["A"], np.float32)
-            b[j + 1, :r] = np.asarray(pair["B"], np.float32) * adapter.config.scale
-    return {"a": jnp.asarray(a), "b": jnp.asarray(b)}
+    return stack_pairs(pairs, first[0].shape[:1], first[1].shape[-1:], rank)
 
 
 def token_embed(rows: dict, tokens, x):
