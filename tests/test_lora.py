@@ -254,3 +254,28 @@ def test_lora_sft_stage_end_to_end(sft_workdir):
                for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(pre)))  # it trained
     again = lora_sft.run(config, str(workdir))  # finished: skipped, same summary
     assert again["adapter_fingerprint"] == s["adapter_fingerprint"]
+
+
+def test_fraction_by_width_counts_every_pair():
+    """Hand count for the tiny recipe's model (4 layers, d 128, Llama FFN 384): rank r puts
+    r(d_in + d_out) params on each weight: q, k, v, o (128 x 128), gate, up (128 x 384) and proj
+    (384 x 128); token rows add 2 x d per token (embedding row and output column)."""
+    from gpt_jax import lora_size
+
+    tiny = GPTConfig(family="llama", vocab_size=2048, max_seq_len=256, n_layers=4, d_model=128,
+                     n_heads=4)
+    n_adapter, n_base = lora_size.param_counts(tiny, lora.LoRAConfig(rank=8))
+    assert n_adapter == 4 * (4 * 8 * (128 + 128) + 3 * 8 * (128 + 384)) == 81920
+    params = random_params(tiny, std=0.02)
+    assert n_base == sum(x.size for x in jax.tree.leaves(params)) == 1377408
+    cfg = lora.LoRAConfig(rank=8, token_ids=tuple(range(15)))
+    real = lora.Adapter(lora.init_adapter(params, cfg, jax.random.key(0)), cfg).num_params()
+    assert lora_size.param_counts(tiny, cfg) == (real, n_base) and real == 81920 + 2 * 15 * 128
+    wide = lora_size.widened(tiny, 512)
+    assert (wide.d_model, wide.n_heads, wide.n_layers, wide.vocab_size) == (512, 16, 4, 2048)
+    fractions = lora_size.fraction_by_width(tiny, cfg, widths=(128, 512, 2048))
+    assert fractions["128"] == real / n_base
+    assert fractions["128"] > fractions["512"] > fractions["2048"]
+    assert fractions["2048"] < 0.01 < fractions["512"]
+    with pytest.raises(ValueError, match="head size 32"):
+        lora_size.widened(tiny, 100)

@@ -190,7 +190,8 @@ def test_lora_section_appears_once_the_stage_ran(tmp_path):
         "lora": {"rank": 8, "alpha": 16.0, "targets": ["q", "v"], "token_ids": [0, 1, 2]},
         "optimizer_bytes": 1000, "optimizer_bytes_full": 100000,
         "optimizer_memory_vs_full": 0.01, "trainable_params": 500,
-        "trainable_fraction": 0.005, "adapter_bytes": 4096, "merge_max_abs_diff": 3e-6}))
+        "trainable_fraction": 0.005, "adapter_bytes": 4096, "merge_max_abs_diff": 3e-6,
+        "trainable_fraction_by_d_model": {"128": 0.062, "1024": 0.012}}))
     text = report.write_report(workdir).read_text()
     assert ("SFT's data and evaluation, 960 steps (full SFT: 480), training rank-8 adapters "
             "(alpha 16.0) on q, v of the frozen `pretrain` model") in text
@@ -201,3 +202,5 @@ def test_lora_section_appears_once_the_stage_ran(tmp_path):
     assert "output columns of 3 special tokens" in text
     assert "| optimizer state (bytes) | 1,000 | 100,000 | 0.0100 |" in text
     assert "changes logits by at most 3.00e-06." in text
+    assert "| d_model | 128 | 1024 |" in text
+    assert "| trained params / model | 0.0620 | 0.0120 |" in text

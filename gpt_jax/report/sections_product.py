@@ -64,6 +64,12 @@ def lora_section(run: RunFiles, fig_dir: Path) -> list[str]:
         lines += table(["level", *modes], [
             [level, *(f"{fmt(row.get(m))} / {fmt((theirs.get(level) or {}).get(m))}"
                       for m in modes)] for level, row in ours.items()])
+    by_width = s.get("trainable_fraction_by_d_model") or {}
+    if by_width:
+        lines += ["", "The same adapter's share of the params on this model family widened "
+                      "(same layers, vocabulary and head size; `gpt_jax/lora_size.py`):", ""]
+        lines += table(["d_model", *by_width], [["trained params / model",
+                                                 *(fmt(v) for v in by_width.values())]])
     if cfg.get("token_ids"):
         lines += ["", f"Also trained: the embedding rows and output columns of "
                       f"{len(cfg['token_ids'])} special tokens (as deltas, in the adapter)."]

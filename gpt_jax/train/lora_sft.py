@@ -8,7 +8,8 @@ base). At the end it writes
 - `<stage>/adapter.safetensors`: the adapter alone (KBs; base fingerprint in its header);
 - `<stage>/final/`: the merged params, so the chat CLI, the evaluation and the server load the
   stage like any other;
-- `summary.json`: SFT's keys plus `trainable_fraction` (adapter / base params),
+- `summary.json`: SFT's keys plus `trainable_fraction` (adapter / base params; and
+  `trainable_fraction_by_d_model`, the same adapter on this model family widened, `lora_size`),
   `optimizer_memory_vs_full` (bytes of this optimizer state / the same optimizer's state on every
   param), `merge_max_abs_diff` (max |logits| change of unmerge(merge(base)) against base on a
   held-out batch), and against the workdir's full `sft` stage when it has one:
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gpt_jax import lora
+from gpt_jax import lora, lora_size
 from gpt_jax.checkpoint import Checkpointer
 from gpt_jax.metrics import read_summary
 from gpt_jax.train.optim import make_optimizer
@@ -123,6 +124,8 @@ def run(config, workdir: str) -> dict[str, Any]:
                      "token_ids": list(cfg.token_ids)},
             "trainable_params": adapter.num_params(),
             "trainable_fraction": adapter.num_params() / n_base,
+            # the same adapter on this model family at larger widths: where "< 1%" holds
+            "trainable_fraction_by_d_model": lora_size.fraction_by_width(model_config, cfg),
             "optimizer_bytes": _bytes(result.state.opt_state),
             "optimizer_bytes_full": _bytes(full_state),
             "merge_max_abs_diff": float(jnp.max(jnp.abs(apply(round_trip) - apply(base)))),
