@@ -18,6 +18,7 @@ A warm-up pass at each concurrency first compiles the shapes it meets. Last line
 `serial_tok_s=... c16_tok_s=... c64_tok_s=... ratio64=... ttft_turn2_on_ms=... off_ms=... ratio=...`
 
     .venv/bin/python benchmarks/serve_throughput.py [--requests 256] [--max-tokens 64]
+        [--stream-interval-ms 20]   (the server's flag; 0: every token written at once)
 """
 from __future__ import annotations
 
@@ -113,6 +114,8 @@ def main() -> None:
     p.add_argument("--history", type=int, default=520)
     p.add_argument("--repeats", type=int, default=3, help="measured passes per concurrency")
     p.add_argument("--conversations", type=int, default=9)
+    p.add_argument("--stream-interval-ms", type=float, default=20.0,
+                   help="the server's --stream-interval-ms for the throughput passes")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
     from gpt_jax.tokenizer import Tokenizer
@@ -132,7 +135,7 @@ def main() -> None:
     slots = str(max(clients))
 
     server = Server(workdir, f"--slots={slots}", f"--max-queue={4 * args.requests}",
-                    "--prefix-cache-mb=0")
+                    "--prefix-cache-mb=0", f"--stream-interval-ms={args.stream_interval_ms:g}")
     try:
         for c in clients:  # warm-up: the same pass once, which compiles the shapes it meets
             throughput(server, args.requests, c, args.max_tokens)

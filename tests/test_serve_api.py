@@ -44,7 +44,8 @@ def workdir(tmp_path_factory):
 def server(workdir):
     with ServerProcess(workdir, "--stages=sft,pretrain", "--slots=16", f"--max-queue={QUEUE}",
                        f"--api-key={KEY}", "--timeout=120", "--max-requests=2000",
-                       f"--adapters=math={workdir / 'math.safetensors'}", timeout_s=400) as proc:
+                       f"--adapters=math={workdir / 'math.safetensors'}",
+                       "--stream-interval-ms=20", timeout_s=400) as proc:
         yield proc.url
 
 
@@ -94,6 +95,23 @@ def test_stream_equals_non_stream_and_follows_the_protocol(server, client):
     got = "".join(c.choices[0].delta.content or "" for c in chat(client, text, max_tokens=40,
                                                                   stream=True) if c.choices)
     assert got == streamed
+
+
+def test_coalesced_streams_carry_the_whole_reply(server, client):
+    """8 rows decoding (n=8, greedy: 8 equal choices) and --stream-interval-ms=20: after its first,
+    a choice's chunk carries what was decoded in 20 ms; each choice's text is the whole reply."""
+    text = "Hello there, how are you today?"
+    whole = chat(client, text, max_tokens=40)
+    body = {"model": "sft", "messages": [{"role": "user", "content": text}], "temperature": 0,
+            "max_tokens": 40, "stream": True, "n": 8}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        chunks = [json.loads(ln[len("data: "):]) for ln in r.iter_lines()
+                  if ln.startswith("data: {")]
+    for i in range(8):
+        parts = [c["choices"][0]["delta"].get("content") or "" for c in chunks
+                 if c["choices"] and c["choices"][0]["index"] == i]
+        assert "".join(parts) == whole.choices[0].message.content
 
 
 def test_streamed_choices_each_get_a_role_and_one_finish(client):

@@ -33,8 +33,9 @@ def model(tmp_path_factory):
     return tok, config, params
 
 
-def run(engine: Engine, requests: list[dict]) -> list[dict]:
-    """Submits all requests at once; per request: text, token ids (from logprobs), finish."""
+def run(engine: Engine, requests: list[dict], start: bool = False) -> list[dict]:
+    """Submits all requests at once (then starts the engine with `start`: its first admission
+    sees them all); per request: text, token ids (from logprobs), finish."""
     results = [{"text": "", "ids": [], "finish": [], "events": []} for _ in requests]
     done = threading.Semaphore(0)
 
@@ -52,6 +53,8 @@ def run(engine: Engine, requests: list[dict]) -> list[dict]:
 
     for i, kw in enumerate(requests):
         engine.submit(Request(on_event=lambda e, i=i: on_event(i, e), logprobs=0, **kw))
+    if start:
+        engine.start()
     for _ in requests:
         assert done.acquire(timeout=120)
     return results
@@ -85,6 +88,65 @@ def test_batched_rows_equal_each_alone_and_the_reference(model):
         assert t["ids"] == a["ids"] == gen.row(0)
         assert t["text"] == a["text"] == visible_text(tok, gen.row(0))
         assert t["finish"] == ["length"] and len(t["ids"]) == r["max_tokens"]
+
+
+def test_a_burst_is_prefilled_in_one_call_and_each_row_equals_itself_alone(model):
+    tok, config, params = model
+    burst = Engine(params, config, tok, n_slots=8, prefix_cache_mb=0)
+    calls = []
+    prefill_new = burst._prefill_new
+    burst._prefill_new = lambda rows, *a: calls.append(len(rows)) or prefill_new(rows, *a)
+    sampled = {"temperature": 1.0, "top_k": 40, "seed": 3}
+    reqs = [{"prompt": p, "max_tokens": 10, **(sampled if i % 2 else {})}
+            for i, p in enumerate(prompts(tok))]
+    reqs.append({"prompt": prompts(tok)[1], "max_tokens": 6, "n": 2, **sampled})
+    alone_engine = make(model)
+    try:
+        together = run(burst, reqs, start=True)
+        alone = [run(alone_engine, [r])[0] for r in reqs]
+    finally:
+        burst.stop()
+        alone_engine.stop()
+    assert calls == [len(TEXTS) + 2]  # every row of the burst in one prefill (8 rows, 8 slots)
+    for t, a in zip(together, alone):
+        assert t["ids"] == a["ids"] and t["text"] == a["text"] and t["finish"] == a["finish"]
+
+
+def test_prefill_rows_equals_each_row_extended_alone(model):
+    """`slots.prefill_rows` + `put_rows` against `slots.extend` of each prompt into an empty row:
+    the same sampled token and log-prob, the same KV in the prompt's columns, validity exactly."""
+    from gpt_jax.serve import slots
+
+    tok, config, params = model
+    engine = Engine(params, config, tok, n_slots=8, prefix_cache_mb=0)
+    st = engine._static([Request([0], 1, lambda e: None)])
+    ps = prompts(tok)[:5]
+    t, width = 64, 128
+    tokens = np.zeros((8, t), np.int32)
+    n_real = np.ones(8, np.int32)
+    for i, p in enumerate(ps):
+        tokens[i, :len(p)], n_real[i] = p, len(p)
+    greedy = slots.RowSampling.of([(0.0, 1.0, 0, 0, 0, 0)] * 8)
+    rows, out = slots.prefill_rows(engine.params, st, tokens, n_real, greedy)
+    cache = slots.init_slots(engine.config, 8, width)
+    slot_ids = np.array([6, 0, 3, 1, 2, 8, 8, 8], np.int32)  # 8: padding, dropped
+    cache = slots.put_rows(cache, rows, slot_ids)
+    for i, p in enumerate(ps):
+        row = slots.init_slots(engine.config, 1, width)
+        chunk = np.zeros((1, t), np.int32)
+        chunk[0, :len(p)] = p
+        one, ref = slots.extend(engine.params, st, row, np.int32(0), chunk, np.int32(len(p)),
+                                slots.RowSampling.of([(0.0, 1.0, 0, 0, 0, 0)]))
+        assert int(out.token[i]) == int(ref.token[0])
+        np.testing.assert_allclose(out.logprob[i], ref.logprob[0], atol=1e-5)
+        slot = slot_ids[i]
+        np.testing.assert_array_equal(np.asarray(cache["valid"][slot]),
+                                      np.arange(width) < len(p))
+        for mine, theirs in zip(cache["layers"], one["layers"]):
+            for k in ("k", "v"):
+                np.testing.assert_allclose(np.asarray(mine[k][slot, :, :len(p)]),
+                                           np.asarray(theirs[k][0, :, :len(p)]), atol=1e-5)
+    assert not np.asarray(cache["valid"])[[4, 5, 7]].any()  # untouched slots
 
 
 def test_seeded_sampling_is_the_same_alone_and_among_others(model):

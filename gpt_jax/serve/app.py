@@ -6,14 +6,14 @@ cache: an extension). Models load on a background thread at startup; until they 
 compiled /health and every route answer 503. With an API key, every route but /health needs
 `Authorization: Bearer <key>` (401 otherwise).
 
-This module turns a body into `requests.Request`s (one per prompt; `n` choices each), submits
-them, and turns the engine's events into OpenAI's response or its SSE chunks (`formats`):
-nothing here knows the model. A `response_format` is compiled here, off the event loop, so a bad
-or too slow one is a 400 before anything is queued. Errors always have OpenAI's shape; a full
-admission queue is a 429 with Retry-After; a request past its timeout is a 408 (in a stream: an
-error event, then [DONE]); a client that disconnects has its rows cancelled, freeing the slots.
-With a moderation model, the last user message (a completion's prompt) is checked before
-decoding and the reply every few tokens and at its end; a flagged one ends with
+This module turns a body into `requests.Request`s (one per prompt; `n` choices each), submits them,
+and turns the engine's events (carried to the loop by one `mailbox.Mailbox`) into OpenAI's response
+or its SSE chunks (`formats`): nothing here knows the model. A `response_format` is compiled here,
+off the event loop, so a bad or too slow one is a 400 before anything is queued. Errors always have
+OpenAI's shape; a full admission queue is a 429 with Retry-After; a request past its timeout is a
+408 (in a stream: an error event, then [DONE]); a client that disconnects has its rows cancelled,
+freeing the slots. With a moderation model, the last user message (a completion's prompt) is
+checked before decoding and the reply every few tokens and at its end; a flagged one ends with
 finish_reason "content_filter" (a flagged input decodes nothing).
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from gpt_jax.serve import formats as fmt
 from gpt_jax.serve.conversations import ConversationStore
 from gpt_jax.memory.store import MemoryStore
 from gpt_jax.serve.limits import BodyLimit
+from gpt_jax.serve.mailbox import Mailbox, take_batch
 from gpt_jax.serve.memory_routes import add_memory_routes, attach_context
 from gpt_jax.serve.engine import QueueFull
 from gpt_jax.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest,
@@ -48,13 +49,15 @@ from gpt_jax.structured import ConstraintError
 MODERATION_MODEL = "moderation"
 PUBLIC_PATHS = ("/health", "/")  # and /static: a mount, outside the routes' key dependency
 LOCAL_OWNER = "local"
+COALESCE_ROWS = 8  # rows decoding from which a stream's writes wait `stream_interval_s`
 log = logging.getLogger("gpt_jax.serve")
 
 
 def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[str] = (),
                timeout_s: float = 300.0,
                load_moderator: Callable[[], Moderator | None] | None = None,
-               chat_db: str | Path | None = None, max_body_bytes: int = 1 << 20) -> FastAPI:
+               chat_db: str | Path | None = None, max_body_bytes: int = 1 << 20,
+               stream_interval_s: float = 0.0) -> FastAPI:
     state = {"models": None, "error": None, "moderator": None}
     keys = {f"Bearer {k}": owner_id(k) for k in api_keys}
     store = ConversationStore(chat_db) if chat_db is not None else None
@@ -243,9 +246,12 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
 
     async def _respond(m: ServedModel, body, reqs: list[Request], out: fmt.Format,
                        http: HTTPRequest, blocked: bool = False):
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        queue = asyncio.Queue()
+        mailbox = state.get("mailbox")
+        if mailbox is None or mailbox.loop is not asyncio.get_running_loop():
+            mailbox = state["mailbox"] = Mailbox(asyncio.get_running_loop())
         for k, q in enumerate(reqs):
-            q.on_event = lambda e, k=k: loop.call_soon_threadsafe(queue.put_nowait, (k, e))
+            q.on_event = lambda e, k=k: mailbox.post(queue, (k, e))
         try:
             for q in reqs:
                 if blocked:  # the input was flagged: every choice ends at once, nothing decoded
@@ -261,7 +267,7 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
         except ValueError as e:
             raise APIError(400, str(e), param="n") from None
         if body.stream:
-            return StreamingResponse(_stream(reqs, queue, out, body),
+            return StreamingResponse(_stream(reqs, queue, out, body, m.engine),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache",
                                               "X-Accel-Buffering": "no"})
@@ -281,22 +287,25 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
             raise _failure(out.failure)
         return out.response()
 
-    async def _stream(reqs, queue, out: fmt.Format, body):
+    async def _stream(reqs, queue, out: fmt.Format, body, engine):
         """SSE: one write per batch of events (a batch: what the engine produced since the last
-        write, usually one token; more when the client or the loop fell behind)."""
+        write, usually one token; more when the client or the loop fell behind). Under load (at
+        least COALESCE_ROWS rows decoding) each write after the first waits `stream_interval_s`,
+        so it carries the tokens decoded meanwhile: fewer writes for the loop and the clients;
+        a lone stream is never held back."""
         try:
             yield _sse(out.first_chunks())
-            pending = len(reqs)
+            pending, wrote = len(reqs), False
             while pending:
-                events = [await queue.get()]
-                while not queue.empty():
-                    events.append(queue.get_nowait())
+                hold = wrote and stream_interval_s > 0 and engine.busy_slots() >= COALESCE_ROWS
+                events = await take_batch(queue, stream_interval_s if hold else 0.0)
                 chunks = []
                 for k, event in fmt.merge_deltas(events):
                     chunks += out.chunks(k, event)
                     pending -= isinstance(event, Done)
                 if chunks:
                     yield _sse(chunks)
+                    wrote = True
             if out.failure:
                 tail = [_failure(out.failure).body()]
             elif body.stream_options and body.stream_options.include_usage:

@@ -22,6 +22,10 @@ from gpt_jax.serve import slots
 
 N_TOP = 20  # most top_logprobs a request may ask (OpenAI's limit)
 SHRINK_AFTER_STEPS = 32  # decode steps with a quarter or less of the slots cache in use
+# Prompts of up to this many tokens are prefilled together on admission, as one chunk of exactly
+# this length in a batch of 4, 16 or 64 rows (padded): programs compiled per batch size, not per
+# length (each new shape met while serving would stall every row for a compile)
+BATCH_PREFILL_MAX = 64
 
 
 class SlotDevice:
@@ -136,6 +140,25 @@ class SlotDevice:
             pos, rest = pos + n, rest[n:]
         self.cache = slots.put_row(self.cache, cache_row, np.int32(slot))
         return jax.device_get(out)  # sampled after the last chunk
+
+    def _prefill_new(self, rows: list, prompts: list[list[int]], st: slots.SlotStatic):
+        """The prompts of new rows (`engine._Row`s in their slots, nothing cached yet), each a
+        single chunk of <= BATCH_PREFILL_MAX tokens, in one `slots.prefill_rows` call (rows and
+        tokens padded to powers of two; padding rows go to no slot) -> Sampled [len(rows)]."""
+        n = len(rows)
+        b, t = self._row_bucket(max(n, 2)), BATCH_PREFILL_MAX  # few programs: see the constant
+        self._fit(max(r.slot for r in rows) + 1, max(self._width(0, len(p)) for p in prompts))
+        tokens, n_real = np.zeros((b, t), np.int32), np.ones(b, np.int32)
+        slot_ids = np.full(b, slots.cache_shape(self.cache)[0], np.int32)  # past the end: dropped
+        adapters = np.zeros(b, np.int32)
+        params = [(0.0, 1.0, 0, 0, 0, 0)] * b
+        for i, (r, p) in enumerate(zip(rows, prompts)):
+            tokens[i, :len(p)], n_real[i], slot_ids[i] = p, len(p), r.slot
+            adapters[i], params[i] = r.adapter, self._row_params(r)
+        new, out = slots.prefill_rows(self.params, st, tokens, n_real,
+                                      slots.RowSampling.of(params), self._lora(adapters))
+        self.cache = slots.put_rows(self.cache, new, slot_ids)
+        return jax.device_get(out)
 
     def _decode(self, active: np.ndarray, st: slots.SlotStatic, warm_adapter: int = 0):
         """One decode step of the active slots (`warm_adapter`: the adapter of active slots with

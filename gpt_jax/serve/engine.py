@@ -34,11 +34,16 @@ from gpt_jax import structured
 from gpt_jax.engine_tools import ToolIds, open_call, result_ids, run_tool
 from gpt_jax.model import GPTConfig
 from gpt_jax.serve import slots
-from gpt_jax.serve.device import SlotDevice
+from gpt_jax.serve.device import BATCH_PREFILL_MAX, SlotDevice
 from gpt_jax.serve.prefix_cache import PrefixCache
 from gpt_jax.serve.requests import Delta, Done, Finish, Request, RowText, TokenLogprob
 
 log = logging.getLogger("gpt_jax.serve")
+
+
+# idle this long (no row, nothing waiting), the slots cache starts small again; not at once: the
+# clients of a burst that just ended send their next requests within milliseconds
+IDLE_SHRINK_S = 0.5
 
 
 class QueueFull(RuntimeError):
@@ -129,7 +134,9 @@ class Engine(SlotDevice):
             with self._lock:
                 while (not self._stop and not self.waiting
                        and not any(r is not None for r in self.rows)):
-                    self._lock.wait(timeout=0.5)
+                    if not self._lock.wait(timeout=IDLE_SHRINK_S) \
+                            and slots.cache_shape(self.cache) != (1, 64):
+                        self.cache = slots.init_slots(self.config, 1, 64)  # idle: small again
                 if self._stop:
                     return
             try:
@@ -190,17 +197,34 @@ class Engine(SlotDevice):
                 self._finish(r, "timeout")
 
     def _admit(self) -> None:
+        """Waiting requests into free slots, FIFO; new rows whose prompt is one short chunk with
+        nothing cached are prefilled together (`_prefill_new`: a burst of 64 requests is one
+        device call, not 64), the others one by one."""
+        together: list[tuple[_Row, list[int]]] = []
         while True:
             free = [i for i, r in enumerate(self.rows) if r is None]
             with self._lock:
                 if not self.waiting or len(free) < self.waiting[0].n:
-                    return
+                    break
                 q = self.waiting.popleft()
             self._fit(free[q.n - 1] + 1 + len(self.waiting), 64)  # grow once for a burst
             for choice in range(q.n):
-                self._insert(q, choice, free[choice])
+                if (new := self._insert(q, choice, free[choice], defer=True)) is not None:
+                    together.append(new)
+        if len(together) == 1:  # alone: the one-row program (`_extend`)
+            self._prefill(*together[0])
+        elif together:
+            rows = [r for r, _ in together]
+            out = self._prefill_new(rows, [ids for _, ids in together],
+                                    self._static([r.request for r in rows]))
+            for i, r in enumerate(rows):
+                self._prefilled(r, out, i)
 
-    def _insert(self, q: Request, choice: int, slot: int) -> None:
+    def _insert(self, q: Request, choice: int, slot: int,
+                defer: bool = False) -> tuple[_Row, list[int]] | None:
+        """Starts choice `choice` of `q` in `slot` and prefills its prompt; with `defer`, a row
+        that `_prefill_new` can take (nothing cached, no grammar, a short prompt) is returned
+        as (row, prompt) instead, for the caller to prefill with others."""
         ids = list(q.prompt)
         adapter = self.adapter_index(q.adapter)
         n_cached, keys, values = 0, None, None
@@ -227,12 +251,23 @@ class Engine(SlotDevice):
                 return
             bitmask = structured.fill_masks({0: r.matcher},
                                             structured.new_bitmask(1, self.config.vocab_size))
-        out = self._extend(slot, prefix, n_cached, ids[n_cached:], self._row_params(r),
-                           self._static([q]), bitmask, adapter)
+        if defer and not n_cached and bitmask is None and len(ids) <= BATCH_PREFILL_MAX:
+            return r, ids
+        self._prefill(r, ids, prefix, n_cached, bitmask)
+        return None
+
+    def _prefill(self, r: _Row, ids: list[int], prefix=None, n_cached: int = 0,
+                 bitmask=None) -> None:
+        """Row `r`'s prompt `ids` (its first n_cached from `prefix`) into its slot, alone."""
+        out = self._extend(r.slot, prefix, n_cached, ids[n_cached:], self._row_params(r),
+                           self._static([r.request]), bitmask, r.adapter)
+        self._prefilled(r, out, 0)
+
+    def _prefilled(self, r: _Row, out: slots.Sampled, i: int) -> None:
         r.prefilled = True
-        self._accept(r, out, 0)  # the first token goes out before the prompt's KV is stored
-        if self.rows[slot] is r:
-            self._store_prefix(r, upto=len(q.prompt))
+        self._accept(r, out, i)  # the first token goes out before the prompt's KV is stored
+        if self.rows[r.slot] is r:
+            self._store_prefix(r, upto=len(r.request.prompt))
 
     def _resume_after_tool(self, r: _Row) -> None:
         try:
@@ -328,8 +363,6 @@ class Engine(SlotDevice):
         if tail or r.pending_logprobs:
             q.on_event(Delta(r.choice, tail, tuple(r.pending_logprobs)))
         self.rows[r.slot] = None
-        if all(x is None for x in self.rows) and slots.cache_shape(self.cache) != (1, 64):
-            self.cache = slots.init_slots(self.config, 1, 64)  # idle: start small again
         q.on_event(Finish(r.choice, reason))
         q.finished_choices += 1
         if q.finished_choices == q.n:

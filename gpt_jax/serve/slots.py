@@ -15,6 +15,8 @@ together in ONE jitted step:
   the next token, sampled from the logits of the chunk's last real token. Rows move between the
   slots and `extend` with `take_row` / `put_row` (`row_from_prefix` starts one from a
   prefix-cache hit), so `extend` compiles per (columns, chunk) and not per number of slots.
+- `prefill_rows` / `put_rows`: the prompts of several new rows in one call (a wave of admissions),
+  then into their slots: one dispatch for the wave instead of one `extend` per row.
 - `read_prefix`: a slot's first P columns to host arrays (for the prefix cache).
 
 Sampling is per row with traced parameters (temperature, top-p, top-k, seed, choice index, step),
@@ -256,6 +258,42 @@ def decode(params, st: SlotStatic, cache, tokens, lengths, active, rows: RowSamp
                            lengths, lora=lora)
     logits = apply_bitmask(head_logits(params, config, x, lora)[:, 0], bitmask)
     return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def prefill_rows(params, st: SlotStatic, tokens, n_real, rows: RowSampling, lora=None):
+    """New rows' prompts in one call: tokens [B, T], row b's n_real[b] real tokens from column 0,
+    then padding -> (rows {"layers": k/v [B, K, T, D], "valid" [B, T]}, Sampled [B] for the token
+    after each row's last real one). The same computation as `extend` of each row alone into an
+    empty row (tested equal); `put_rows` moves the rows into their slots. Compiled per (B, T)."""
+    config = st.config
+    b, t = tokens.shape
+    cols = jnp.arange(t)
+    valid = cols[None, :] < n_real[:, None]
+    mask = (valid[:, None, :] | (cols[None, :] == cols[:, None])[None]) & (
+        cols[None, None, :] <= cols[None, :, None])
+    positions = jnp.broadcast_to(jnp.minimum(cols, config.max_seq_len - 1)[None], (b, t))
+    lora = _rows_lora(lora)
+    empty = init_slots(config, b, t)["layers"]
+    x, layers = run_blocks(params, config, tokens, positions, mask, empty, 0, lora=lora)
+    last = jnp.take_along_axis(x, (n_real - 1)[:, None, None], axis=1)
+    logits = head_logits(params, config, last, lora)[:, 0]
+    return {"layers": layers, "valid": valid}, sample_rows(st, logits, rows)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def put_rows(cache, rows, slot_ids):
+    """`prefill_rows`'s rows [B, K, T, D] into columns [0, T) of slots `slot_ids` [B] (the rest of
+    each such slot invalid); an id past the last slot is dropped (a batch's padding rows)."""
+    t = rows["valid"].shape[1]
+
+    def put(x, r):
+        return x.at[slot_ids, :, :t].set(r.astype(x.dtype), mode="drop")
+
+    valid = jnp.zeros((slot_ids.shape[0], cache["valid"].shape[1]), bool)
+    valid = valid.at[:, :t].set(rows["valid"])
+    return {"layers": _map_kv(put, cache, rows),
+            "valid": cache["valid"].at[slot_ids].set(valid, mode="drop")}
 
 
 def _rows_lora(lora):
