@@ -96,3 +96,25 @@ def test_unknown_optimizer_name_is_an_error():
     cfg.name = "lion"
     with pytest.raises(ValueError, match="optim.name='lion'"):
         make_optimizer(cfg, 10)
+
+
+def test_muon_takes_lora_factors_as_matrices_of_their_weight():
+    """A LoRA adapter's A [*in, r] reduces over its weight's input axes, B [r, *out] over the
+    rank; the trained token rows (outside the blocks) step by AdamW."""
+    from optax.contrib import MuonDimensionNumbers as D
+
+    from gpt_jax import lora
+    from gpt_jax.train.optim import muon_dimensions
+
+    for scan in (False, True):
+        params = _params(scan)
+        adapter = lora.init_adapter(params, lora.LoRAConfig(rank=4, token_ids=(1, 2)),
+                                    jax.random.key(0))
+        dims = muon_dimensions({"base": params, "adapter": adapter})["adapter"]
+        block = dims["blocks"] if scan else dims["block_1"]
+        assert block["attn"]["q"]["A"] == D((-2,), (-1,))  # A [d, r]
+        assert block["attn"]["q"]["B"] == D((-3,), (-2, -1))  # B [r, heads, head_dim]
+        assert block["attn"]["o"]["A"] == D((-3, -2), (-1,))  # A [heads, head_dim, r]
+        assert block["attn"]["o"]["B"] == D((-2,), (-1,))
+        assert block["mlp"]["up"]["B"] == D((-2,), (-1,))
+        assert dims["tokens"]["wte"] is None and dims["tokens"]["lm_head"] is None

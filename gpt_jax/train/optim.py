@@ -4,7 +4,9 @@
 (momentum orthogonalised by Newton-Schulz, `optax.contrib.muon`, update RMS matched to AdamW's
 so the AdamW learning rate carries over); embeddings, the output head, norms and biases by AdamW
 without decay. On the tiny model it learns the arithmetic drills in far fewer tokens
-(docs/arithmetic.md, "How fast drills are learned").
+(docs/arithmetic.md, "How fast drills are learned"). A LoRA adapter's factors of a block matrix
+(`lora_sft` with `optim.name="muon"`) step by Muon too, each as a matrix: A over its weight's
+input axes, B over the rank.
 
 Weight decay applies to matmul weights only: not to norms, biases, or embeddings (token and
 position). Gradient accumulation is done in `step.py` (not with optax.MultiSteps) so one jit'd
@@ -46,11 +48,24 @@ def muon_dimensions(params):
 
     def one(path, _):
         keys = [k for k in (getattr(p, "key", None) for p in path) if isinstance(k, str)]
-        if not keys or not _in_block(keys) or keys[-1] not in MUON_AXES:
+        if not keys or not _in_block(keys):
+            return None
+        if keys[-1] in ("A", "B") and len(keys) > 1 and keys[-2] in MUON_AXES:
+            return _lora_dimensions(keys[-2], keys[-1], MuonDimensionNumbers)
+        if keys[-1] not in MUON_AXES:
             return None
         return MuonDimensionNumbers(*MUON_AXES[keys[-1]])
 
     return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _lora_dimensions(target: str, factor: str, numbers):
+    """A LoRA factor of a block matrix (`gpt_jax.lora`) as a matrix for Muon: A [*in, r] reduces
+    over the weight's input axes, B [r, *out] over the rank."""
+    n_in, n_out = len(MUON_AXES[target][0]), len(MUON_AXES[target][1])
+    if factor == "A":
+        return numbers(tuple(range(-n_in - 1, -1)), (-1,))
+    return numbers((-n_out - 1,), tuple(range(-n_out, 0)))
 
 
 def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
