@@ -171,6 +171,34 @@ def test_masked_optimizer_trains_the_adapter_alone():
     assert max(moved) > 0
 
 
+def test_masked_muon_steps_the_factors_as_matrices_and_never_the_base():
+    """The lora_sft preset's optimizer: Muon (optim.name="muon") under the mask. A and B keep
+    one momentum each (Muon), the token rows Adam's two moments; the base has no state and does
+    not move; B's first update is an orthogonalised matrix (singular values near one)."""
+    from gpt_jax.configs import optim_config
+    from gpt_jax.train.optim import make_optimizer
+
+    params = random_params(CONFIG, std=0.1)
+    cfg = lora.LoRAConfig(rank=4, token_ids=(1, 2))
+    both = {"base": params, "adapter": lora.init_adapter(params, cfg, jax.random.key(0))}
+    inner, _ = make_optimizer(optim_config(name="muon", learning_rate=1e-2, warmup_steps=0,
+                                           weight_decay=0.0, grad_clip=0.0), 10)
+    tx = lora.masked_optimizer(inner)
+    state = tx.init(both)
+    factors = sum(x.size for k, x in both["adapter"].items() if k != "tokens"
+                  for x in jax.tree.leaves(x))
+    tokens = sum(x.size for x in jax.tree.leaves(both["adapter"]["tokens"]))
+    floats = sum(x.size for x in jax.tree.leaves(state) if getattr(x, "ndim", 0) > 0)
+    assert 0 <= floats - (factors + 2 * tokens) <= 8  # (+ Muon's Newton-Schulz coefficients)
+    grads = jax.tree.map(lambda x: jnp.asarray(np.random.default_rng(x.size).standard_normal(
+        x.shape), x.dtype), both)
+    updates, _ = tx.update(grads, state, both)
+    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates["base"]))
+    b = np.asarray(updates["adapter"]["blocks"]["mlp"]["up"]["B"][0])  # [r, out] of layer 0
+    s = np.linalg.svd(b / np.abs(b).max(), compute_uv=False)
+    assert s.min() / s.max() > 0.5  # orthogonalised: the singular values close together
+
+
 def test_lora_plus_scales_the_b_updates_alone():
     params = random_params(CONFIG, std=0.1)
     cfg = lora.LoRAConfig(rank=4, token_ids=(1, 2))

@@ -129,3 +129,18 @@ def test_real_sweep_writes_results_equal_to_each_summary(tmp_path):
     assert sum("already done, skipped" in line for line in echoed) == 2
     with open(workdir / "results.csv", newline="") as f:
         assert list(csv.DictReader(f)) == table
+
+
+@pytest.mark.parametrize("name", ["lora_rank.py", "lora_vs_sft960.py"])
+def test_shipped_lora_sweeps_override_only_keys_of_the_preset(name):
+    from gpt_jax.recipe import load_experiment
+
+    config = load_experiment("sft_lora_tiny")
+    points = sweep.load_sweep(REPO / "experiments" / "sweeps" / name)
+    assert len(sweep.run_names(points)) == len(set(sweep.run_names(points))) == len(points)
+    for point in points:
+        for key in point:
+            node = config
+            for part in key.split(".")[1:]:
+                assert part in node, f"{name}: {key} is not a key of sft_lora_tiny"
+                node = node[part]

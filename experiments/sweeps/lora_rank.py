@@ -1,4 +1,5 @@
-"""LoRA-SFT against full SFT: rank, scale, learning rate, steps, and the trained special-token rows.
+"""LoRA-SFT against full SFT: rank, scale, learning rate, steps, and the trained special-token rows,
+with AdamW on the adapter (the preset's optimizer then; it is Muon now: lora_vs_sft960.py).
 
 Each point trains the lora_sft stage on the parent's pretrained model and scores it and the
 parent's full SFT on the compare stage's held-out problems (`accuracy_vs_full`). The measured
@@ -14,7 +15,7 @@ python -m gpt_jax.sweep --config=experiments/configs/sft_lora_tiny.py \
 
 def get_sweep():
     def point(rank=8, alpha=16.0, lr=1e-2, steps=480, tokens="special", seed=0):
-        return {"config.lora.rank": rank, "config.lora.alpha": alpha,
+        return {"config.optim.name": "adamw", "config.lora.rank": rank, "config.lora.alpha": alpha,
                 "config.optim.learning_rate": lr, "config.train.total_steps": steps,
                 "config.lora.train_tokens": tokens, "config.seed": seed}
     return [

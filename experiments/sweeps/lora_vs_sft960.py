@@ -1,0 +1,26 @@
+"""LoRA-SFT against the 960-step full SFT that `make run` trains: AdamW and Muon on the adapter,
+SFT's steps and twice them (rank 32, alpha 64, every projection + the special tokens' rows).
+
+Seed s of a point is compared with a parent whose full SFT trained with the same seed: seed 0 is
+`make run`'s workdir; for seed 1, a workdir sharing its tokenizer and pretrain whose sft stage ran
+`sft_tiny.py --config.seed=1`. The measured table is in docs/lora.md ("Against the 960-step full
+SFT").
+
+python -m gpt_jax.sweep --config=experiments/configs/sft_lora_tiny.py \
+    --sweep=experiments/sweeps/lora_vs_sft960.py --workdir=runs/sweep_lora960 --parent=runs/tiny \
+    --metrics=accuracy_vs_full,heldout_accuracy_mean,full_heldout_accuracy_mean,heldout_masked_loss
+"""
+
+
+def get_sweep():
+    def point(optimizer="adamw", lr=3e-3, steps=960, seed=0, alpha=64.0):
+        return {"config.optim.name": optimizer, "config.optim.learning_rate": lr,
+                "config.lora.alpha": alpha, "config.train.total_steps": steps,
+                "config.seed": seed}
+    return [
+        point(lr=1e-2, alpha=16.0),  # the earlier preset (AdamW)
+        point(steps=1920),
+        point(optimizer="muon"),  # the preset
+        point(optimizer="muon", lr=1e-2),
+        point(optimizer="muon", steps=1920),
+    ]
