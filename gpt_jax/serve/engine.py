@@ -3,7 +3,8 @@
 One loop (`_run`) owns the device state (`slots`) and repeats:
 1. drop cancelled / timed-out rows and waiting requests (their slots are free at once);
 2. admit waiting requests into free slots, FIFO: look the prompt up in the prefix cache, load the
-   hit into the slot, prefill the rest (`slots.extend`), sample the first token;
+   hit into the slot, prefill the rest (`slots.extend`), sample the first token; the short
+   prompts of one admission with nothing cached are prefilled together (`slots.prefill_rows`);
 3. resume rows whose tool call has returned: the call's end token and the result are prefilled as
    one chunk into the row, and it samples on (tools run on a thread pool, so a slow call, such as
    sandboxed Python, pauses its own row only);
