@@ -18,8 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Muon on the adapter's factors (each A and B as a matrix, `train/optim.py`), as full SFT
     # uses on the full matrices: against make run's 960-step full SFT, at the same 960 steps,
     # 0.91x and 0.81x over two seeds where AdamW (lr 1e-2, alpha 16, the earlier preset) scored
-    # 0.58x and 0.64x; Muon at 1e-2 diverged, twice the steps did not help every seed
-    # (docs/lora.md, experiments/sweeps/lora_vs_sft960.py).
+    # 0.58x and 0.64x; Muon at 5e-3 fell to 0.55x (seed 1), at 1e-2 diverged; twice the steps
+    # did not help every seed (docs/lora.md, experiments/sweeps/lora_vs_sft960.py).
     config.optim = configs.optim_config(name="muon", learning_rate=3e-3, warmup_steps=20,
                                         weight_decay=0.0)
     config.train.total_steps = 960  # SFT's

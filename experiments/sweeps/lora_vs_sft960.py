@@ -21,6 +21,6 @@ def get_sweep():
         point(lr=1e-2, alpha=16.0),  # the earlier preset (AdamW)
         point(steps=1920),
         point(optimizer="muon"),  # the preset
-        point(optimizer="muon", lr=1e-2),
+        point(optimizer="muon", lr=5e-3, seed=1), point(optimizer="muon", lr=1e-2),
         point(optimizer="muon", steps=1920),
     ]
