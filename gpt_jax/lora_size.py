@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,9 +30,8 @@ def _count(tree) -> int:
 def param_counts(model_config: GPTConfig, cfg: lora.LoRAConfig) -> tuple[int, int]:
     """(adapter params, model params) for `cfg` on a model of `model_config`'s shape."""
     tokens = jnp.zeros((1, min(8, model_config.max_seq_len)), jnp.int32)
-    base = jax.eval_shape(lambda: GPT(model_config).init(jax.random.PRNGKey(0), tokens)["params"])
-    base = jax.tree.map(lambda x: getattr(x, "value", x), base,
-                        is_leaf=lambda x: hasattr(x, "value"))  # unbox partitioned params
+    base = nn.unbox(jax.eval_shape(
+        lambda: GPT(model_config).init(jax.random.PRNGKey(0), tokens)["params"]))
     adapter = jax.eval_shape(lambda: lora.init_adapter(base, cfg, jax.random.PRNGKey(0)))
     return _count(adapter), _count(base)
 

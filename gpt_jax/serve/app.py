@@ -73,6 +73,7 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
 
     @asynccontextmanager
     async def lifespan(app):
+        state["mailbox"] = Mailbox(asyncio.get_running_loop())  # the engines' events to this loop
         threading.Thread(target=load_in_background, name="load", daemon=True).start()
         yield
         for m in (state["models"] or {}).values():
@@ -246,10 +247,7 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
 
     async def _respond(m: ServedModel, body, reqs: list[Request], out: fmt.Format,
                        http: HTTPRequest, blocked: bool = False):
-        queue = asyncio.Queue()
-        mailbox = state.get("mailbox")
-        if mailbox is None or mailbox.loop is not asyncio.get_running_loop():
-            mailbox = state["mailbox"] = Mailbox(asyncio.get_running_loop())
+        queue, mailbox = asyncio.Queue(), state["mailbox"]
         for k, q in enumerate(reqs):
             q.on_event = lambda e, k=k: mailbox.post(queue, (k, e))
         try:

@@ -96,6 +96,10 @@ class SlotDevice:
         """Rows as a power of 4 (at most the slots): few decode programs to compile."""
         return min(self.n_slots, 4 ** max(0, math.ceil(math.log(max(n, 1), 4) - 1e-9)))
 
+    def _wave_bucket(self, n: int) -> int:
+        """Rows of a batched admission prefill (`_prefill_new`) of n >= 2 new rows."""
+        return self._row_bucket(max(n, 2))
+
     def _fit(self, n_rows: int, n_cols: int, shrink: bool = False) -> None:
         """Resizes the slots to hold rows [0, n_rows) (a power of 4) and columns [0, n_cols) (a
         power of two): grown when short; with `shrink`, cut when a quarter or less is in use."""
@@ -143,10 +147,10 @@ class SlotDevice:
 
     def _prefill_new(self, rows: list, prompts: list[list[int]], st: slots.SlotStatic):
         """The prompts of new rows (`engine._Row`s in their slots, nothing cached yet), each a
-        single chunk of <= BATCH_PREFILL_MAX tokens, in one `slots.prefill_rows` call (rows and
-        tokens padded to powers of two; padding rows go to no slot) -> Sampled [len(rows)]."""
-        n = len(rows)
-        b, t = self._row_bucket(max(n, 2)), BATCH_PREFILL_MAX  # few programs: see the constant
+        single chunk of <= BATCH_PREFILL_MAX tokens, in one `slots.prefill_rows` call (rows padded
+        to `_wave_bucket`, tokens to BATCH_PREFILL_MAX; padding rows go to no slot) -> Sampled
+        [len(rows)]."""
+        b, t = self._wave_bucket(len(rows)), BATCH_PREFILL_MAX  # few programs: see the constant
         self._fit(max(r.slot for r in rows) + 1, max(self._width(0, len(p)) for p in prompts))
         tokens, n_real = np.zeros((b, t), np.int32), np.ones(b, np.int32)
         slot_ids = np.full(b, slots.cache_shape(self.cache)[0], np.int32)  # past the end: dropped

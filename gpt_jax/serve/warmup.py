@@ -42,10 +42,11 @@ def _warm(engine, max_chunk: int, adapter: int) -> None:
         engine._extend(0, None, 0, [0] * 8, (1.0, 0.9, 0, 0, 0, 0), engine._static([q]),
                        adapter=adapter)
         engine._decode(one, engine._static([q]), adapter)
-    batches = []  # the batch sizes of admission waves (`SlotDevice._prefill_new`)
+    waves = {engine._wave_bucket(n) for n in range(2, engine.n_slots + 1)}
+    batches = []  # the batch sizes of admission waves met so far (`SlotDevice._prefill_new`)
     rows = 1
     while True:  # greedy decode at every (rows, columns) bucket
-        if rows >= 4 or rows == engine.n_slots > 1:
+        if rows in waves:
             batches.append(rows)
             tokens = np.zeros((rows, BATCH_PREFILL_MAX), np.int32)
             new, _ = slots.prefill_rows(engine.params, greedy, tokens, np.ones(rows, np.int32),

@@ -51,7 +51,7 @@ def muon_dimensions(params):
         if not keys or not _in_block(keys):
             return None
         if keys[-1] in ("A", "B") and len(keys) > 1 and keys[-2] in MUON_AXES:
-            return _lora_dimensions(keys[-2], keys[-1], MuonDimensionNumbers)
+            return MuonDimensionNumbers(*_lora_axes(keys[-2], keys[-1]))
         if keys[-1] not in MUON_AXES:
             return None
         return MuonDimensionNumbers(*MUON_AXES[keys[-1]])
@@ -59,13 +59,13 @@ def muon_dimensions(params):
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def _lora_dimensions(target: str, factor: str, numbers):
-    """A LoRA factor of a block matrix (`gpt_jax.lora`) as a matrix for Muon: A [*in, r] reduces
-    over the weight's input axes, B [r, *out] over the rank."""
+def _lora_axes(target: str, factor: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(reduction, output) axes of a LoRA factor of a block matrix (`gpt_jax.lora`) as a matrix
+    for Muon: A [*in, r] reduces over the weight's input axes, B [r, *out] over the rank."""
     n_in, n_out = len(MUON_AXES[target][0]), len(MUON_AXES[target][1])
     if factor == "A":
-        return numbers(tuple(range(-n_in - 1, -1)), (-1,))
-    return numbers((-n_out - 1,), tuple(range(-n_out, 0)))
+        return tuple(range(-n_in - 1, -1)), (-1,)
+    return (-n_out - 1,), tuple(range(-n_out, 0))
 
 
 def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
