@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -307,3 +308,28 @@ def test_fraction_by_width_counts_every_pair():
     assert fractions["2048"] < 0.01 < fractions["512"]
     with pytest.raises(ValueError, match="head size 32"):
         lora_size.widened(tiny, 100)
+
+
+def test_train_tokens_names_the_special_and_digit_rows(tmp_path):
+    """`lora.train_tokens` of the lora_sft stage: "special", "digits" (0-9, one token each) or
+    both joined by "+" name the token rows trained in full; "" none; anything else is refused."""
+    from gpt_jax.train import lora_sft
+    from helpers import small_tokenizer
+
+    tok = small_tokenizer()
+    tok.save(tmp_path / "tokenizer" / "tokenizer.json")
+
+    def token_ids(which):
+        config = ml_collections.ConfigDict({"lora": lora_sft.lora_config(rank=4,
+                                                                          train_tokens=which)})
+        return lora_sft.adapter_config(config, str(tmp_path)).token_ids
+
+    specials = set(tok.special_ids.values())
+    digits = {i for d in "0123456789" for i in tok.encode(d)}
+    assert len(digits) == 10 and not digits & specials
+    assert token_ids("special") == tuple(sorted(specials))
+    assert token_ids("digits") == tuple(sorted(digits))
+    assert token_ids("special+digits") == tuple(sorted(specials | digits))
+    assert token_ids("") == ()
+    with pytest.raises(ValueError, match="emoji"):
+        token_ids("special+emoji")

@@ -1,5 +1,6 @@
 """LoRA-SFT against the 960-step full SFT that `make run` trains: AdamW and Muon on the adapter,
-SFT's steps and twice them (rank 32, alpha 64, every projection + the special tokens' rows).
+SFT's steps and twice them (rank 32, alpha 64, every projection + the special tokens' rows); then,
+with Muon, rank 64, LoRA+ (B's step 4x) and the digits' rows trained too.
 
 Seed s of a point is compared with a parent whose full SFT trained with the same seed: seed 0 is
 `make run`'s workdir; for seed 1, a workdir sharing its tokenizer and pretrain whose sft stage ran
@@ -13,14 +14,19 @@ python -m gpt_jax.sweep --config=experiments/configs/sft_lora_tiny.py \
 
 
 def get_sweep():
-    def point(optimizer="adamw", lr=3e-3, steps=960, seed=0, alpha=64.0):
+    def point(optimizer="adamw", lr=3e-3, steps=960, seed=0, alpha=64.0, rank=32,
+              b_lr_ratio=1.0, train_tokens="special"):
         return {"config.optim.name": optimizer, "config.optim.learning_rate": lr,
                 "config.lora.alpha": alpha, "config.train.total_steps": steps,
-                "config.seed": seed}
+                "config.seed": seed, "config.lora.rank": rank,
+                "config.lora.b_lr_ratio": b_lr_ratio, "config.lora.train_tokens": train_tokens}
     return [
         point(lr=1e-2, alpha=16.0),  # the earlier preset (AdamW)
         point(steps=1920),
         point(optimizer="muon"),  # the preset
         point(optimizer="muon", lr=5e-3, seed=1), point(optimizer="muon", lr=1e-2),
         point(optimizer="muon", steps=1920),
+        *(point(optimizer="muon", rank=64, alpha=128.0, seed=s) for s in (0, 1)),
+        point(optimizer="muon", b_lr_ratio=4.0, seed=1),
+        *(point(optimizer="muon", train_tokens="special+digits", seed=s) for s in (0, 1)),
     ]

@@ -39,7 +39,8 @@ def lora_config(**overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict({"rank": 8, "alpha": 16.0,
                                      "targets": ",".join(lora.DEFAULT_TARGETS),
                                      # "special": also train the chat special tokens' embedding
-                                     # rows and output columns; "": the projections alone
+                                     # rows and output columns ("special+digits": and 0-9's);
+                                     # "": the projections alone
                                      "train_tokens": "special",
                                      # LoRA+: B's step = b_lr_ratio x A's (1: plain LoRA)
                                      "b_lr_ratio": 1.0})
@@ -82,17 +83,26 @@ def _bytes(tree) -> int:
 
 
 def adapter_config(config, workdir: str) -> lora.LoRAConfig:
-    """The stage's LoRAConfig; `lora.train_tokens="special"` names the tokenizer's special ids."""
+    """The stage's LoRAConfig. `lora.train_tokens` names the token rows trained in full besides
+    the adapters, "+"-joined: "special" (the tokenizer's special ids), "digits" (0-9, each one
+    token); "" for none."""
     cfg = lora.LoRAConfig.from_config(config.lora)
-    which = config.lora.get("train_tokens", "")
-    if which == "special":
-        from gpt_jax.tokenizer import Tokenizer
+    which = [w for w in config.lora.get("train_tokens", "").split("+") if w]
+    unknown = sorted(set(which) - {"special", "digits"})
+    if unknown:
+        raise ValueError(f"lora.train_tokens={config.lora.train_tokens!r}: {unknown} unknown; "
+                         "use 'special', 'digits', both joined by '+', or ''")
+    if not which:
+        return cfg
+    from gpt_jax.tokenizer import Tokenizer
 
-        tok = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
-        return dataclasses.replace(cfg, token_ids=tuple(sorted(tok.special_ids.values())))
-    if which:
-        raise ValueError(f"lora.train_tokens={which!r}: use 'special' or ''")
-    return cfg
+    tok = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
+    ids = set(tok.special_ids.values()) if "special" in which else set()
+    if "digits" in which:
+        for d in "0123456789":
+            (i,) = tok.encode(d)  # the tokenizer splits digits: one id each
+            ids.add(i)
+    return dataclasses.replace(cfg, token_ids=tuple(sorted(ids)))
 
 
 def run(config, workdir: str) -> dict[str, Any]:
