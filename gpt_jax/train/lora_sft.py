@@ -99,9 +99,11 @@ def adapter_config(config, workdir: str) -> lora.LoRAConfig:
     tok = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
     ids = set(tok.special_ids.values()) if "special" in which else set()
     if "digits" in which:
-        for d in "0123456789":
-            (i,) = tok.encode(d)  # the tokenizer splits digits: one id each
-            ids.add(i)
+        digits = [tok.encode(d) for d in "0123456789"]
+        if any(len(d) != 1 for d in digits):  # a tokenizer from before digits were split
+            raise ValueError("lora.train_tokens has 'digits', but this workdir's tokenizer does "
+                             "not give each digit one token")
+        ids.update(d[0] for d in digits)
     return dataclasses.replace(cfg, token_ids=tuple(sorted(ids)))
 
 
