@@ -19,6 +19,7 @@ A warm-up pass at each concurrency first compiles the shapes it meets. Last line
 
     .venv/bin/python benchmarks/serve_throughput.py [--requests 256] [--max-tokens 64]
         [--stream-interval-ms 20]   (the server's flag; 0: every token written at once)
+        [--no-overlap]              (the server's flag: each decode step read back before the next)
 """
 from __future__ import annotations
 
@@ -116,6 +117,9 @@ def main() -> None:
     p.add_argument("--conversations", type=int, default=9)
     p.add_argument("--stream-interval-ms", type=float, default=20.0,
                    help="the server's --stream-interval-ms for the throughput passes")
+    p.add_argument("--overlap", default=True, action=argparse.BooleanOptionalAction,
+                   help="the server's --overlap for the throughput passes (--no-overlap: each "
+                        "decode step read back before the next is dispatched)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
     from gpt_jax.tokenizer import Tokenizer
@@ -135,7 +139,8 @@ def main() -> None:
     slots = str(max(clients))
 
     server = Server(workdir, f"--slots={slots}", f"--max-queue={4 * args.requests}",
-                    "--prefix-cache-mb=0", f"--stream-interval-ms={args.stream_interval_ms:g}")
+                    "--prefix-cache-mb=0", f"--stream-interval-ms={args.stream_interval_ms:g}",
+                    "--overlap" if args.overlap else "--no-overlap")
     try:
         for c in clients:  # warm-up: the same pass once, which compiles the shapes it meets
             throughput(server, args.requests, c, args.max_tokens)

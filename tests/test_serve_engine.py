@@ -375,3 +375,51 @@ def test_moderated_reply_ends_with_content_filter_at_a_check(model):
     assert clean["ids"][:8] == flagged["ids"]  # the same greedy reply, cut at the second check
     assert calls[1] == tok.decode([t for t in flagged["ids"]  # the reply so far, as text
                                    if t < tok.vocab_size and not tok.is_special(t)])
+
+
+def test_overlapped_steps_give_the_tokens_of_steps_read_back_one_by_one(model, monkeypatch):
+    """The engine dispatches each decode step before reading the last one back (its rows' input:
+    that step's samples, still on the device). Greedy rows and seeded sampled ones (n = 2,
+    top-k / top-p: their keys count the step in flight) of different lengths, some ending on the
+    stop token, give the tokens of an engine that reads every step back first."""
+    from gpt_jax.serve import slots
+
+    tok = model[0]
+    chained = []
+    decode = slots.decode
+
+    def spy(params, st, cache, tokens, prev_tokens, use_prev, *rest, **kw):
+        chained.append(bool(np.asarray(use_prev).any()))
+        return decode(params, st, cache, tokens, prev_tokens, use_prev, *rest, **kw)
+
+    monkeypatch.setattr(slots, "decode", spy)
+    sampled = {"temperature": 1.0, "top_k": 40, "top_p": 0.9, "n": 2}
+    stops = frozenset({tok.token_id("assistant_end"), tok.encode("e")[0]})
+    reqs = [{"prompt": p, "max_tokens": 6 + 5 * i, "stop_ids": stops,
+             **({**sampled, "seed": 3 + i} if i % 2 else {})}
+            for i, p in enumerate(prompts(tok))]
+    results, dispatched = {}, {}
+    for overlap in (True, False):
+        chained.clear()
+        engine = make(model, overlap=overlap)
+        try:
+            results[overlap] = run(engine, reqs)
+        finally:
+            engine.stop()
+        dispatched[overlap] = sum(chained)
+    for a, b in zip(results[True], results[False]):
+        assert a["ids"] == b["ids"] and a["finish"] == b["finish"] and a["text"] == b["text"]
+    assert dispatched[False] == 0 and dispatched[True] >= 20
+
+
+def test_first_argmax_is_argmax_with_ties_and_masked_entries():
+    import jax.numpy as jnp
+
+    from gpt_jax.serve.slots import first_argmax
+
+    x = np.random.default_rng(0).normal(size=(6, 50)).astype(np.float32)
+    x[1, [3, 17]] = 9.0  # a tie: the first index wins
+    x[2, :] = -np.inf  # everything masked
+    x[3, 10:] = -np.inf
+    x[4, :] = 1.0
+    assert np.array_equal(np.asarray(first_argmax(jnp.asarray(x))), np.argmax(x, -1))

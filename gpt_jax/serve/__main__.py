@@ -56,6 +56,10 @@ def parse(argv=None) -> argparse.Namespace:
                    help="while 8 or more rows decode, a stream's chunks after its first go out "
                         "at most this often, each with the tokens decoded since the last (fewer "
                         "writes under load; 0: always as soon as decoded)")
+    p.add_argument("--overlap", default=True, action=argparse.BooleanOptionalAction,
+                   help="dispatch each decode step before reading the last one back, so the "
+                        "host's work runs beside the device's (--no-overlap: one after the other; "
+                        "the same tokens)")
     p.add_argument("--compile-cache", default=None,
                    help="a directory for XLA's persistent compilation cache (restarts skip "
                         "compiling)")
@@ -91,7 +95,7 @@ def main(argv=None) -> None:
         return load_models(args.workdir, stages, slots=args.slots, max_queue=args.max_queue,
                            prefix_cache_mb=args.prefix_cache_mb, tools=tools,
                            adapters=[a for a in args.adapters.split(",") if a],
-                           step_delay_s=args.step_delay_ms / 1000)
+                           step_delay_s=args.step_delay_ms / 1000, overlap=args.overlap)
 
     app = create_app(load, api_keys=args.api_keys, timeout_s=args.timeout,
                      load_moderator=(lambda: load_moderator(args.workdir))

@@ -146,7 +146,7 @@ class SlotDevice:
         return jax.device_get(out)  # sampled after the last chunk
 
     def _prefill_new(self, rows: list, prompts: list[list[int]], st: slots.SlotStatic):
-        """The prompts of new rows (`engine._Row`s in their slots, nothing cached yet), each a
+        """The prompts of new rows (`admission.Row`s in their slots, nothing cached yet), each a
         single chunk of <= BATCH_PREFILL_MAX tokens, in one `slots.prefill_rows` call (rows padded
         to `_wave_bucket`, tokens to BATCH_PREFILL_MAX; padding rows go to no slot) -> Sampled
         [len(rows)]."""
@@ -164,36 +164,45 @@ class SlotDevice:
         self.cache = slots.put_rows(self.cache, new, slot_ids)
         return jax.device_get(out)
 
-    def _decode(self, active: np.ndarray, st: slots.SlotStatic, warm_adapter: int = 0):
-        """One decode step of the active slots (`warm_adapter`: the adapter of active slots with
-        no row, for the warm-up)."""
+    def _decode(self, active: np.ndarray, st: slots.SlotStatic, warm_adapter: int = 0,
+                chained: np.ndarray | None = None, prev_tokens=None) -> slots.Sampled:
+        """Dispatches one decode step of the active slots and returns its samples ON THE DEVICE
+        (`jax.device_get` reads them back; meanwhile the host may work). `chained` [n_slots]:
+        slots whose row has a step in flight that the host has not read back yet; their token
+        is that step's sample (`prev_tokens`, its device output, as many rows as the slots now),
+        one column and one sampling step past the host's count. `warm_adapter`: the adapter of
+        active slots with no row, for the warm-up."""
         n = slots.cache_shape(self.cache)[0]
         tokens = np.zeros(n, np.int32)
         lengths = np.zeros(n, np.int32)
         rows = [(0.0, 1.0, 0, 0, 0, 0)] * n
         adapters = np.where(active[:n], warm_adapter, 0).astype(np.int32)
+        use_prev = np.zeros(n, bool) if chained is None else chained[:n].copy()
         constrained = {}
         for r in self.rows:
             if r is not None and r.slot < n and active[r.slot]:
-                tokens[r.slot], lengths[r.slot] = r.next_token, r.length
+                ahead = int(use_prev[r.slot])
+                tokens[r.slot], lengths[r.slot] = r.next_token, r.length + ahead
                 adapters[r.slot] = r.adapter
-                rows[r.slot] = self._row_params(r)
+                rows[r.slot] = self._row_params(r, ahead)
                 if r.matcher is not None and not r.forced:  # it samples this step
                     constrained[r.slot] = r.matcher
         bitmask = None
         if constrained:
             bitmask = structured.fill_masks(constrained,
                                             structured.new_bitmask(n, self.config.vocab_size))
-        self.cache, out = slots.decode(self.params, st, self.cache, tokens, lengths,
-                                       active[:n], slots.RowSampling.of(rows), bitmask,
+        self.cache, out = slots.decode(self.params, st, self.cache, tokens,
+                                       tokens if prev_tokens is None else prev_tokens, use_prev,
+                                       lengths, active[:n], slots.RowSampling.of(rows), bitmask,
                                        self._lora(adapters))
-        return jax.device_get(out)
+        return out
 
     @staticmethod
-    def _row_params(r) -> tuple:
-        """A row's (`engine._Row`) sampling settings, as `slots.RowSampling.of` takes them."""
+    def _row_params(r, ahead: int = 0) -> tuple:
+        """A row's (`admission.Row`) sampling settings, as `slots.RowSampling.of` takes them
+        (`ahead`: tokens it has sampled that the host has not counted yet)."""
         q = r.request
-        return (q.temperature, q.top_p, q.top_k, q.seed, r.choice, r.generated)
+        return (q.temperature, q.top_p, q.top_k, q.seed, r.choice, r.generated + ahead)
 
     def _static(self, requests) -> slots.SlotStatic:
         return slots.static_for(self.config, self.vocab_limit, requests, N_TOP)

@@ -2,13 +2,20 @@
 
 One loop (`_run`) owns the device state (`slots`) and repeats:
 1. drop cancelled / timed-out rows and waiting requests (their slots are free at once);
-2. admit waiting requests into free slots, FIFO: look the prompt up in the prefix cache, load the
-   hit into the slot, prefill the rest (`slots.extend`), sample the first token; the short
-   prompts of one admission with nothing cached are prefilled together (`slots.prefill_rows`);
+2. admit waiting requests into free slots, FIFO (`admission.Admission`): look the prompt up in
+   the prefix cache, load the hit into the slot, prefill the rest (`slots.extend`), sample the
+   first token; the short prompts of one admission with nothing cached are prefilled together
+   (`slots.prefill_rows`);
 3. resume rows whose tool call has returned: the call's end token and the result are prefilled as
    one chunk into the row, and it samples on (tools run on a thread pool, so a slow call, such as
    sandboxed Python, pauses its own row only);
-4. one `slots.decode` step for every running row.
+4. dispatch one `slots.decode` step for every running row, then read the PREVIOUS step back
+   (`_collect`) while the device computes this one. A row's input is the last step's sample
+   still on the device (`chained`): the host's bookkeeping, the events and the HTTP layer run
+   beside the device instead of between its steps (vLLM's async scheduling, SGLang's overlap
+   scheduler). A row that ends, or pauses for a tool, when its token is read back has one more
+   step in flight; that step's sample is dropped. Constrained rows need the host's grammar state
+   for each step's mask: while one runs, each step is read back before the next.
 Each sampled token goes through `_accept`: end tokens, stop strings, max_tokens and the context
 finish a row; a <|tool_call_end|> pauses it for its tool. A finished row's KV (prompt + reply)
 goes to the prefix cache, so the next turn of its chat starts from there.
@@ -23,21 +30,22 @@ base class `device.SlotDevice`.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
+import jax
 import numpy as np
 
-from gpt_jax import structured
 from gpt_jax.engine_tools import ToolIds, open_call, result_ids, run_tool
 from gpt_jax.model import GPTConfig
 from gpt_jax.serve import slots
-from gpt_jax.serve.device import BATCH_PREFILL_MAX, SlotDevice
+from gpt_jax.serve.admission import Admission, Row
+from gpt_jax.serve.device import SlotDevice
 from gpt_jax.serve.prefix_cache import PrefixCache
-from gpt_jax.serve.requests import Delta, Done, Finish, Request, RowText, TokenLogprob
+from gpt_jax.serve.requests import Delta, Done, Finish, Request, TokenLogprob
 
 log = logging.getLogger("gpt_jax.serve")
 
@@ -51,46 +59,36 @@ class QueueFull(RuntimeError):
     pass
 
 
-@dataclasses.dataclass(eq=False)
-class _Row:
-    request: Request
-    choice: int
-    slot: int
-    text: RowText
-    length: int = 0  # columns of the slot holding this row's tokens
-    tokens: list = dataclasses.field(default_factory=list)  # prompt + every token in the cache
-    next_token: int = -1  # sampled, not yet in the cache
-    generated: int = 0
-    pending_logprobs: list = dataclasses.field(default_factory=list)
-    tool_future: Future | None = None
-    tool_expr: str | None = None
-    matcher: structured.RowMatcher | None = None  # a constrained row's place in its grammar
-    prefilled: bool = False  # its prompt is in the slot's cache (the prefix cache may read it)
-    adapter: int = 0  # index in the engine's adapter table (0: the base model)
-    forced: list = dataclasses.field(default_factory=list)  # forced tokens not yet fed
+class _InFlight(NamedTuple):
+    out: slots.Sampled  # on the device
+    rows: list  # the rows it decoded
 
 
-class Engine(SlotDevice):
+class Engine(Admission, SlotDevice):
     def __init__(self, params, config: GPTConfig, tokenizer, n_slots: int = 8,
                  max_queue: int = 64, prefix_cache_mb: float = 256, tool_workers: int = 4,
-                 adapters: dict | None = None, step_delay_s: float = 0.0):
+                 adapters: dict | None = None, step_delay_s: float = 0.0, overlap: bool = True):
         """`adapters`: {name: lora.Adapter} of this base model; a request names one (or none)
         and its rows run through it inside the shared batch (`gpt_jax.lora_batch`).
         `step_delay_s`: a pause after each decode step (tests that must act while a reply
-        streams, on hosts fast enough to finish it first; demos of streaming)."""
+        streams, on hosts fast enough to finish it first; demos of streaming).
+        `overlap`: dispatch each decode step before reading the last one back (False: read each
+        step back before the next; the same tokens, for comparison)."""
         super().__init__(params, config, tokenizer, n_slots, adapters)
         self.max_queue, self.step_delay_s = int(max_queue), float(step_delay_s)
+        self.overlap = bool(overlap)
         self.prefix = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         try:
             self.tool_ids = ToolIds.of(tokenizer)
         except KeyError:
             self.tool_ids = None
-        self.rows: list[_Row | None] = [None] * self.n_slots
+        self.rows: list[Row | None] = [None] * self.n_slots
         self.waiting: collections.deque[Request] = collections.deque()
         self._lock = threading.Condition()
         self._stop = False
         self._tools = ThreadPoolExecutor(max_workers=tool_workers, thread_name_prefix="tool")
         self._thread: threading.Thread | None = None
+        self._inflight: _InFlight | None = None  # the last decode step, not read back yet
         self.steps = 0
 
     # -- the outside: submit, cancel, start, stop ------------------------------------------------
@@ -144,6 +142,7 @@ class Engine(SlotDevice):
                 self._step()
             except Exception:  # noqa: BLE001 - a bug must not leave clients hanging
                 log.exception("engine step failed; failing its rows")
+                self._inflight = None
                 for r in [r for r in self.rows if r is not None]:
                     self._finish(r, "error")
                 self.cache = slots.init_slots(self.config, 1, 64)
@@ -153,24 +152,60 @@ class Engine(SlotDevice):
         self._expire(now)
         self._admit()
         for r in [r for r in self.rows if r is not None and r.tool_future is not None]:
-            if r.tool_future.done():
+            if r.tool_future.done() and not r.inflight:
                 self._resume_after_tool(r)
-        running = [r for r in self.rows if r is not None and r.tool_future is None]
+        running = self._running()
+        if self._inflight is not None and (
+                not running or any(r.matcher is not None for r in running)):
+            self._collect(self._take_inflight())  # the host decides these rows' next input
+            running = self._running()
         if not running:
             if any(r is not None for r in self.rows):
                 time.sleep(0.002)  # only rows waiting on tools
             return
         present = [r for r in self.rows if r is not None]
-        self._fit(max(r.slot for r in present) + 1, max(r.length for r in present) + 1,
-                  shrink=True)
-        active = np.zeros(self.n_slots, bool)
+        self._fit(max(r.slot for r in present) + 1,
+                  max(r.length + r.inflight for r in present) + 1, shrink=True)
+        if self._inflight is not None and \
+                self._inflight.out.token.shape[0] != slots.cache_shape(self.cache)[0]:
+            self._collect(self._take_inflight())  # resized: its samples no longer line up
+            if not (running := self._running()):
+                return
+        active, chained = np.zeros(self.n_slots, bool), np.zeros(self.n_slots, bool)
         for r in running:
-            active[r.slot] = True
-        out = self._decode(active, self._static([r.request for r in running]))
+            active[r.slot], chained[r.slot] = True, r.inflight > 0
+        previous = self._take_inflight()
+        out = self._decode(active, self._static([r.request for r in running]), chained=chained,
+                           prev_tokens=None if previous is None else previous.out.token)
         self.steps += 1
+        for r in running:
+            r.inflight += 1
+        self._inflight = _InFlight(out, running)
+        if not self.overlap:
+            self._collect(self._take_inflight())
         if self.step_delay_s > 0:
             time.sleep(self.step_delay_s)
-        for r in running:
+        if previous is not None:  # read back while the device runs the step just dispatched
+            self._collect(previous)
+
+    def _running(self) -> list[Row]:
+        return [r for r in self.rows if r is not None and r.tool_future is None]
+
+    def _take_inflight(self) -> "_InFlight | None":
+        inflight, self._inflight = self._inflight, None
+        return inflight
+
+    def _collect(self, inflight: "_InFlight | None") -> None:
+        """Reads a dispatched step back and gives each of its rows the token it sampled; a row
+        that ended or paused for a tool since the dispatch drops it (its write past the row's
+        end is never read: the next prefill into the slot overwrites it)."""
+        if inflight is None:
+            return
+        out = jax.device_get(inflight.out)
+        for r in inflight.rows:
+            r.inflight -= 1
+            if self.rows[r.slot] is not r or r.tool_future is not None:
+                continue
             r.tokens.append(r.next_token)
             r.length += 1
             if r.forced:  # fed one per step; this step's sample for the row is not used
@@ -197,80 +232,7 @@ class Engine(SlotDevice):
             elif now > r.request.deadline:
                 self._finish(r, "timeout")
 
-    def _admit(self) -> None:
-        """Waiting requests into free slots, FIFO; new rows whose prompt is one short chunk with
-        nothing cached are prefilled together (`_prefill_new`: a burst of 64 requests is one
-        device call, not 64), the others one by one."""
-        together: list[tuple[_Row, list[int]]] = []
-        while True:
-            free = [i for i, r in enumerate(self.rows) if r is None]
-            with self._lock:
-                if not self.waiting or len(free) < self.waiting[0].n:
-                    break
-                q = self.waiting.popleft()
-            self._fit(free[q.n - 1] + 1 + len(self.waiting), 64)  # grow once for a burst
-            for choice in range(q.n):
-                if (new := self._insert(q, choice, free[choice], defer=True)) is not None:
-                    together.append(new)
-        if len(together) == 1:  # alone: the one-row program (`_extend`)
-            self._prefill(*together[0])
-        elif together:
-            rows = [r for r, _ in together]
-            out = self._prefill_new(rows, [ids for _, ids in together],
-                                    self._static([r.request for r in rows]))
-            for i, r in enumerate(rows):
-                self._prefilled(r, out, i)
-
-    def _insert(self, q: Request, choice: int, slot: int,
-                defer: bool = False) -> tuple[_Row, list[int]] | None:
-        """Starts choice `choice` of `q` in `slot` and prefills its prompt; with `defer`, a row
-        that `_prefill_new` can take (nothing cached, no grammar, a short prompt) is returned
-        as (row, prompt) instead, for the caller to prefill with others."""
-        ids = list(q.prompt)
-        adapter = self.adapter_index(q.adapter)
-        n_cached, keys, values = 0, None, None
-        if self.prefix is not None:  # at least one token is left to prefill (for the logits)
-            n_cached, keys, values = self.prefix.lookup(ids, limit=len(ids) - 1, salt=adapter)
-        prefix = None
-        if n_cached:
-            prefix = (keys, values, n_cached)
-        if choice == 0:
-            q.cached_tokens = n_cached
-        r = _Row(q, choice, slot, RowText(self.tok, q.stop_ids, q.stop_strings),
-                 length=len(ids), tokens=ids, adapter=adapter)
-        self.rows[slot] = r
-        bitmask = None
-        if q.grammar is not None:  # the grammar's forced start is prefilled with the prompt
-            r.matcher = structured.RowMatcher(q.grammar)
-            for token in r.matcher.forced():
-                if not self._take(r, token, None):
-                    return
-                ids.append(token)
-                r.length += 1
-            if r.matcher.done:
-                self._finish(r, "stop")
-                return
-            bitmask = structured.fill_masks({0: r.matcher},
-                                            structured.new_bitmask(1, self.config.vocab_size))
-        if defer and not n_cached and bitmask is None and len(ids) <= BATCH_PREFILL_MAX:
-            return r, ids
-        self._prefill(r, ids, prefix, n_cached, bitmask)
-        return None
-
-    def _prefill(self, r: _Row, ids: list[int], prefix=None, n_cached: int = 0,
-                 bitmask=None) -> None:
-        """Row `r`'s prompt `ids` (its first n_cached from `prefix`) into its slot, alone."""
-        out = self._extend(r.slot, prefix, n_cached, ids[n_cached:], self._row_params(r),
-                           self._static([r.request]), bitmask, r.adapter)
-        self._prefilled(r, out, 0)
-
-    def _prefilled(self, r: _Row, out: slots.Sampled, i: int) -> None:
-        r.prefilled = True
-        self._accept(r, out, i)  # the first token goes out before the prompt's KV is stored
-        if self.rows[r.slot] is r:
-            self._store_prefix(r, upto=len(r.request.prompt))
-
-    def _resume_after_tool(self, r: _Row) -> None:
+    def _resume_after_tool(self, r: Row) -> None:
         try:
             result = r.tool_future.result()
         except Exception as e:  # noqa: BLE001 - run_tool already turns errors into text
@@ -293,7 +255,7 @@ class Engine(SlotDevice):
                            self._static([r.request]), adapter=r.adapter)
         self._accept(r, out, 0)
 
-    def _accept(self, r: _Row, out: slots.Sampled, i: int) -> None:
+    def _accept(self, r: Row, out: slots.Sampled, i: int) -> None:
         """Row `r` sampled out[i]: record it and decide whether it goes on."""
         q, token = r.request, int(out.token[i])
         lp = None
@@ -319,7 +281,7 @@ class Engine(SlotDevice):
             r.tool_expr = open_call(self.tok, r.tokens[len(q.prompt):] + [token])
             r.tool_future = self._tools.submit(run_tool, q.tool, r.tool_expr)
 
-    def _take(self, r: _Row, token: int, lp: TokenLogprob | None) -> bool:
+    def _take(self, r: Row, token: int, lp: TokenLogprob | None) -> bool:
         """Appends `token` to row `r`'s reply (sampled with log-prob `lp`, or forced by its
         grammar: log-prob 0), streams its text, and ends the row on a stop or a limit. Returns
         whether the row goes on."""
@@ -348,12 +310,12 @@ class Engine(SlotDevice):
             return True
         return False
 
-    def _reply_text(self, r: _Row) -> str:
+    def _reply_text(self, r: Row) -> str:
         ids = r.tokens[len(r.request.prompt):] + [r.next_token]
         return self.tok.decode([t for t in ids if not self.tok.is_special(t)
                                 and t < self.tok.vocab_size])
 
-    def _finish(self, r: _Row, reason: str) -> None:
+    def _finish(self, r: Row, reason: str) -> None:
         q = r.request
         if reason in ("stop", "length") and q.moderate is not None \
                 and q.moderate(self._reply_text(r)):
@@ -368,16 +330,3 @@ class Engine(SlotDevice):
         q.finished_choices += 1
         if q.finished_choices == q.n:
             q.on_event(Done(len(q.prompt), q.completion_tokens, q.cached_tokens))
-
-    def _store_prefix(self, r: _Row, upto: int) -> None:
-        if self.prefix is None or not r.prefilled:
-            return
-        tokens = r.tokens[:upto]
-        have = self.prefix.missing_from(tokens, r.adapter)
-        n = len(tokens) // self.prefix.block * self.prefix.block
-        if n <= have:
-            return
-        width = slots.cache_shape(self.cache)[1]  # the whole row: one program per slots shape
-        keys, values = (np.asarray(x) for x in slots.read_prefix(self.cache, np.int32(r.slot),
-                                                                 width))
-        self.prefix.store(tokens[:n], keys, values, start=have, salt=r.adapter)

@@ -135,7 +135,8 @@ def adapters_of(params, found: dict[str, tuple], base: str) -> dict:
 
 def load_models(workdir: str | Path, stages: list[str] | None, *, slots: int, max_queue: int,
                 prefix_cache_mb: float, tools: list[str], warmup: bool = True,
-                adapters: list[str] = (), step_delay_s: float = 0.0) -> dict[str, ServedModel]:
+                adapters: list[str] = (), step_delay_s: float = 0.0,
+                overlap: bool = True) -> dict[str, ServedModel]:
     from gpt_jax.checkpoint import load_stage
     from gpt_jax.metrics import read_summary
     from gpt_jax.tokenizer import Tokenizer
@@ -162,7 +163,7 @@ def load_models(workdir: str | Path, stages: list[str] | None, *, slots: int, ma
         attached = adapters_of(params, found, stage)
         engine = Engine(params, config, tokenizer, n_slots=slots, max_queue=max_queue,
                         prefix_cache_mb=prefix_cache_mb, adapters=attached,
-                        step_delay_s=step_delay_s)
+                        step_delay_s=step_delay_s, overlap=overlap)
         if warmup:
             engine.warmup()
         engine.start()

@@ -108,6 +108,13 @@ def _nucleus_floor(probs, top_p, iters: int = 40):
     return jax.lax.fori_loop(0, iters, body, (lo, hi))[0]
 
 
+def first_argmax(x):
+    """jnp.argmax over the last axis (the first index of the maximum), as a max and a min:
+    XLA:CPU's variadic argmax reduce is ~2.5x slower ([64, 2048]: 0.35 against 0.15 ms)."""
+    m = x.max(-1, keepdims=True)
+    return jnp.min(jnp.where(x == m, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), -1)
+
+
 def sample_rows(st: SlotStatic, logits, rows: RowSampling) -> Sampled:
     """logits [B, V] -> one token per row under that row's own parameters.
 
@@ -119,7 +126,7 @@ def sample_rows(st: SlotStatic, logits, rows: RowSampling) -> Sampled:
     greedy = rows.temperature <= 0
     scaled = logits / jnp.where(greedy, 1.0, rows.temperature)[:, None]
     logp = jax.nn.log_softmax(scaled, axis=-1)
-    argmax = jnp.argmax(logits, axis=-1)
+    argmax = first_argmax(logits)
     if st.mode == "greedy":
         token = argmax
     else:
@@ -239,16 +246,19 @@ def extend(params, st: SlotStatic, row, start, tokens, n_real, rows: RowSampling
 
 
 @functools.partial(jax.jit, static_argnums=1, donate_argnums=2)
-def decode(params, st: SlotStatic, cache, tokens, lengths, active, rows: RowSampling,
-           bitmask=None, lora=None):
+def decode(params, st: SlotStatic, cache, tokens, prev_tokens, use_prev, lengths, active,
+           rows: RowSampling, bitmask=None, lora=None):
     """tokens [R] written at columns lengths [R] (valid where `active`) -> (cache, Sampled [R]),
     sampled under `bitmask` [R, ceil(V/32)] when some row is constrained (the others' rows of it
-    all ones; None, the usual case, compiles a program without it).
+    all ones; None, the usual case, compiles a program without it). Where `use_prev` [R], the
+    token written is `prev_tokens` [R] instead: the previous step's samples, still on the device
+    (the engine dispatches a step before it has read the last one back).
 
     Over the whole cache, which the engine keeps sized to the rows and lengths in use (`resize`):
     a step reads each cached column once and copies nothing. `lora`: (`AdapterTable.device`,
     each slot's adapter index [R]), or None."""
     config = st.config
+    tokens = jnp.where(use_prev, prev_tokens, tokens)
     cols = jnp.arange(cache_shape(cache)[1])[None, :]
     valid = cache["valid"] | ((cols == lengths[:, None]) & active[:, None])
     mask = ((valid | (cols == lengths[:, None])) & (cols <= lengths[:, None]))[:, None, :]
