@@ -19,6 +19,7 @@ finish_reason "content_filter" (a flagged input decodes nothing).
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -130,7 +131,10 @@ def create_app(load: Callable[[], dict[str, ServedModel]], api_keys: Sequence[st
         if state["models"] is None:
             return JSONResponse({"status": "error" if state["error"] else "loading",
                                  "detail": state["error"]}, status_code=503)
-        return {"status": "ok", "models": sorted(state["models"])}
+        # objects in the cyclic GC's permanent generation (the server freezes its heap once
+        # loaded: `serve.__main__.freeze_heap`)
+        return {"status": "ok", "models": sorted(state["models"]),
+                "gc_frozen": gc.get_freeze_count()}
 
     @app.get("/v1/models")
     async def list_models():
