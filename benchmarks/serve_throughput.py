@@ -24,7 +24,6 @@ A warm-up pass at each concurrency first compiles the shapes it meets. Last line
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
@@ -42,6 +41,7 @@ import httpx2 as httpx  # noqa: E402
 import openai  # noqa: E402
 
 from gpt_jax.model import GPTConfig  # noqa: E402
+from gpt_jax.serve.__main__ import freeze_heap  # noqa: E402
 from gpt_jax.serve.launch import ServerProcess  # noqa: E402
 
 SHAPE = GPTConfig(family="llama", vocab_size=2048, max_seq_len=1024, n_layers=4, d_model=128,
@@ -140,8 +140,7 @@ def main() -> None:
     slots = str(max(clients))
     # the clients share this process with JAX's objects: without this, a full collection of the
     # cyclic GC (100-170 ms here) stops every client thread a few times a run
-    gc.collect()
-    gc.freeze()
+    freeze_heap()
 
     server = Server(workdir, f"--slots={slots}", f"--max-queue={4 * args.requests}",
                     "--prefix-cache-mb=0", f"--stream-interval-ms={args.stream_interval_ms:g}",

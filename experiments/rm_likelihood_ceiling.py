@@ -16,13 +16,13 @@ import json
 import sys
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpt_jax.checkpoint import load_stage  # noqa: E402
 from gpt_jax.data import tasks_data  # noqa: E402
-from gpt_jax.recipe import load_experiment  # noqa: E402
 from gpt_jax.scoring import logprobs  # noqa: E402
 from gpt_jax.tasks import Problem  # noqa: E402
 from gpt_jax.tokenizer import Tokenizer  # noqa: E402
@@ -36,7 +36,9 @@ def reply_logprobs(workdir: str, records: list[dict], batch: int = 64) -> list[l
     the workdir's SFT model, given the task's prompt."""
     config, params = load_stage(workdir, "sft")
     tok = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
-    exp = load_experiment("reward_tiny")
+    # the task as the reward stage built it when it sampled the comparisons
+    exp = ml_collections.ConfigDict(json.loads((Path(workdir) / "reward" / "config.json")
+                                               .read_text()))
     task = tasks_data.make_task(exp.tasks, exp, workdir)
     end = tok.token_id("assistant_end")
     prompts, replies = [], []

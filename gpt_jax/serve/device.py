@@ -177,7 +177,7 @@ class SlotDevice:
         lengths = np.zeros(n, np.int32)
         rows = [(0.0, 1.0, 0, 0, 0, 0)] * n
         adapters = np.where(active[:n], warm_adapter, 0).astype(np.int32)
-        use_prev = np.zeros(n, bool) if chained is None else chained[:n].copy()
+        use_prev = np.zeros(n, bool) if chained is None else chained[:n]
         constrained = {}
         for r in self.rows:
             if r is not None and r.slot < n and active[r.slot]:

@@ -157,7 +157,7 @@ class Engine(Admission, SlotDevice):
         running = self._running()
         if self._inflight is not None and (
                 not running or any(r.matcher is not None for r in running)):
-            self._collect(self._take_inflight())  # the host decides these rows' next input
+            self._drain()  # the host decides these rows' next input
             running = self._running()
         if not running:
             if any(r is not None for r in self.rows):
@@ -168,7 +168,7 @@ class Engine(Admission, SlotDevice):
                   max(r.length + r.inflight for r in present) + 1, shrink=True)
         if self._inflight is not None and \
                 self._inflight.out.token.shape[0] != slots.cache_shape(self.cache)[0]:
-            self._collect(self._take_inflight())  # resized: its samples no longer line up
+            self._drain()  # resized: its samples no longer line up
             if not (running := self._running()):
                 return
         active, chained = np.zeros(self.n_slots, bool), np.zeros(self.n_slots, bool)
@@ -182,7 +182,7 @@ class Engine(Admission, SlotDevice):
             r.inflight += 1
         self._inflight = _InFlight(out, running)
         if not self.overlap:
-            self._collect(self._take_inflight())
+            self._drain()
         if self.step_delay_s > 0:
             time.sleep(self.step_delay_s)
         if previous is not None:  # read back while the device runs the step just dispatched
@@ -190,6 +190,10 @@ class Engine(Admission, SlotDevice):
 
     def _running(self) -> list[Row]:
         return [r for r in self.rows if r is not None and r.tool_future is None]
+
+    def _drain(self) -> None:
+        """Reads the step in flight back now (the host needs its rows' state first)."""
+        self._collect(self._take_inflight())
 
     def _take_inflight(self) -> "_InFlight | None":
         inflight, self._inflight = self._inflight, None
