@@ -49,13 +49,15 @@ class Admission:
         nothing cached are prefilled together (`_prefill_new`: a burst of 64 requests is one
         device call, not 64), the others one by one."""
         together: list[tuple[Row, list[int]]] = []
+        with self._lock:  # the columns the waiting prompts need (an empty cache starts so wide)
+            cols = max((self._width(0, len(q.prompt)) for q in self.waiting), default=64)
         while True:
             free = [i for i, r in enumerate(self.rows) if r is None]
             with self._lock:
                 if not self.waiting or len(free) < self.waiting[0].n:
                     break
                 q = self.waiting.popleft()
-            self._fit(free[q.n - 1] + 1 + len(self.waiting), 64)  # grow once for a burst
+            self._fit(free[q.n - 1] + 1 + len(self.waiting), cols)  # grow once for a burst
             for choice in range(q.n):
                 if (new := self._insert(q, choice, free[choice], defer=True)) is not None:
                     together.append(new)

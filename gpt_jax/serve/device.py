@@ -22,9 +22,15 @@ from gpt_jax.serve import slots
 
 N_TOP = 20  # most top_logprobs a request may ask (OpenAI's limit)
 SHRINK_AFTER_STEPS = 32  # decode steps with a quarter or less of the slots cache in use
+# With no row in them, slots of at least this many rows are cut to the width the next prompts
+# need at once: a 64-row step costs 2.9 ms at 128 columns against 4.3 at 256, where one row's
+# costs 0.27-0.32 ms at any width, and a cut small cache grows again (a copy) within the reply
+EMPTY_CUT_ROWS = 16
 # Prompts of up to this many tokens are prefilled together on admission, as one chunk of exactly
-# this length in a batch of 4, 16 or 64 rows (padded): programs compiled per batch size, not per
-# length (each new shape met while serving would stall every row for a compile)
+# this length in a batch of 4, 16, 32 or 64 rows (padded): programs compiled per batch size, not
+# per length (each new shape met while serving would stall every row for a compile). Longer ones
+# are prefilled alone. Measured (docs/serving.md): 64 rows x 64 tokens take 31 ms, 64 x 128 98 ms,
+# a 72-token prompt alone 1.6 ms, so a burst of 30-75-token chat prompts is cheapest this way.
 BATCH_PREFILL_MAX = 64
 
 
@@ -41,12 +47,30 @@ class SlotDevice:
         self.tok, self.n_slots = tokenizer, int(n_slots)
         self.max_len = config.max_seq_len + 64  # room for a chunk's bucket padding at the end
         self.vocab_limit = min(config.vocab_size, tokenizer.vocab_size)
-        self.cache = slots.init_slots(self.config, 1, 64)  # grown and cut as rows come and go
+        # every array a program takes lives on (is committed to) the params' device: jit keys
+        # its compiled programs on that too, and a cache fresh from `init_slots` (uncommitted)
+        # against one out of a decode step would compile every program twice while serving
+        leaf = jax.tree.leaves(self.params)[0]
+        self.device = (next(iter(leaf.devices())) if isinstance(leaf, jax.Array)
+                       else jax.devices()[0])
+        self.params = jax.device_put(self.params, self.device)
+        self._no_prev: dict[int, jax.Array] = {}  # a decode step's prev_tokens when none
+        self._slot_shapes: dict[tuple[int, int], dict] = {}  # (rows, columns) -> cache shapes
+        self.cache = self.empty_slots(1, 64)  # grown and cut as rows come and go
         self._no_prefix = np.zeros((config.n_layers, self.config.kv_heads, 16,
                                     self.config.head_dim), np.float32)
         self.resizes = 0
         self._small_steps = 0
         self.rows: list = [None] * self.n_slots  # the row in each slot (set by the engine)
+
+    def empty_slots(self, n_rows: int, n_cols: int) -> dict:
+        """`slots.init_slots` on this engine's device (zeros made on the host: `jnp.zeros` would
+        compile a program per shape)."""
+        if (n_rows, n_cols) not in self._slot_shapes:
+            self._slot_shapes[n_rows, n_cols] = jax.eval_shape(
+                lambda: slots.init_slots(self.config, n_rows, n_cols))
+        return jax.device_put(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
+                                           self._slot_shapes[n_rows, n_cols]), self.device)
 
     def adapter_index(self, name: str | None) -> int:
         if name is None:
@@ -97,14 +121,24 @@ class SlotDevice:
         return min(self.n_slots, 4 ** max(0, math.ceil(math.log(max(n, 1), 4) - 1e-9)))
 
     def _wave_bucket(self, n: int) -> int:
-        """Rows of a batched admission prefill (`_prefill_new`) of n >= 2 new rows."""
-        return self._row_bucket(max(n, 2))
+        """Rows of a batched admission prefill (`_prefill_new`) of n >= 2 new rows: a power of 4,
+        or half of one from 32 up (a wave of 20 prompts pads to 32 rows, not 64)."""
+        b = self._row_bucket(max(n, 2))
+        return b // 2 if b >= 64 and n <= b // 2 else b
 
     def _fit(self, n_rows: int, n_cols: int, shrink: bool = False) -> None:
         """Resizes the slots to hold rows [0, n_rows) (a power of 4) and columns [0, n_cols) (a
         power of two): grown when short; with `shrink`, cut when a quarter or less is in use."""
         rows, cols = slots.cache_shape(self.cache)
         want = (self._row_bucket(n_rows), min(self.max_len, bucket(n_cols, 64)))
+        if (want[1] > cols or want[1] < cols and rows >= EMPTY_CUT_ROWS) and \
+                not any(r is not None for r in self.rows):
+            # no row holds anything: a fresh cache as wide as wanted, nothing to copy (a burst
+            # that follows one of long replies starts at its own width, not the last one's); as
+            # many rows as before (the rest of the burst is likely on its way), cut by the shrink
+            self._small_steps = 0
+            self.cache = self.empty_slots(max(want[0], rows), want[1])
+            return
         if want[0] > rows or want[1] > cols:
             want = (max(want[0], rows), max(want[1], cols))
         elif shrink and (4 * want[0] <= rows or 4 * want[1] <= cols):
@@ -115,7 +149,7 @@ class SlotDevice:
             self._small_steps = 0
             return
         self._small_steps = 0
-        self.cache = slots.resize(self.cache, *want)
+        self.cache = jax.device_put(slots.resize(self.cache, *want), self.device)
         self.resizes += 1
 
     def _extend(self, slot: int, prefix, start: int, ids: list[int], row: tuple,
@@ -127,8 +161,9 @@ class SlotDevice:
         if start == 0 or prefix is not None:
             keys, values, n = prefix or (self._no_prefix, self._no_prefix, 0)
             pad = [(0, 0), (0, 0), (0, width - keys.shape[2]), (0, 0)]  # one program per width
-            cache_row = slots.row_from_prefix(self.config, np.pad(keys, pad), np.pad(values, pad),
-                                              np.int32(n), width)
+            cache_row = jax.device_put(slots.row_from_prefix(
+                self.config, np.pad(keys, pad), np.pad(values, pad), np.int32(n), width),
+                self.device)
         else:
             cache_row = slots.take_row(self.cache, np.int32(slot))
         sampling_row = slots.RowSampling.of([row])
@@ -191,8 +226,11 @@ class SlotDevice:
         if constrained:
             bitmask = structured.fill_masks(constrained,
                                             structured.new_bitmask(n, self.config.vocab_size))
-        self.cache, out = slots.decode(self.params, st, self.cache, tokens,
-                                       tokens if prev_tokens is None else prev_tokens, use_prev,
+        if prev_tokens is None:
+            if n not in self._no_prev:
+                self._no_prev[n] = jax.device_put(np.zeros(n, np.int32), self.device)
+            prev_tokens = self._no_prev[n]
+        self.cache, out = slots.decode(self.params, st, self.cache, tokens, prev_tokens, use_prev,
                                        lengths, active[:n], slots.RowSampling.of(rows), bitmask,
                                        self._lora(adapters))
         return out

@@ -135,7 +135,7 @@ class Engine(Admission, SlotDevice):
                        and not any(r is not None for r in self.rows)):
                     if not self._lock.wait(timeout=IDLE_SHRINK_S) \
                             and slots.cache_shape(self.cache) != (1, 64):
-                        self.cache = slots.init_slots(self.config, 1, 64)  # idle: small again
+                        self.cache = self.empty_slots(1, 64)  # idle: small again
                 if self._stop:
                     return
             try:
@@ -145,7 +145,7 @@ class Engine(Admission, SlotDevice):
                 self._inflight = None
                 for r in [r for r in self.rows if r is not None]:
                     self._finish(r, "error")
-                self.cache = slots.init_slots(self.config, 1, 64)
+                self.cache = self.empty_slots(1, 64)
 
     def _step(self) -> None:
         now = time.monotonic()

@@ -173,9 +173,10 @@ def _map_kv(f, cache, *rest):
 
 
 def resize(cache, n_rows: int, n_cols: int):
-    """The cache grown or cut to [n_rows, n_cols] (what is kept keeps its place). On the host
-    (numpy), not jitted: a jitted resize compiles once per (old shape, new shape) pair, and a
-    burst of requests meets new pairs for a while (a 0.1 s stall each); resizes are rare."""
+    """The cache grown or cut to [n_rows, n_cols] (what is kept keeps its place), as numpy
+    arrays (`jax.device_put` them). On the host, not jitted: a jitted resize compiles once per
+    (old shape, new shape) pair, and a burst of requests meets new pairs for a while (a 0.1 s
+    stall each); resizes are rare. (`jnp.asarray` would compile a copy program per shape.)"""
     r, c = min(n_rows, cache_shape(cache)[0]), min(n_cols, cache_shape(cache)[1])
 
     def fit(x):  # [R, K, C, D] or valid [R, C]
@@ -186,7 +187,7 @@ def resize(cache, n_rows: int, n_cols: int):
         else:
             out = np.zeros((n_rows, x.shape[1], n_cols, x.shape[3]), x.dtype)
             out[:r, :, :c] = x[:r, :, :c]
-        return jnp.asarray(out)
+        return out
 
     return {"layers": _map_kv(fit, cache), "valid": fit(cache["valid"])}
 

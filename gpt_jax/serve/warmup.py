@@ -1,12 +1,13 @@
 """Compiling the serving engine's programs before the first request (`Engine.warmup`).
 
-For every slots width: the greedy prefill of each chunk bucket up to `max_chunk` (longer chunks
-compile when first met); the greedy decode at every (rows, columns) slots shape; the batched
-prefill of an admission wave at each batch size and its move into the slots at every shape; the
-sampling modes for one short row. After it, greedy serving meets no compile (a stall of ~1 s each
-on the tiny recipe's model). Constrained (masked) programs compile when a constrained request first
-meets a shape. With LoRA adapters, every program is compiled with and without the per-row low-rank
-path (a step uses it only when one of its rows has an adapter).
+For every slots width: a new row, and the greedy prefill of each chunk bucket up to `max_chunk`
+(longer chunks compile when first met); the greedy decode at every (rows, columns) slots shape;
+the batched prefill of an admission wave at each batch size, and its move into the slots at every
+shape, as a lone prompt's row's, and the read of a slot's KV for the prefix cache; the sampling
+modes for one short row. After it, greedy serving meets no compile (a stall of ~1 s each on the
+tiny recipe's model; tests/test_serve_shapes.py). Constrained (masked) programs compile when a
+constrained request first meets a shape. With LoRA adapters, every program is compiled with and
+without the per-row low-rank path (a step uses it only when one of its rows has an adapter).
 """
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ def _warm(engine, max_chunk: int, adapter: int) -> None:
     greedy = engine._static([Request([0], 1, lambda e: None)])
     params = (0.0, 1.0, 0, 0, 0, 0)
     for cols in engine._col_buckets():
+        empty = np.zeros((*engine._no_prefix.shape[:2], cols, engine._no_prefix.shape[3]),
+                         np.float32)
+        slots.row_from_prefix(engine.config, empty, empty, np.int32(0), cols)
         t = 8
         while t <= min(cols, max_chunk):
-            row = slots.init_slots(engine.config, 1, cols)
+            row = engine.empty_slots(1, cols)
             slots.extend(engine.params, greedy, row, np.int32(0), np.zeros((1, t), np.int32),
                          np.int32(t), slots.RowSampling.of([params]), None,
                          engine._lora([adapter]))
@@ -42,24 +46,27 @@ def _warm(engine, max_chunk: int, adapter: int) -> None:
         engine._extend(0, None, 0, [0] * 8, (1.0, 0.9, 0, 0, 0, 0), engine._static([q]),
                        adapter=adapter)
         engine._decode(one, engine._static([q]), adapter)
-    waves = {engine._wave_bucket(n) for n in range(2, engine.n_slots + 1)}
-    batches = []  # the batch sizes of admission waves met so far (`SlotDevice._prefill_new`)
+    waves = sorted({engine._wave_bucket(n) for n in range(2, engine.n_slots + 1)})
+    for b in waves:  # admission waves (`SlotDevice._prefill_new`)
+        slots.prefill_rows(engine.params, greedy, np.zeros((b, BATCH_PREFILL_MAX), np.int32),
+                           np.ones(b, np.int32), slots.RowSampling.of([params] * b),
+                           engine._lora([adapter] * b))
     rows = 1
     while True:  # greedy decode at every (rows, columns) bucket
-        if rows in waves:
-            batches.append(rows)
-            tokens = np.zeros((rows, BATCH_PREFILL_MAX), np.int32)
-            new, _ = slots.prefill_rows(engine.params, greedy, tokens, np.ones(rows, np.int32),
-                                        slots.RowSampling.of([params] * rows),
-                                        engine._lora([adapter] * rows))
         for cols in engine._col_buckets():
-            engine.cache = slots.init_slots(engine.config, rows, cols)
+            engine.cache = engine.empty_slots(rows, cols)
             engine._decode(one, greedy, adapter)
-            for b in batches if adapter == 0 else ():  # put_rows has no adapter path
-                engine.cache = slots.put_rows(engine.cache, new if b == rows else
-                                              slots.init_slots(engine.config, b, BATCH_PREFILL_MAX),
-                                              np.full(b, rows, np.int32))
+            if adapter:
+                continue  # moving rows in has no adapter path: compiled once
+            # a lone prompt's row into the slots, and each admission wave's rows
+            engine.cache = slots.put_row(engine.cache, slots.take_row(engine.cache, np.int32(0)),
+                                         np.int32(0))
+            if engine.prefix is not None:  # a finished prompt's or reply's KV into the cache
+                slots.read_prefix(engine.cache, np.int32(0), cols)
+            for b in (b for b in waves if b <= rows):
+                new = engine.empty_slots(b, BATCH_PREFILL_MAX)
+                engine.cache = slots.put_rows(engine.cache, new, np.full(b, rows, np.int32))
         if rows >= engine.n_slots:
             break
         rows = engine._row_bucket(rows + 1)
-    engine.cache = slots.init_slots(engine.config, 1, 64)
+    engine.cache = engine.empty_slots(1, 64)

@@ -1,0 +1,121 @@
+"""The serving engine's program shapes: after `warmup`, serving compiles nothing (every array a
+program takes lives on the engine's device, so a fresh cache and one out of a decode step hit the
+same compiled program); empty slots are cut to the next burst's width at once; an admission wave
+of 17-32 rows pads to 32, not 64."""
+import random
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from gpt_jax.checkpoint import load_stage
+from gpt_jax.model import GPTConfig
+from gpt_jax.serve import device as device_module
+from gpt_jax.serve import slots
+from gpt_jax.serve.engine import Engine
+from gpt_jax.serve.requests import Done, Request
+from gpt_jax.tokenizer import Tokenizer
+from helpers import random_model_workdir
+
+CONFIG = GPTConfig(family="llama", vocab_size=320, max_seq_len=160, n_layers=2, d_model=32,
+                   n_heads=4, n_kv_heads=2, init_std=0.3)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    wd = random_model_workdir(tmp_path_factory.mktemp("serve_shapes"), CONFIG)
+    tok = Tokenizer.load(wd / "tokenizer" / "tokenizer.json")
+    config, params = load_stage(wd, "sft")
+    return tok, config, params
+
+
+def serve(engine: Engine, requests: list[tuple[int, int]], gap_s: float = 0.0) -> None:
+    """Submits (prompt length, max_tokens) requests, greedy, and waits for all of them."""
+    done = threading.Semaphore(0)
+    for i, (n, max_tokens) in enumerate(requests):
+        prompt = [3 + (7 * i + j) % 300 for j in range(n)]
+        engine.submit(Request(prompt, max_tokens,
+                              lambda e: done.release() if isinstance(e, Done) else None))
+        if gap_s:
+            threading.Event().wait(gap_s)
+    for _ in requests:
+        assert done.acquire(timeout=120)
+
+
+def test_serving_after_warmup_compiles_nothing(model):
+    tok, config, params = model
+    engine = Engine(params, config, tok, n_slots=16)  # with the prefix cache
+    engine.warmup()
+    compiles = []
+
+    def listen(event, seconds, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    engine.start()
+    rng = random.Random(0)
+    try:
+        # bursts of 1-16 rows: prompts under and over the batched-prefill length, replies that
+        # grow the slots, lone arrivals into a busy engine, the slots emptied and refilled
+        for size in (16, 1, 5, 16, 3, 12, 1):
+            burst = [(rng.randint(2, 100), rng.randint(1, 50)) for _ in range(size)]
+            serve(engine, burst, gap_s=0.003 if size < 6 else 0.0)
+    finally:
+        engine.stop()
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    assert engine.resizes > 0  # the slots did change shape while serving
+
+
+def test_empty_slots_are_cut_to_the_next_bursts_width(model):
+    tok, config, params = model
+    engine = Engine(params, config, tok, n_slots=16, prefix_cache_mb=0)
+    shapes = []
+    decode = engine._decode
+    engine._decode = lambda *a, **k: shapes.append(slots.cache_shape(engine.cache)) or \
+        decode(*a, **k)
+    engine.start()
+    try:
+        serve(engine, [(20, 120)] * 16)  # 16 rows grow to 160 columns (the 224 bucket)
+        assert shapes[-1] == (16, 224)
+        shapes.clear()
+        serve(engine, [(20, 4)] * 16)  # then short ones: 16 rows, nothing left in them
+        assert shapes[0] == (16, 64)
+    finally:
+        engine.stop()
+    small = Engine(params, config, tok, n_slots=4, prefix_cache_mb=0)
+    small._decode = lambda *a, **k: shapes.append(slots.cache_shape(small.cache)) or \
+        small.__class__._decode(small, *a, **k)
+    small.start()
+    try:
+        serve(small, [(20, 120)])
+        shapes.clear()
+        serve(small, [(20, 4)])  # one row: not cut (a step costs about the same at any width)
+        assert shapes[0] == (1, 224)
+    finally:
+        small.stop()
+
+
+def test_a_wave_of_17_to_32_rows_pads_to_32(model, monkeypatch):
+    tok, config, params = model
+    engine = Engine(params, config, tok, n_slots=64, prefix_cache_mb=0)
+    assert [engine._wave_bucket(n) for n in (2, 4, 5, 16, 17, 32, 33, 64)] == \
+        [4, 4, 16, 16, 32, 32, 64, 64]
+    batches = []
+    prefill_rows = slots.prefill_rows
+    monkeypatch.setattr(device_module.slots, "prefill_rows",
+                        lambda p, st, tokens, *a: batches.append(tokens.shape) or
+                        prefill_rows(p, st, tokens, *a))
+    engine.submit(Request([5] * 3, 1, lambda e: None))  # three waiting before the engine starts
+    for _ in range(19):
+        engine.submit(Request(list(np.arange(3, 20)), 2, lambda e: None))
+    done = threading.Semaphore(0)
+    engine.submit(Request([7] * 9, 2, lambda e: done.release() if isinstance(e, Done) else None))
+    engine.start()
+    try:
+        assert done.acquire(timeout=120)
+    finally:
+        engine.stop()
+    assert batches == [(32, device_module.BATCH_PREFILL_MAX)]  # 21 rows in one call of 32
