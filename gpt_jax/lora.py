@@ -8,7 +8,9 @@ axis) an adapter holds A [layers, *in, r] and B [layers, r, *out], and the adapt
 B starts at zero, so an untrained adapter leaves the model unchanged. With `token_ids` the adapter
 also holds, as deltas, full embedding rows (`wte`) and output columns (`lm_head`) of those tokens:
 the chat special tokens, which pretraining never saw and a low-rank update of the projections
-cannot teach (PEFT's "trainable tokens"); 2 x 15 x d_model params. Why explicit params and
+cannot teach (PEFT's "trainable tokens"); 2 x 15 x d_model params. With `norms` it also holds a
+delta for every normalisation's scale (and bias): a per-channel gain, which is a full-rank
+(diagonal) change of each weight the norm feeds, for 9 x d_model params. Why explicit params and
 not a model transform: the model stays the one pure function; training differentiates the loss
 of `merge(stop_gradient(base), adapter)` with respect to the adapter alone, so the optimizer
 holds state for the adapter only (`masked_optimizer`), and export is the same `merge`.
@@ -52,6 +54,8 @@ class LoRAConfig:
     # token ids whose embedding row (wte) and output column (lm_head) are trained in full, as a
     # delta: the chat special tokens, which pretraining never saw (PEFT's trainable tokens)
     token_ids: tuple[int, ...] = ()
+    # every normalisation's scale (and bias) trained too, as a delta
+    norms: bool = False
 
     @property
     def scale(self) -> float:
@@ -67,7 +71,7 @@ class LoRAConfig:
             raise ValueError(f"lora.rank={cfg.rank} must be >= 1")
         token_ids = tuple(int(i) for i in cfg.get("token_ids", ()) or ())
         return cls(rank=int(cfg.rank), alpha=float(cfg.alpha), targets=tuple(targets),
-                   token_ids=token_ids)
+                   token_ids=token_ids, norms=bool(cfg.get("norms", False)))
 
 
 def target_paths(params, cfg: LoRAConfig) -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -81,6 +85,13 @@ def target_paths(params, cfg: LoRAConfig) -> Iterator[tuple[tuple[str, ...], Any
                                          not path and key in TOP_LEVEL_TARGETS):
                 yield (*path, key), value
     yield from walk(params, ())
+
+
+def norm_paths(params) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(path, weight) of every normalisation param: the leaves of modules named ln_*."""
+    for path, value in _leaves(params):
+        if len(path) > 1 and path[-2].startswith("ln"):
+            yield path, value
 
 
 def _split(shape, name: str):
@@ -104,6 +115,9 @@ def init_adapter(params, cfg: LoRAConfig, rng) -> dict:
     if cfg.token_ids:
         adapter["tokens"] = {k: jnp.zeros(shape, jnp.float32)
                              for k, shape in token_shapes(params, cfg).items()}
+    if cfg.norms:
+        for path, w in norm_paths(params):
+            _set(adapter, ("norms", *path), jnp.zeros(w.shape, jnp.float32))
     return adapter
 
 
@@ -145,6 +159,9 @@ def apply(params, adapter: dict, cfg: LoRAConfig, sign: float = 1.0):
         if "lm_head" in tokens:
             head = jnp.asarray(out["lm_head"])
             out["lm_head"] = head.at[:, ids].add(sign * jnp.asarray(tokens["lm_head"], head.dtype))
+    if cfg.norms:
+        for path, w in norm_paths(params):
+            _set(out, path, (w + sign * _get(adapter["norms"], path)).astype(w.dtype))
     return out
 
 
@@ -156,7 +173,10 @@ class Adapter:
 
     @property
     def fingerprint(self) -> str:
-        return _tree_hash(self.params, json.dumps(dataclasses.asdict(self.config)))
+        cfg = dataclasses.asdict(self.config)
+        if not cfg["norms"]:  # the hash of an adapter saved before the field existed
+            del cfg["norms"]
+        return _tree_hash(self.params, json.dumps(cfg))
 
     def num_params(self) -> int:
         return int(sum(np.size(x) for _, x in _leaves(self.params)))
@@ -228,7 +248,8 @@ def load_adapter(path: str | Path) -> Adapter:
     cfg = json.loads(header["lora"])
     adapter = Adapter(params, LoRAConfig(rank=cfg["rank"], alpha=cfg["alpha"],
                                          targets=tuple(cfg["targets"]),
-                                         token_ids=tuple(cfg.get("token_ids", ()))),
+                                         token_ids=tuple(cfg.get("token_ids", ())),
+                                         norms=bool(cfg.get("norms", False))),
                       json.loads(header.get("meta", "{}")))
     if adapter.fingerprint != header.get("fingerprint"):
         raise AdapterError(f"{path}: the tensors do not match the fingerprint in its header")
@@ -254,6 +275,15 @@ def check_fits(params, adapter: Adapter) -> None:
             if got is None or tuple(got.shape) != shape:
                 raise AdapterError(f"tokens.{k}: shape {None if got is None else got.shape}, "
                                    f"the model needs {shape}")
+    if adapter.config.norms:
+        for path, w in norm_paths(params):
+            try:
+                got = _get(adapter.params["norms"], path)
+            except KeyError:
+                raise AdapterError(f"the adapter has no norms delta for {'/'.join(path)}") from None
+            if tuple(got.shape) != tuple(w.shape):
+                raise AdapterError(f"norms/{'/'.join(path)}: shape {tuple(got.shape)}, the model "
+                                   f"needs {tuple(w.shape)}")
 
 
 def masked_optimizer(tx: optax.GradientTransformation,

@@ -6,10 +6,12 @@ S-LoRA / Punica ("BGMV"): row i computes x W + (x A_i) B_i, never W + A_i B_i.
 adapter" (zeros); ranks are zero-padded to the largest (exact: a padded column of A meets a zero
 row of B); alpha / r is folded into B; a target one adapter lacks is zeros for it. An adapter's
 trained token rows (`lora.LoRAConfig.token_ids`: embedding rows and output columns, as deltas)
-are stacked the same way, ids padded with -1. `gather(table.device, ids)` picks each row's part
+are stacked the same way, ids padded with -1, and its norm deltas (`LoRAConfig.norms`) per norm as
+[N + 1, D] (zeros: none). `gather(table.device, ids)` picks each row's part
 inside the jitted step; `lora_update` (called by the model's projections) adds (x A) B wherever
-the `lora` variable collection holds a weight's pair, `token_embed` / `head_update` add a row's
-token deltas to its embeddings and its output-head pair and token columns to its logits.
+the `lora` variable collection holds a weight's pair (a norm adds its row's delta to its scale the
+same way), `token_embed` / `head_update` add a row's token deltas to its embeddings and its
+output-head pair and token columns to its logits.
 
     table = AdapterTable.build(config, {"math": load_adapter("math.safetensors")})
     lora = (table.device, np.array([0, 1, 1, 0], np.int32))   # rows 1 and 2 use "math"
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt_jax.lora import TARGET_AXES, TOP_LEVEL_TARGETS, Adapter, _get, _leaves
+from gpt_jax.lora import TARGET_AXES, TOP_LEVEL_TARGETS, Adapter, _get, _leaves, norm_paths
 
 _MODULE = {"q": "attn", "k": "attn", "v": "attn", "o": "attn",
            "gate": "mlp", "up": "mlp", "fc": "mlp", "proj": "mlp"}
@@ -65,11 +67,16 @@ class AdapterTable:
     # targets `lm_head`
     head: dict | None = None
 
+    # the final norm's deltas {"scale": [N + 1, D]} (the layers' are in `layers`), or None when
+    # no adapter trains the norms
+    final_norm: dict | None = None
+
     @property
     def device(self) -> dict:
-        """What a step gathers per row: {"layers": ..., "tokens" / "head": when some adapter has
-        them}."""
-        extra = {k: v for k, v in (("tokens", self.tokens), ("head", self.head)) if v}
+        """What a step gathers per row: {"layers": ..., "tokens" / "head" / "ln_f": when some
+        adapter has them}."""
+        extra = {k: v for k, v in (("tokens", self.tokens), ("head", self.head),
+                                   ("ln_f", self.final_norm)) if v}
         return {"layers": self.layers, **extra}
 
     @classmethod
@@ -88,7 +95,14 @@ class AdapterTable:
                 mod[f"{t}_a"], mod[f"{t}_b"] = stacked["a"], stacked["b"]
             layers.append(layer)
         listed = [adapters[n] for n in names]
-        return cls(names, layers, rank, token_table(listed), head_table(listed, rank))
+        final_norm = None
+        if any(a.config.norms for a in listed):
+            norms = [layer_norms(a, config.n_layers) for a in listed]
+            for i, layer in enumerate(layers):
+                for module in sorted({m for per in norms for m in per[i]}):
+                    layer[module] = stack_norms([per[i].get(module) for per in norms])
+            final_norm = stack_norms([per[-1].get("ln_f") for per in norms])
+        return cls(names, layers, rank, token_table(listed), head_table(listed, rank), final_norm)
 
     def index(self, name: str | None) -> int:
         if name is None:
@@ -96,6 +110,34 @@ class AdapterTable:
         if name not in self.names:
             raise KeyError(f"no adapter {name!r}; loaded: {list(self.names) or 'none'}")
         return self.names.index(name) + 1
+
+
+def layer_norms(adapter: Adapter, n_layers: int) -> list[dict[str, dict[str, np.ndarray]]]:
+    """An adapter's norm deltas per layer ({"ln_1": {"scale": [D]}, ...}), then the final
+    norm's ({"ln_f": ...}) as one more entry; empty dicts when it trains no norms."""
+    out: list[dict] = [{} for _ in range(n_layers + 1)]
+    if not adapter.config.norms:
+        return out
+    for path, delta in norm_paths(adapter.params["norms"]):
+        delta = np.asarray(delta, np.float32)
+        module, leaf = path[-2], path[-1]
+        m = re.fullmatch(r"block_(\d+)", path[0])
+        if path[0] == "blocks":
+            for i in range(n_layers):
+                out[i].setdefault(module, {})[leaf] = delta[i]
+        elif m:
+            out[int(m.group(1))].setdefault(module, {})[leaf] = delta
+        else:
+            out[n_layers].setdefault(module, {})[leaf] = delta
+    return out
+
+
+def stack_norms(per_adapter: list) -> dict:
+    """{leaf: [N + 1, D]} of N adapters' deltas of one norm (None: that adapter has none)."""
+    first = next(p for p in per_adapter if p is not None)
+    return {leaf: jnp.asarray(np.stack([np.zeros_like(x)] + [
+        np.zeros_like(x) if p is None else p[leaf] for p in per_adapter]))
+        for leaf, x in first.items()}
 
 
 def token_table(adapters: list[Adapter]) -> dict | None:

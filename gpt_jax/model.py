@@ -155,9 +155,13 @@ class Norm(nn.Module):
     def __call__(self, x):
         cfg = self.config
         scale = self.param("scale", _ones(("norm",)), (cfg.d_model,), cfg.weight_dtype)
+        if self.has_variable("lora", "scale"):  # each row's adapter delta [B, D] (lora_batch)
+            scale = scale + self.get_variable("lora", "scale")[:, None, :]
         xf = x.astype(jnp.float32)
         if cfg.family == "gpt2":
             bias = self.param("bias", _zeros(("norm",)), (cfg.d_model,), cfg.weight_dtype)
+            if self.has_variable("lora", "bias"):
+                bias = bias + self.get_variable("lora", "bias")[:, None, :]
             mean = xf.mean(-1, keepdims=True)
             var = jnp.square(xf - mean).mean(-1, keepdims=True)
             y = (xf - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale + bias

@@ -167,7 +167,10 @@ def run_blocks(params, config: GPTConfig, tokens, positions, mask, cache_layers,
 def head_logits(params, config: GPTConfig, x, lora=None):
     """Hidden [B, T, D] -> float32 logits [B, T, V]: the final norm, then the output head (plus
     each row's output-head updates when `lora` has token rows or `lm_head` pairs)."""
-    hidden = Norm(config).apply({"params": params["ln_f"]}, x)
+    variables = {"params": params["ln_f"]}
+    if lora is not None and "ln_f" in lora:  # each row's adapter delta of the final norm
+        variables["lora"] = lora["ln_f"]
+    hidden = Norm(config).apply(variables, x)
     logits = lm_logits(config, params, hidden)
     if lora is not None and ("tokens" in lora or "head" in lora):
         from gpt_jax.lora_batch import head_update

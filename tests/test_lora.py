@@ -3,6 +3,7 @@ merge then unmerge gives the base logits back (max < 1e-5); merging twice or unm
 adapter raises; safetensors round trip (fingerprint checked, KB-sized); the masked optimizer keeps
 state for the adapter alone and never moves the base."""
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -107,6 +108,37 @@ def test_token_rows_train_the_special_tokens_embedding_and_output():
     short = lora.Adapter({**ad.params, "tokens": {"wte": ad.params["tokens"]["wte"][:2]}}, cfg)
     with pytest.raises(lora.AdapterError, match="tokens.wte"):
         lora.check_fits(params, short)
+
+
+def test_norm_deltas_add_to_every_norm_and_survive_a_save(tmp_path):
+    params = random_params(CONFIG, std=0.1)
+    cfg = lora.LoRAConfig(rank=4, alpha=8.0, norms=True)
+    assert sorted("/".join(p) for p, _ in lora.norm_paths(params)) == [
+        "blocks/ln_1/scale", "blocks/ln_2/scale", "ln_f/scale"]
+    ad = trained_adapter(params, cfg)
+    assert ad.num_params() == trained_adapter(params).num_params() + (2 * 2 + 1) * 32
+    merged = lora.merge(params, ad)
+    np.testing.assert_allclose(merged.params["blocks"]["ln_2"]["scale"],
+                               np.asarray(params["blocks"]["ln_2"]["scale"])
+                               + np.asarray(ad.params["norms"]["blocks"]["ln_2"]["scale"]),
+                               rtol=1e-6, atol=1e-7)
+    no_norms = lora.Adapter({k: v for k, v in ad.params.items() if k != "norms"},
+                            lora.LoRAConfig(rank=4, alpha=8.0))
+    assert float(jnp.max(jnp.abs(logits(merged.params)
+                                 - logits(lora.merge(params, no_norms).params)))) > 1e-2
+    back = lora.unmerge(merged, ad).params
+    assert float(jnp.max(jnp.abs(logits(back) - logits(params)))) < 1e-5
+    loaded = lora.load_adapter(lora.save_adapter(tmp_path / "a.safetensors", ad))
+    assert loaded.config == cfg and loaded.fingerprint == ad.fingerprint
+    np.testing.assert_array_equal(logits(lora.merge(params, loaded).params),
+                                  logits(merged.params))
+    # an adapter without norms keeps the fingerprint it had before the field existed
+    old_salt = json.dumps({k: v for k, v in dataclasses.asdict(no_norms.config).items()
+                           if k != "norms"})
+    assert no_norms.fingerprint == lora._tree_hash(no_norms.params, old_salt)
+    del ad.params["norms"]["ln_f"]
+    with pytest.raises(lora.AdapterError, match="no norms delta for ln_f/scale"):
+        lora.check_fits(params, ad)
 
 
 def test_output_head_target_adds_to_the_token_columns():

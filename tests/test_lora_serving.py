@@ -1,6 +1,6 @@
 """Many LoRA adapters in one batch on one copy of the base weights (gpt_jax/lora_batch.py): each
-row's logits equal its own merged model's (adapters of different ranks and targets, base rows
-untouched), and the serving engine's rows with different adapters, batched together, equal
+row's logits equal its own merged model's (adapters of different ranks and targets, token rows,
+norm deltas; base rows untouched), and the serving engine's rows with different adapters, batched together, equal
 each row alone and the merged model's engine; the prefix cache keeps each adapter's KV apart."""
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +36,10 @@ def model(tmp_path_factory):
         "tok4": trained_adapter(params, lora.LoRAConfig(rank=4, alpha=8.0,
                                                         targets=("q", "up", "lm_head"),
                                                         token_ids=(3, 7, 290)), seed=3),
+        # every norm's scale too (a per-row gain before each block's attention and MLP, and the
+        # final norm's before the head)
+        "norm4": trained_adapter(params, lora.LoRAConfig(rank=4, alpha=8.0, targets=("k",),
+                                                         norms=True), seed=4),
     }
     return tok, config, params, adapters
 
@@ -54,11 +58,11 @@ def test_each_row_gets_its_own_adapter(model):
     _, config, params, adapters = model
     cfg, prm = S.unstack_layers(config, params)
     table = AdapterTable.build(cfg, adapters, weight_shapes(prm["block_0"]))
-    assert table.names == ("all8", "attn4", "tok4") and table.rank == 8
-    tokens = np.random.default_rng(0).integers(0, 300, (5, 12))
+    assert table.names == ("all8", "attn4", "tok4", "norm4") and table.rank == 8
+    tokens = np.random.default_rng(0).integers(0, 300, (6, 12))
     tokens[:, [2, 5, 9]] = [3, 290, 7]  # the token rows' ids in every row
     tokens = jnp.asarray(tokens, jnp.int32)
-    ids = np.array([0, 1, 2, 1, 3], np.int32)
+    ids = np.array([0, 1, 2, 1, 3, 4], np.int32)
     batched = hidden(params, config, tokens, gather(table.device, ids))
     merged = {0: params, **{i + 1: lora.merge(params, adapters[n]).params
                             for i, n in enumerate(table.names)}}
@@ -68,8 +72,12 @@ def test_each_row_gets_its_own_adapter(model):
     assert np.abs(batched[1] - batched[0]).max() > 0.1  # the adapter does change the logits
     no_rows = lora.Adapter({k: v for k, v in adapters["tok4"].params.items() if k != "tokens"},
                            lora.LoRAConfig(rank=4, alpha=8.0, targets=("q", "up", "lm_head")))
-    without = hidden(lora.merge(params, no_rows).params, config, tokens[4:])[0]
+    without = hidden(lora.merge(params, no_rows).params, config, tokens[4:5])[0]
     assert np.abs(batched[4] - without).max() > 0.1  # the token rows do too
+    no_norms = lora.Adapter({k: v for k, v in adapters["norm4"].params.items() if k != "norms"},
+                            lora.LoRAConfig(rank=4, alpha=8.0, targets=("k",)))
+    without = hidden(lora.merge(params, no_norms).params, config, tokens[5:])[0]
+    assert np.abs(batched[5] - without).max() > 0.1  # and the norms' deltas
     with pytest.raises(KeyError, match="no adapter 'nope'"):
         table.index("nope")
 
@@ -77,7 +85,7 @@ def test_each_row_gets_its_own_adapter(model):
 def test_engine_batches_adapters_and_matches_merged_models(model):
     tok, config, params, adapters = model
     prompts = [[tok.bos_id, *tok.encode(t)] for t in TEXTS]
-    names = [None, "all8", "attn4", "tok4", None, "attn4"]
+    names = [None, "all8", "attn4", "tok4", "norm4", "attn4"]
     reqs = [{"prompt": p, "max_tokens": 10, "adapter": a} for p, a in zip(prompts, names)]
     shared = Engine(params, config, tok, n_slots=8, prefix_cache_mb=16, adapters=adapters).start()
     try:
@@ -93,7 +101,7 @@ def test_engine_batches_adapters_and_matches_merged_models(model):
         assert t["ids"] == a["ids"] and t["text"] == a["text"]
     assert again["ids"] == alone[1]["ids"] and again["done"].cached_tokens >= 16
     assert base_same_prompt["done"].cached_tokens == 0  # the adapter's KV is not the base's
-    for name in ("all8", "attn4", "tok4"):
+    for name in ("all8", "attn4", "tok4", "norm4"):
         merged = Engine(lora.merge(params, adapters[name]).params, config, tok, n_slots=8,
                         prefix_cache_mb=0).start()
         try:

@@ -7,27 +7,12 @@ import threading
 
 import jax
 import numpy as np
-import pytest
 
-from gpt_jax.checkpoint import load_stage
-from gpt_jax.model import GPTConfig
 from gpt_jax.serve import device as device_module
 from gpt_jax.serve import slots
 from gpt_jax.serve.engine import Engine
 from gpt_jax.serve.requests import Done, Request
-from gpt_jax.tokenizer import Tokenizer
-from helpers import random_model_workdir
-
-CONFIG = GPTConfig(family="llama", vocab_size=320, max_seq_len=160, n_layers=2, d_model=32,
-                   n_heads=4, n_kv_heads=2, init_std=0.3)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    wd = random_model_workdir(tmp_path_factory.mktemp("serve_shapes"), CONFIG)
-    tok = Tokenizer.load(wd / "tokenizer" / "tokenizer.json")
-    config, params = load_stage(wd, "sft")
-    return tok, config, params
+from test_serve_engine import model  # noqa: F401 - the fixture: a random model's workdir
 
 
 def serve(engine: Engine, requests: list[tuple[int, int]], gap_s: float = 0.0) -> None:

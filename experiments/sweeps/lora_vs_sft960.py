@@ -1,6 +1,7 @@
 """LoRA-SFT against the 960-step full SFT that `make run` trains: AdamW and Muon on the adapter,
 SFT's steps and twice them (rank 32, alpha 64, every projection + the special tokens' rows); then,
-with Muon, rank 64, LoRA+ (B's step 4x) and the digits' rows trained too.
+with Muon, rank 64, LoRA+ (B's step 4x) and the digits' rows trained too; then every norm's scale
+trained too (the preset since), alone, with the digits' rows, and at lr 4e-3.
 
 Seed s of a point is compared with a parent whose full SFT trained with the same seed: seed 0 is
 `make run`'s workdir; for seed 1, a workdir sharing its tokenizer and pretrain whose sft stage ran
@@ -15,18 +16,23 @@ python -m gpt_jax.sweep --config=experiments/configs/sft_lora_tiny.py \
 
 def get_sweep():
     def point(optimizer="adamw", lr=3e-3, steps=960, seed=0, alpha=64.0, rank=32,
-              b_lr_ratio=1.0, train_tokens="special"):
+              b_lr_ratio=1.0, train_tokens="special", norms=False):
         return {"config.optim.name": optimizer, "config.optim.learning_rate": lr,
                 "config.lora.alpha": alpha, "config.train.total_steps": steps,
                 "config.seed": seed, "config.lora.rank": rank,
-                "config.lora.b_lr_ratio": b_lr_ratio, "config.lora.train_tokens": train_tokens}
+                "config.lora.b_lr_ratio": b_lr_ratio, "config.lora.train_tokens": train_tokens,
+                "config.lora.norms": norms}
     return [
         point(lr=1e-2, alpha=16.0),  # the earlier preset (AdamW)
         point(steps=1920),
-        point(optimizer="muon"),  # the preset
+        point(optimizer="muon"),  # the preset until the norms were trained too
         point(optimizer="muon", lr=5e-3, seed=1), point(optimizer="muon", lr=1e-2),
         point(optimizer="muon", steps=1920),
         *(point(optimizer="muon", rank=64, alpha=128.0, seed=s) for s in (0, 1)),
         point(optimizer="muon", b_lr_ratio=4.0, seed=1),
         *(point(optimizer="muon", train_tokens="special+digits", seed=s) for s in (0, 1)),
+        *(point(optimizer="muon", norms=True, seed=s) for s in (0, 1)),  # the preset now
+        *(point(optimizer="muon", norms=True, train_tokens="special+digits", seed=s)
+          for s in (0, 1)),
+        point(optimizer="muon", norms=True, lr=4e-3, seed=1),
     ]

@@ -42,6 +42,8 @@ def lora_config(**overrides) -> ml_collections.ConfigDict:
                                      # rows and output columns ("special+digits": and 0-9's);
                                      # "": the projections alone
                                      "train_tokens": "special",
+                                     # every norm's scale trained too (a per-channel gain)
+                                     "norms": False,
                                      # LoRA+: B's step = b_lr_ratio x A's (1: plain LoRA)
                                      "b_lr_ratio": 1.0})
     cfg.update(overrides)
