@@ -1,7 +1,8 @@
 """LoRA-SFT against the 960-step full SFT that `make run` trains: AdamW and Muon on the adapter,
 SFT's steps and twice them (rank 32, alpha 64, every projection + the special tokens' rows); then,
 with Muon, rank 64, LoRA+ (B's step 4x) and the digits' rows trained too; then every norm's scale
-trained too (the preset since), alone, with the digits' rows, and at lr 4e-3.
+trained too (the preset since), alone, with the digits' rows, at lr 4e-3, at rank 16 and for
+twice the steps.
 
 Seed s of a point is compared with a parent whose full SFT trained with the same seed: seed 0 is
 `make run`'s workdir; for seed 1, a workdir sharing its tokenizer and pretrain whose sft stage ran
@@ -35,4 +36,6 @@ def get_sweep():
         *(point(optimizer="muon", norms=True, train_tokens="special+digits", seed=s)
           for s in (0, 1)),
         point(optimizer="muon", norms=True, lr=4e-3, seed=1),
+        point(optimizer="muon", norms=True, rank=16, alpha=32.0, seed=1),
+        *(point(optimizer="muon", norms=True, steps=1920, seed=s) for s in (0, 1)),
     ]
