@@ -5,6 +5,7 @@ to the same alone, cancellation freeing slots, 429 under overload, a prefix-cach
 second turn, and OpenAI-shaped 4xx errors after which the server is still healthy."""
 import json
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -177,14 +178,28 @@ def test_disconnect_cancels_the_row_and_frees_its_slot(server, client):
 
 
 def test_overload_answers_429_with_retry_after(server, client):
-    def one(i):
-        return httpx.post(f"{server}/v1/chat/completions", timeout=120,
-                          headers={"Authorization": f"Bearer {KEY}"},
-                          json={"model": "sft", "temperature": 0, "max_tokens": 120,
-                                "messages": [{"role": "user", "content": f"Story {i}"}]})
+    # 32 requests sent at once over connections opened beforehand (a barrier): 16 take the
+    # slots, QUEUE wait, the rest arrive while those run and are refused. Without the barrier the
+    # threads' requests trickled in over longer than the server took to answer the first ones.
+    n = 32
+    clients = [httpx.Client(base_url=server, timeout=120,
+                            headers={"Authorization": f"Bearer {KEY}"}) for _ in range(n)]
+    for c in clients:
+        c.get("/health")
+    barrier = threading.Barrier(n)
 
-    with ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(one, range(32)))
+    def one(i):
+        barrier.wait()
+        return clients[i].post("/v1/chat/completions", json={
+            "model": "sft", "temperature": 0, "max_tokens": 160,
+            "messages": [{"role": "user", "content": f"Story {i}"}]})
+
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(one, range(n)))
+    finally:
+        for c in clients:
+            c.close()
     codes = [r.status_code for r in answers]
     assert set(codes) == {200, 429} and codes.count(200) >= 16 + QUEUE
     busy = next(r for r in answers if r.status_code == 429)
