@@ -43,16 +43,22 @@ def layer_pairs(adapter: Adapter, n_layers: int) -> list[dict[str, tuple[np.ndar
         if name in TOP_LEVEL_TARGETS and len(path) == 2:
             continue  # the output head's pair: `head_table`
         b = np.asarray(_get(adapter.params, (*path[:-1], "B")), np.float32) * adapter.config.scale
-        a = np.asarray(a, np.float32)
-        m = re.fullmatch(r"block_(\d+)", path[0])
-        if path[0] == "blocks":
-            for i in range(n_layers):
-                out[i][name] = (a[i], b[i])
-        elif m:
-            out[int(m.group(1))][name] = (a, b)
-        else:
+        layers = per_layer(path, n_layers)
+        if layers is None:
             raise ValueError(f"adapter path {'/'.join(path)}: not under blocks or block_<i>")
+        for i, at in layers:
+            out[i][name] = (np.asarray(a, np.float32)[at], b[at])
     return out
+
+
+def per_layer(path: tuple[str, ...], n_layers: int) -> list[tuple[int, tuple]] | None:
+    """(layer, index into the leaf) for each layer a leaf at `path` holds: every layer along its
+    leading axis under the scanned `blocks`, its own under `block_<i>`; None elsewhere."""
+    if path[0] == "blocks":
+        return [(i, (i,)) for i in range(n_layers)]
+    if m := re.fullmatch(r"block_(\d+)", path[0]):
+        return [(int(m.group(1)), ())]
+    return None
 
 
 @dataclasses.dataclass
@@ -120,15 +126,8 @@ def layer_norms(adapter: Adapter, n_layers: int) -> list[dict[str, dict[str, np.
         return out
     for path, delta in norm_paths(adapter.params["norms"]):
         delta = np.asarray(delta, np.float32)
-        module, leaf = path[-2], path[-1]
-        m = re.fullmatch(r"block_(\d+)", path[0])
-        if path[0] == "blocks":
-            for i in range(n_layers):
-                out[i].setdefault(module, {})[leaf] = delta[i]
-        elif m:
-            out[int(m.group(1))].setdefault(module, {})[leaf] = delta
-        else:
-            out[n_layers].setdefault(module, {})[leaf] = delta
+        for i, at in per_layer(path, n_layers) or [(n_layers, ())]:  # else: the final norm
+            out[i].setdefault(path[-2], {})[path[-1]] = delta[at]
     return out
 
 
