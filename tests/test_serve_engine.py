@@ -270,6 +270,33 @@ def test_row_sampling_matches_the_filtered_distribution(top_k, top_p):
     np.testing.assert_allclose(out.logprob, full[np.asarray(out.token)], rtol=1e-5)
 
 
+def test_greedy_rows_without_logprobs_skip_them():
+    """No row asks log-probs: the program returns the same greedy tokens with logprob 0 and no
+    alternatives (the softmax and top-k skipped); one row asking turns them on for the step."""
+    import jax
+    import jax.numpy as jnp
+
+    from gpt_jax.serve import slots
+
+    def q(**kw):
+        return Request([1], 1, lambda e: None, **kw)
+
+    v = 64
+    lean = slots.static_for(CONFIG, v, [q(), q()], 20)
+    full = slots.static_for(CONFIG, v, [q(), q(logprobs=0)], 20)
+    assert (lean.mode, lean.n_top, full.mode, full.n_top) == ("greedy", 0, "greedy", 20)
+    assert slots.static_for(CONFIG, 8, [q(logprobs=2)], 20).n_top == 8  # at most the vocab
+    logits = jax.random.normal(jax.random.key(0), (5, v)) * 3
+    rows = slots.RowSampling.of([(0.0, 1.0, 0, 0, 0, 0)] * 5)
+    a, b = slots.sample_rows(lean, logits, rows), slots.sample_rows(full, logits, rows)
+    np.testing.assert_array_equal(a.token, np.argmax(logits, -1))
+    np.testing.assert_array_equal(a.token, b.token)
+    assert np.all(np.asarray(a.logprob) == 0) and a.top_ids.shape == (5, 0)
+    want = jax.nn.log_softmax(logits)[jnp.arange(5), b.token]
+    np.testing.assert_allclose(b.logprob, want, rtol=1e-6)
+    assert b.top_ids.shape == (5, 20)
+
+
 def test_row_text_is_visible_text_token_by_token(model):
     """RowText (incremental) shows exactly `engine_tools.visible_text` of the ids so far, minus
     what may still turn into a stop string or a UTF-8 character, for random id streams with

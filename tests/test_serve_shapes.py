@@ -83,6 +83,21 @@ def test_empty_slots_are_cut_to_the_next_bursts_width(model):
         small.stop()
 
 
+def test_many_rows_are_cut_to_half_the_columns_at_once_with_room_to_spare(model):
+    """Rows still running (a burst starting while the last long replies end): slots of 16+ rows
+    are cut as soon as their rows fit in half the columns with CUT_MARGIN to spare; small
+    slots, or too little room, wait for the quarter rule."""
+    tok, config, params = model
+    engine = Engine(params, config, tok, n_slots=16, prefix_cache_mb=0)
+    assert engine.max_len == 224 and device_module.CUT_MARGIN == 32
+    engine.rows[3] = object()  # a row present: no fresh cache, a copy
+    for rows, need, want in ((16, 40, (16, 224)), (16, 32, (16, 64)), (4, 32, (4, 224))):
+        engine.cache = engine.empty_slots(rows, 224)
+        engine._fit(4, need, shrink=True)
+        assert slots.cache_shape(engine.cache) == want, (rows, need)
+    engine.rows[3] = None
+
+
 def test_a_wave_of_17_to_32_rows_pads_to_32(model, monkeypatch):
     tok, config, params = model
     engine = Engine(params, config, tok, n_slots=64, prefix_cache_mb=0)
@@ -103,4 +118,29 @@ def test_a_wave_of_17_to_32_rows_pads_to_32(model, monkeypatch):
         assert done.acquire(timeout=120)
     finally:
         engine.stop()
-    assert batches == [(32, device_module.BATCH_PREFILL_MAX)]  # 21 rows in one call of 32
+    assert batches == [(32, 64)]  # 21 rows in one call of 32, 64 tokens wide (the longest: 17)
+
+
+def test_a_wave_is_as_wide_as_the_first_width_holding_its_longest_prompt(model, monkeypatch):
+    tok, config, params = model
+    engine = Engine(params, config, tok, n_slots=16, prefix_cache_mb=0)
+    assert device_module.BATCH_PREFILL_WIDTHS == (64, 80)
+    batches, alone = [], []
+    prefill_rows, extend = slots.prefill_rows, slots.extend
+    monkeypatch.setattr(device_module.slots, "prefill_rows",
+                        lambda p, st, tokens, *a: batches.append(tokens.shape) or
+                        prefill_rows(p, st, tokens, *a))
+    monkeypatch.setattr(device_module.slots, "extend",
+                        lambda p, st, row, start, tokens, n, *a: alone.append(int(n)) or
+                        extend(p, st, row, start, tokens, n, *a))
+    done = threading.Semaphore(0)
+    for n in (30, 75, 50, 81, 64):  # 75 needs the 80-wide wave; 81 is prefilled alone
+        engine.submit(Request([3 + i % 200 for i in range(n)], 2,
+                              lambda e: done.release() if isinstance(e, Done) else None))
+    engine.start()
+    try:
+        for _ in range(5):
+            assert done.acquire(timeout=120)
+    finally:
+        engine.stop()
+    assert batches == [(4, 80)] and alone == [64, 16, 1]  # 81 tokens: chunks of 64 + 16 + 1

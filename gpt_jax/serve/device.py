@@ -6,7 +6,8 @@ queue, the rows' lifecycle, tools, the prefix cache.
 
 Sizing: the slots cache holds rows [0, n) as a power of 4 and columns as a power of two of the
 lengths in use (`_fit`): grown when short, cut after SHRINK_AFTER_STEPS steps with a quarter or
-less in use, so a step costs what is in use and few programs compile.
+less in use (many rows' columns: at once, to half), so a step costs what is in use and few
+programs compile.
 """
 from __future__ import annotations
 
@@ -26,12 +27,19 @@ SHRINK_AFTER_STEPS = 32  # decode steps with a quarter or less of the slots cach
 # need at once: a 64-row step costs 2.9 ms at 128 columns against 4.3 at 256, where one row's
 # costs 0.27-0.32 ms at any width, and a cut small cache grows again (a copy) within the reply
 EMPTY_CUT_ROWS = 16
-# Prompts of up to this many tokens are prefilled together on admission, as one chunk of exactly
-# this length in a batch of 4, 16, 32 or 64 rows (padded): programs compiled per batch size, not
-# per length (each new shape met while serving would stall every row for a compile). Longer ones
-# are prefilled alone. Measured (docs/serving.md): 64 rows x 64 tokens take 31 ms, 64 x 128 98 ms,
-# a 72-token prompt alone 1.6 ms, so a burst of 30-75-token chat prompts is cheapest this way.
-BATCH_PREFILL_MAX = 64
+# Slots of at least EMPTY_CUT_ROWS rows whose rows would fit in half the columns with this many
+# to spare are cut at once (a copy, ~5 ms at 64 x 256, repaid in 4 steps): when a burst's rows
+# start while the last long ones finish, the slots no longer stay wide for the whole burst
+CUT_MARGIN = 32
+# Prompts of up to BATCH_PREFILL_MAX tokens are prefilled together on admission, as one chunk of
+# the first of these lengths that holds the wave's longest, in a batch of 4, 16, 32 or 64 rows
+# (padded): programs compiled per (batch, length) pair, not per length (each new shape met while
+# serving would stall every row for a compile). Longer ones are prefilled alone. Measured
+# (docs/serving.md): 64 rows x 64 tokens take 32 ms, 64 x 80 46 ms, 64 x 96 70, 64 x 128 104; a
+# 72-token prompt alone 1.6 ms (~3 ms under load), so a burst of 30-75-token chat prompts is
+# cheapest in one wave of 80 (a 64-wide wave left its ~15 prompts over 64 tokens to go alone).
+BATCH_PREFILL_WIDTHS = (64, 80)
+BATCH_PREFILL_MAX = BATCH_PREFILL_WIDTHS[-1]
 
 
 class SlotDevice:
@@ -128,7 +136,9 @@ class SlotDevice:
 
     def _fit(self, n_rows: int, n_cols: int, shrink: bool = False) -> None:
         """Resizes the slots to hold rows [0, n_rows) (a power of 4) and columns [0, n_cols) (a
-        power of two): grown when short; with `shrink`, cut when a quarter or less is in use."""
+        power of two): grown when short; with `shrink`, cut when a quarter or less is in use
+        (after SHRINK_AFTER_STEPS steps), or at once to half or less of the columns when slots of
+        EMPTY_CUT_ROWS+ rows would hold their rows there with CUT_MARGIN columns to spare."""
         rows, cols = slots.cache_shape(self.cache)
         want = (self._row_bucket(n_rows), min(self.max_len, bucket(n_cols, 64)))
         if (want[1] > cols or want[1] < cols and rows >= EMPTY_CUT_ROWS) and \
@@ -139,8 +149,11 @@ class SlotDevice:
             self._small_steps = 0
             self.cache = self.empty_slots(max(want[0], rows), want[1])
             return
+        roomy = min(self.max_len, bucket(n_cols + CUT_MARGIN, 64))
         if want[0] > rows or want[1] > cols:
             want = (max(want[0], rows), max(want[1], cols))
+        elif shrink and rows >= EMPTY_CUT_ROWS and 2 * roomy <= cols:
+            want = (rows, roomy)  # the rows stay (the cut below handles them)
         elif shrink and (4 * want[0] <= rows or 4 * want[1] <= cols):
             self._small_steps += 1  # cut only after a while: each new shape may compile
             if self._small_steps < SHRINK_AFTER_STEPS and any(r is not None for r in self.rows):
@@ -183,9 +196,10 @@ class SlotDevice:
     def _prefill_new(self, rows: list, prompts: list[list[int]], st: slots.SlotStatic):
         """The prompts of new rows (`admission.Row`s in their slots, nothing cached yet), each a
         single chunk of <= BATCH_PREFILL_MAX tokens, in one `slots.prefill_rows` call (rows padded
-        to `_wave_bucket`, tokens to BATCH_PREFILL_MAX; padding rows go to no slot) -> Sampled
+        to `_wave_bucket`, tokens to a BATCH_PREFILL_WIDTHS; padding rows go to no slot) -> Sampled
         [len(rows)]."""
-        b, t = self._wave_bucket(len(rows)), BATCH_PREFILL_MAX  # few programs: see the constant
+        longest = max(len(p) for p in prompts)  # few programs: see BATCH_PREFILL_WIDTHS
+        b, t = self._wave_bucket(len(rows)), next(w for w in BATCH_PREFILL_WIDTHS if w >= longest)
         self._fit(max(r.slot for r in rows) + 1, max(self._width(0, len(p)) for p in prompts))
         tokens, n_real = np.zeros((b, t), np.int32), np.ones(b, np.int32)
         slot_ids = np.full(b, slots.cache_shape(self.cache)[0], np.int32)  # past the end: dropped

@@ -70,19 +70,21 @@ class SlotStatic(NamedTuple):
     config: GPTConfig
     mode: str  # "greedy" (every row), "sample", or "filtered" (some row uses top-k or top-p)
     k_cap: int  # filtered: candidates for top-k (>= every row's top_k; 0: no row uses top-k)
-    n_top: int  # alternatives returned per token
+    n_top: int  # alternatives returned per token; 0: no row asks log-probs (none computed)
     vocab_limit: int  # ids >= this are never sampled (a model vocab padded past the tokenizer's)
 
 
 def static_for(config: GPTConfig, vocab_limit: int, requests, n_top: int) -> SlotStatic:
-    """The sampling program for rows of these requests (`temperature`, `top_k`, `top_p` each):
-    greedy when none samples, "filtered" when one uses top-k / top-p (k candidates bucketed)."""
+    """The sampling program for rows of these requests (`temperature`, `top_k`, `top_p`,
+    `logprobs` each): greedy when none samples, "filtered" when one uses top-k / top-p (k
+    candidates bucketed); `n_top` alternatives when one asks log-probs, else none."""
     sampled = [q for q in requests if q.temperature > 0]
     filtered = [q for q in sampled if q.top_k > 0 or q.top_p < 1]
     mode = "filtered" if filtered else "sample" if sampled else "greedy"
     k_max = max((q.top_k for q in filtered), default=0)
     k_cap = min(bucket(k_max, 8), vocab_limit) if k_max else 0
-    return SlotStatic(config, mode, k_cap, min(n_top, vocab_limit), vocab_limit)
+    asked = any(q.logprobs is not None for q in requests)
+    return SlotStatic(config, mode, k_cap, min(n_top, vocab_limit) if asked else 0, vocab_limit)
 
 
 class Sampled(NamedTuple):
@@ -120,13 +122,19 @@ def sample_rows(st: SlotStatic, logits, rows: RowSampling) -> Sampled:
 
     Sampling draws ONE uniform per row and inverts the CDF of the (filtered) distribution: exact,
     and far cheaper than a Gumbel draw over the vocabulary. Top-k keeps the row's top_k largest
-    (lax.top_k over `k_cap` candidates), then top-p the nucleus of what is left."""
+    (lax.top_k over `k_cap` candidates), then top-p the nucleus of what is left. Greedy rows with
+    no log-probs asked (`n_top` 0) skip the softmax: logprob comes back 0 (a 64-row step at 64
+    columns: 1.8 against 2.2 ms with the softmax and 20 alternatives)."""
     v = logits.shape[-1]
+    b = logits.shape[0]
     logits = jnp.where(jnp.arange(v) < st.vocab_limit, logits, -jnp.inf)
+    argmax = first_argmax(logits)
+    if st.mode == "greedy" and st.n_top == 0:
+        return Sampled(argmax.astype(jnp.int32), jnp.zeros(b, jnp.float32),
+                       jnp.zeros((b, 0), jnp.float32), jnp.zeros((b, 0), jnp.int32))
     greedy = rows.temperature <= 0
     scaled = logits / jnp.where(greedy, 1.0, rows.temperature)[:, None]
     logp = jax.nn.log_softmax(scaled, axis=-1)
-    argmax = first_argmax(logits)
     if st.mode == "greedy":
         token = argmax
     else:
@@ -147,7 +155,10 @@ def sample_rows(st: SlotStatic, logits, rows: RowSampling) -> Sampled:
         sampled = jnp.minimum(jnp.sum(cdf <= (u * cdf[:, -1])[:, None], axis=-1), v - 1)
         token = jnp.where(greedy, argmax, sampled)
     token = token.astype(jnp.int32)
-    top_lp, top_ids = jax.lax.top_k(logp, st.n_top)
+    if st.n_top:
+        top_lp, top_ids = jax.lax.top_k(logp, st.n_top)
+    else:
+        top_lp, top_ids = jnp.zeros((b, 0), jnp.float32), jnp.zeros((b, 0), jnp.int32)
     return Sampled(token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], top_lp,
                    top_ids.astype(jnp.int32))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpt_jax.serve import slots
-from gpt_jax.serve.device import BATCH_PREFILL_MAX
+from gpt_jax.serve.device import BATCH_PREFILL_WIDTHS
 from gpt_jax.serve.requests import Request
 
 
@@ -48,9 +48,10 @@ def _warm(engine, max_chunk: int, adapter: int) -> None:
         engine._decode(one, engine._static([q]), adapter)
     waves = sorted({engine._wave_bucket(n) for n in range(2, engine.n_slots + 1)})
     for b in waves:  # admission waves (`SlotDevice._prefill_new`)
-        slots.prefill_rows(engine.params, greedy, np.zeros((b, BATCH_PREFILL_MAX), np.int32),
-                           np.ones(b, np.int32), slots.RowSampling.of([params] * b),
-                           engine._lora([adapter] * b))
+        for width in BATCH_PREFILL_WIDTHS:
+            slots.prefill_rows(engine.params, greedy, np.zeros((b, width), np.int32),
+                               np.ones(b, np.int32), slots.RowSampling.of([params] * b),
+                               engine._lora([adapter] * b))
     rows = 1
     while True:  # greedy decode at every (rows, columns) bucket
         for cols in engine._col_buckets():
@@ -64,8 +65,9 @@ def _warm(engine, max_chunk: int, adapter: int) -> None:
             if engine.prefix is not None:  # a finished prompt's or reply's KV into the cache
                 slots.read_prefix(engine.cache, np.int32(0), cols)
             for b in (b for b in waves if b <= rows):
-                new = engine.empty_slots(b, BATCH_PREFILL_MAX)
-                engine.cache = slots.put_rows(engine.cache, new, np.full(b, rows, np.int32))
+                for width in (w for w in BATCH_PREFILL_WIDTHS if w <= cols):
+                    new = engine.empty_slots(b, width)
+                    engine.cache = slots.put_rows(engine.cache, new, np.full(b, rows, np.int32))
         if rows >= engine.n_slots:
             break
         rows = engine._row_bucket(rows + 1)
