@@ -63,8 +63,8 @@ def test_empty_slots_are_cut_to_the_next_bursts_width(model):
         decode(*a, **k)
     engine.start()
     try:
-        serve(engine, [(20, 120)] * 16)  # 16 rows grow to 160 columns (the 224 bucket)
-        assert shapes[-1] == (16, 224)
+        serve(engine, [(20, 120)] * 16)  # 16 rows grow to 140 columns (the 192 bucket)
+        assert shapes[-1] == (16, 192)
         shapes.clear()
         serve(engine, [(20, 4)] * 16)  # then short ones: 16 rows, nothing left in them
         assert shapes[0] == (16, 64)
@@ -78,7 +78,7 @@ def test_empty_slots_are_cut_to_the_next_bursts_width(model):
         serve(small, [(20, 120)])
         shapes.clear()
         serve(small, [(20, 4)])  # one row: not cut (a step costs about the same at any width)
-        assert shapes[0] == (1, 224)
+        assert shapes[0] == (1, 192)
     finally:
         small.stop()
 
@@ -90,6 +90,13 @@ def test_many_rows_are_cut_to_half_the_columns_at_once_with_room_to_spare(model)
     tok, config, params = model
     engine = Engine(params, config, tok, n_slots=16, prefix_cache_mb=0)
     assert engine.max_len == 224 and device_module.CUT_MARGIN == 32
+    # widths: multiples of 64 up to 256, then powers of two, up to max_len
+    assert engine._col_buckets() == [64, 128, 192, 224]
+    engine.max_len = 1088
+    assert engine._col_buckets() == [64, 128, 192, 256, 512, 1024, 1088]
+    assert [engine._col_bucket(n) for n in (1, 65, 139, 193, 257, 1025, 5000)] == \
+        [64, 128, 192, 256, 512, 1088, 1088]
+    engine.max_len = 224
     engine.rows[3] = object()  # a row present: no fresh cache, a copy
     for rows, need, want in ((16, 40, (16, 224)), (16, 32, (16, 64)), (4, 32, (4, 224))):
         engine.cache = engine.empty_slots(rows, 224)
