@@ -1,7 +1,7 @@
 """The serving engine's program shapes: after `warmup`, serving compiles nothing (every array a
 program takes lives on the engine's device, so a fresh cache and one out of a decode step hit the
 same compiled program); empty slots are cut to the next burst's width at once; an admission wave
-of 17-32 rows pads to 32, not 64."""
+pads its rows to the next of 4, 8, 16, 24, 32, 48, 64 and its prompts to 64 or 80 tokens."""
 import random
 import threading
 
@@ -83,10 +83,10 @@ def test_empty_slots_are_cut_to_the_next_bursts_width(model):
         small.stop()
 
 
-def test_many_rows_are_cut_to_half_the_columns_at_once_with_room_to_spare(model):
+def test_many_rows_are_cut_to_a_narrower_width_at_once_with_room_to_spare(model):
     """Rows still running (a burst starting while the last long replies end): slots of 16+ rows
-    are cut as soon as their rows fit in half the columns with CUT_MARGIN to spare; small
-    slots, or too little room, wait for the quarter rule."""
+    are cut (on the device) as soon as their rows fit a narrower width with CUT_MARGIN to spare;
+    small slots, or too little room, wait for the quarter rule."""
     tok, config, params = model
     engine = Engine(params, config, tok, n_slots=16, prefix_cache_mb=0)
     assert engine.max_len == 224 and device_module.CUT_MARGIN == 32
@@ -97,26 +97,41 @@ def test_many_rows_are_cut_to_half_the_columns_at_once_with_room_to_spare(model)
     assert [engine._col_bucket(n) for n in (1, 65, 139, 193, 257, 1025, 5000)] == \
         [64, 128, 192, 256, 512, 1088, 1088]
     engine.max_len = 224
+    engine.warm_resizes.update(engine.resize_steps())  # as the warm-up leaves them
+    assert ((16, 192), (16, 128)) in engine.warm_resizes and \
+        ((4, 128), (4, 192)) in engine.warm_resizes and ((4, 192), (4, 128)) not in engine.warm_resizes
     engine.rows[3] = object()  # a row present: no fresh cache, a copy
-    for rows, need, want in ((16, 40, (16, 224)), (16, 32, (16, 64)), (4, 32, (4, 224))):
+    for rows, need, want in ((16, 40, (16, 128)), (16, 32, (16, 64)), (16, 193, (16, 224)),
+                             (4, 32, (4, 224))):
         engine.cache = engine.empty_slots(rows, 224)
+        resizes = engine.resizes
         engine._fit(4, need, shrink=True)
         assert slots.cache_shape(engine.cache) == want, (rows, need)
+        if want[1] < 224:  # a step the warm-up compiled: on the device, committed to it
+            assert ((rows, 224), want) in engine.warm_resizes and engine.resizes == resizes + 1
+            assert engine.cache["valid"].committed
     engine.rows[3] = None
+    # the device's resize moves what the host's does
+    rng = np.random.default_rng(0)
+    cache = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype),
+                         jax.eval_shape(lambda: slots.init_slots(engine.config, 4, 192)))
+    for shape in ((4, 128), (16, 224), (1, 64)):
+        jax.tree.map(np.testing.assert_array_equal, slots.resize_on_device(cache, *shape),
+                     slots.resize(cache, *shape))
 
 
-def test_a_wave_of_17_to_32_rows_pads_to_32(model, monkeypatch):
+def test_a_wave_of_25_to_32_rows_pads_to_32(model, monkeypatch):
     tok, config, params = model
     engine = Engine(params, config, tok, n_slots=64, prefix_cache_mb=0)
-    assert [engine._wave_bucket(n) for n in (2, 4, 5, 16, 17, 32, 33, 64)] == \
-        [4, 4, 16, 16, 32, 32, 64, 64]
+    assert [engine._wave_bucket(n) for n in (2, 4, 5, 9, 16, 17, 24, 25, 32, 33, 48, 49, 64)] == \
+        [4, 4, 8, 16, 16, 24, 24, 32, 32, 48, 48, 64, 64]
     batches = []
     prefill_rows = slots.prefill_rows
     monkeypatch.setattr(device_module.slots, "prefill_rows",
                         lambda p, st, tokens, *a: batches.append(tokens.shape) or
                         prefill_rows(p, st, tokens, *a))
     engine.submit(Request([5] * 3, 1, lambda e: None))  # three waiting before the engine starts
-    for _ in range(19):
+    for _ in range(24):
         engine.submit(Request(list(np.arange(3, 20)), 2, lambda e: None))
     done = threading.Semaphore(0)
     engine.submit(Request([7] * 9, 2, lambda e: done.release() if isinstance(e, Done) else None))
@@ -125,7 +140,7 @@ def test_a_wave_of_17_to_32_rows_pads_to_32(model, monkeypatch):
         assert done.acquire(timeout=120)
     finally:
         engine.stop()
-    assert batches == [(32, 64)]  # 21 rows in one call of 32, 64 tokens wide (the longest: 17)
+    assert batches == [(32, 64)]  # 26 rows in one call of 32, 64 tokens wide (the longest: 17)
 
 
 def test_a_wave_is_as_wide_as_the_first_width_holding_its_longest_prompt(model, monkeypatch):

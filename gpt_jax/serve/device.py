@@ -6,8 +6,8 @@ queue, the rows' lifecycle, tools, the prefix cache.
 
 Sizing: the slots cache holds rows [0, n) as a power of 4 and columns at a bucket (`_col_buckets`) of the
 lengths in use (`_fit`): grown when short, cut after SHRINK_AFTER_STEPS steps with a quarter or
-less in use (many rows' columns: at once, to half), so a step costs what is in use and few
-programs compile.
+less in use (many rows' columns: at once, with room to spare), so a step costs what is in use
+and few programs compile.
 """
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ SHRINK_AFTER_STEPS = 32  # decode steps with a quarter or less of the slots cach
 # need at once: a 64-row step costs 2.9 ms at 128 columns against 4.3 at 256, where one row's
 # costs 0.27-0.32 ms at any width, and a cut small cache grows again (a copy) within the reply
 EMPTY_CUT_ROWS = 16
-# Slots of at least EMPTY_CUT_ROWS rows whose rows would fit in half the columns with this many
-# to spare are cut at once (a copy, ~5 ms at 64 x 256, repaid in 4 steps): when a burst's rows
-# start while the last long ones finish, the slots no longer stay wide for the whole burst
+# Slots of at least EMPTY_CUT_ROWS rows whose rows would fit in a narrower width with this many
+# columns to spare are cut at once (on the device, ~2.3 ms at 64 rows; a 64-row step costs
+# 0.8 ms less at 128 columns than at 192, and the margin keeps the cut for 32 steps at least):
+# when a burst's rows start while the last long ones finish, the slots no longer stay wide
 CUT_MARGIN = 32
 # Prompts of up to BATCH_PREFILL_MAX tokens are prefilled together on admission, as one chunk of
 # the first of these lengths that holds the wave's longest, in a batch of 4, 16, 32 or 64 rows
@@ -68,6 +69,7 @@ class SlotDevice:
         self._no_prefix = np.zeros((config.n_layers, self.config.kv_heads, 16,
                                     self.config.head_dim), np.float32)
         self.resizes = 0
+        self.warm_resizes: set = set()  # (old, new) shapes `resize_on_device` takes (warm-up)
         self._small_steps = 0
         self.rows: list = [None] * self.n_slots  # the row in each slot (set by the engine)
 
@@ -137,15 +139,19 @@ class SlotDevice:
         return min(self.n_slots, 4 ** max(0, math.ceil(math.log(max(n, 1), 4) - 1e-9)))
 
     def _wave_bucket(self, n: int) -> int:
-        """Rows of a batched admission prefill (`_prefill_new`) of n >= 2 new rows: a power of 4,
-        or half of one from 32 up (a wave of 20 prompts pads to 32 rows, not 64)."""
-        b = self._row_bucket(max(n, 2))
-        return b // 2 if b >= 64 and n <= b // 2 else b
+        """Rows of a batched admission prefill (`_prefill_new`) of n >= 2 new rows: a power of 2
+        from 4, or 1.5 x one from 24 (at most the slots): a wave costs its padded rows (8 us a
+        token from 8 rows up), and a burst of 64 arrives in 3-5 waves of 2-57 rows."""
+        b = 4
+        while b < n:  # 4, 8, 16, 24, 32, 48, 64, 96, ...
+            power_of_two = b & (b - 1) == 0
+            b = 2 * b if b < 16 else 3 * b // 2 if power_of_two else 4 * b // 3
+        return min(self.n_slots, b)
 
     def _fit(self, n_rows: int, n_cols: int, shrink: bool = False) -> None:
         """Resizes the slots to hold rows [0, n_rows) (a power of 4) and columns [0, n_cols)
         (`_col_buckets`): grown when short; with `shrink`, cut when a quarter or less is in use
-        (after SHRINK_AFTER_STEPS steps), or at once to half or less of the columns when slots of
+        (after SHRINK_AFTER_STEPS steps), or at once to a narrower width when slots of
         EMPTY_CUT_ROWS+ rows would hold their rows there with CUT_MARGIN columns to spare."""
         rows, cols = slots.cache_shape(self.cache)
         want = (self._row_bucket(n_rows), self._col_bucket(n_cols))
@@ -160,7 +166,7 @@ class SlotDevice:
         roomy = self._col_bucket(n_cols + CUT_MARGIN)
         if want[0] > rows or want[1] > cols:
             want = (max(want[0], rows), max(want[1], cols))
-        elif shrink and rows >= EMPTY_CUT_ROWS and 2 * roomy <= cols:
+        elif shrink and rows >= EMPTY_CUT_ROWS and roomy < cols:
             want = (rows, roomy)  # the rows stay (the cut below handles them)
         elif shrink and (4 * want[0] <= rows or 4 * want[1] <= cols):
             self._small_steps += 1  # cut only after a while: each new shape may compile
@@ -170,8 +176,27 @@ class SlotDevice:
             self._small_steps = 0
             return
         self._small_steps = 0
-        self.cache = jax.device_put(slots.resize(self.cache, *want), self.device)
+        if (slots.cache_shape(self.cache), want) in self.warm_resizes:
+            self.cache = slots.resize_on_device(self.cache, *want)
+        else:  # a rarer step (rows added, several widths at once): no program to compile
+            self.cache = jax.device_put(slots.resize(self.cache, *want), self.device)
         self.resizes += 1
+
+    def resize_steps(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """The (old, new) slots shapes that resize on the device (the warm-up compiles them): at
+        every row count, a width to the next one up, and for EMPTY_CUT_ROWS+ rows, a width to
+        each narrower one (`_fit`'s cuts)."""
+        widths, out = self._col_buckets(), []
+        rows = 1
+        while True:
+            for i, cols in enumerate(widths):
+                if i + 1 < len(widths):
+                    out.append(((rows, cols), (rows, widths[i + 1])))
+                if rows >= EMPTY_CUT_ROWS:
+                    out += [((rows, cols), (rows, c)) for c in widths if c < cols]
+            if rows >= self.n_slots:
+                return out
+            rows = self._row_bucket(rows + 1)
 
     def _extend(self, slot: int, prefix, start: int, ids: list[int], row: tuple,
                 st: slots.SlotStatic, bitmask=None, adapter: int = 0):

@@ -4,7 +4,7 @@ For every slots width: a new row, and the greedy prefill of each chunk bucket up
 (longer chunks compile when first met); the greedy decode at every (rows, columns) slots shape;
 the batched prefill of an admission wave at each batch size, and its move into the slots at every
 shape, as a lone prompt's row's, and the read of a slot's KV for the prefix cache; the sampling
-modes for one short row. After it, greedy serving meets no compile (a stall of ~1 s each on the
+modes for one short row; the slots' column steps on the device (`SlotDevice.resize_steps`). After it, greedy serving meets no compile (a stall of ~1 s each on the
 tiny recipe's model; tests/test_serve_shapes.py). Constrained (masked) programs compile when a
 constrained request first meets a shape. With LoRA adapters, every program is compiled with and
 without the per-row low-rank path (a step uses it only when one of its rows has an adapter).
@@ -71,4 +71,8 @@ def _warm(engine, max_chunk: int, adapter: int) -> None:
         if rows >= engine.n_slots:
             break
         rows = engine._row_bucket(rows + 1)
+    if not adapter:  # the common resizes, on the device
+        for old, new in engine.resize_steps():
+            slots.resize_on_device(engine.empty_slots(*old), *new)
+            engine.warm_resizes.add((old, new))
     engine.cache = engine.empty_slots(1, 64)
