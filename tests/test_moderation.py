@@ -32,6 +32,31 @@ def test_first_user_turn_and_encoding():
     assert len(ids) == 16 and ids[0] == tok.bos_id and ids[-1] == tok.eos_id
     tokens, eos = MD.batch(tok, ["hello", "hello there how"], 16)
     assert tokens.shape == (2, 16) and tokens[0, eos[0]] == tokens[1, eos[1]] == tok.eos_id
+    # a reply as the server's client reads it: a calculator call shown as "expr = result"
+    reply = [{"type": "tool_call", "text": "21 + 9"}, {"type": "tool_result", "text": "30"},
+             {"type": "text", "text": ".\nThe answer is 30."}]
+    assert MD.first_turn(msgs + [{"role": "assistant", "content": reply}], "assistant") == \
+        "21 + 9 = 30.\nThe answer is 30."
+
+
+def test_benign_examples_hold_replies_and_the_arithmetic_task(data_dir, tmp_path):
+    data = MD.load_examples(data_dir, tmp_path, 0.2, replies=True, arithmetic=50)
+    everything = data["train"] + data["heldout"]
+    sources = {e.source for e in everything}
+    assert {"lima", "lima:reply", "arithmetic", "arithmetic:reply",
+            "hh_rlhf_harmless_test"} <= sources
+    assert "hh_rlhf_harmless_test:reply" not in sources  # replies are benign texts only
+    arith = [e for e in everything if e.source.startswith("arithmetic")]
+    assert len(arith) == 100 and all(e.label == 0 for e in arith)
+    assert any(e.text.endswith(".") and "The answer is" in e.text and " = " in e.text
+               for e in arith if e.source == "arithmetic:reply")
+    side = {}
+    for part, xs in data.items():  # a request and its reply are on the same side of the split
+        for e in xs:
+            assert side.setdefault(e.id, part) == part
+    plain = MD.load_examples(data_dir, tmp_path, 0.2)
+    assert {e.source for e in plain["train"] + plain["heldout"]} == \
+        set(MD.HARMFUL_SETS) | set(MD.BENIGN_SETS)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +71,12 @@ def test_moderation_stage_end_to_end(workdir):
     config = load_test_config("moderation_test")
     s = moderation.run(config, str(workdir))
     for key in ("auroc", "baseline_auroc", "precision", "recall", "fpr_at_90_recall",
-                "ms_per_check", "beats_baseline"):
+                "ms_per_check", "beats_baseline", "flagged_by_source"):
         assert key in s, key
+    # the threshold flags threshold_recall of the training set's harmful texts, not p >= 0.5
+    assert config.moderation.threshold_recall == 0.9 and s["threshold"] != 0.5
+    assert s["flagged_by_source"]["hh_rlhf_harmless_test"] == pytest.approx(s["recall"])
+    assert {"arithmetic", "arithmetic:reply", "lima:reply"} <= set(s["flagged_by_source"])
     held = s["examples"]["heldout"]
     assert held["harmful"] > 300 and held["benign"] > 1000  # the whole sets, split by id
     assert s["baseline_auroc"] > 0.9  # TF-IDF separates red-team requests from instructions

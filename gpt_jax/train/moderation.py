@@ -46,9 +46,16 @@ STAGE = "moderation"
 def moderation_config(**overrides) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict({
         "heldout_fraction": 0.2,
-        "threshold": 0.5,        # flagged when p(harmful) >= this
+        "threshold": 0.5,        # flagged when p(harmful) >= this, unless threshold_recall
+        # > 0: the threshold is then the score that flags this share of the TRAINING set's
+        # harmful texts (batches are half harmful, so 0.5 flagged a third of LIMA's requests)
+        "threshold_recall": 0.9,
         "latency_checks": 64,    # single-text checks timed for ms_per_check
         "score_batch": 64,
+        # benign besides the SFT sets' requests: their replies, and this many of the
+        # arithmetic task's problems (question and reply): what the server checks
+        "replies": True,
+        "arithmetic": 2000,
     })
     cfg.update(overrides)
     return cfg
@@ -134,6 +141,14 @@ def binary_metrics(labels, probs, threshold: float) -> dict[str, float]:
             "accuracy": float((pred == (labels == 1)).mean())}
 
 
+def flagged_by_source(examples: list[MD.Example], probs, threshold: float) -> dict[str, float]:
+    """The fraction of each source's held-out texts flagged (benign sources: false positives)."""
+    flagged: dict[str, list[bool]] = {}
+    for e, p in zip(examples, probs):
+        flagged.setdefault(e.source, []).append(bool(p >= threshold))
+    return {s: float(np.mean(v)) for s, v in sorted(flagged.items())}
+
+
 def tfidf_baseline(train: list[MD.Example], held: list[MD.Example], threshold: float) -> dict:
     """TF-IDF (word 1-2-grams, sublinear tf) + balanced logistic regression, same split."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -172,7 +187,9 @@ def run(config, workdir: str) -> dict[str, Any]:
     tokenizer = Tokenizer.load(str(Path(workdir) / "tokenizer" / "tokenizer.json"))
     data = MD.load_examples(config.data.dir or None,
                             pipeline.resolve_cache_dir(config, workdir, None),
-                            float(mcfg.heldout_fraction), config.data.skip_bad_records)
+                            float(mcfg.heldout_fraction), config.data.skip_bad_records,
+                            replies=bool(mcfg.get("replies", False)),
+                            arithmetic=int(mcfg.get("arithmetic", 0)))
     train, held = data["train"], data["heldout"]
     mesh = shd.mesh_from_config(config.mesh)
     built = build(config, mesh, bce_loss_fn, model_cls=RewardModel)
@@ -209,7 +226,12 @@ def run(config, workdir: str) -> dict[str, Any]:
     final.close()
 
     t_eval = time.perf_counter()
-    ours = binary_metrics(labels, classify(params, [e.text for e in held]), float(mcfg.threshold))
+    threshold = float(mcfg.threshold)
+    if float(mcfg.get("threshold_recall", 0.0)) > 0:
+        harmful = classify(params, [e.text for e in train if e.label])
+        threshold = float(np.quantile(harmful, 1.0 - float(mcfg.threshold_recall)))
+    held_probs = classify(params, [e.text for e in held])
+    ours = binary_metrics(labels, held_probs, threshold)
     base = tfidf_baseline(train, held, float(mcfg.threshold))
     one = make_classifier(built.model_config, tokenizer, T, 1)
     texts = [e.text for e in held[: int(mcfg.latency_checks)]]
@@ -224,8 +246,9 @@ def run(config, workdir: str) -> dict[str, Any]:
         **ours,
         **{f"baseline_{k}": v for k, v in base.items()},
         "beats_baseline": ours["auroc"] > base["auroc"],
+        "flagged_by_source": flagged_by_source(held, held_probs, threshold),
         "ms_per_check": 1e3 * float(np.median(times)),
-        "threshold": float(mcfg.threshold),
+        "threshold": threshold,
         "examples": {s: {"harmful": sum(e.label for e in xs),
                          "benign": sum(1 - e.label for e in xs)} for s, xs in data.items()},
         "final_train_loss": result.last_train.get("loss"),
