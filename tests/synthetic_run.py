@@ -83,6 +83,7 @@ SUMMARIES = {
                    "baseline_precision": 0.9, "baseline_recall": 0.88,
                    "baseline_fpr_at_90_recall": 0.02, "baseline_accuracy": 0.94,
                    "beats_baseline": False, "ms_per_check": 2.9, "threshold": 0.5,
+                   "flagged_by_source": {"arithmetic:reply": 0.0, "lima": 0.184},
                    "examples": {"train": {"harmful": 800, "benign": 3000},
                                 "heldout": {"harmful": 200, "benign": 750}},
                    "wall_seconds": 71.0, "steps": 120},

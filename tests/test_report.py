@@ -53,6 +53,8 @@ def test_every_section_in_order_and_nothing_missing(full_report):
     # moderation
     "| AUROC | 0.9902 | 0.9920 |",
     "| FPR at 90% recall | 0.0190 | 0.0200 |",
+    "| arithmetic:reply | 0.0000 |",
+    "| lima | 0.1840 |",
     "On AUROC the model does **not** beat the baseline. Latency per single-text check (median, "
     "this host): 2.9000 ms. The server (`python -m gpt_jax.serve`) checks the user's input "
     "before decoding and the reply every 16 tokens, ending a flagged one with finish_reason "

@@ -17,12 +17,17 @@ def moderation_section(run: RunFiles, fig_dir: Path) -> list[str]:
     s = run.summary("moderation")
     held = get(s, "examples.heldout", {}) or {}
     lines = [f"A harmful-request classifier on the pretrained trunk (HH-RLHF red-team requests vs "
-             f"SFT instructions, split by record id; threshold {fmt(s.get('threshold'))}), next "
-             f"to TF-IDF + logistic regression on the same split. Held-out: "
-             f"{fmt(held.get('harmful'))} harmful, {fmt(held.get('benign'))} benign.", ""]
+             f"SFT instructions and replies and the arithmetic task's questions and replies, "
+             f"split by record id; threshold {fmt(s.get('threshold'))}), next to TF-IDF + "
+             f"logistic regression on the same split. Held-out: {fmt(held.get('harmful'))} "
+             f"harmful, {fmt(held.get('benign'))} benign.", ""]
     lines += table(["", "moderation model", "TF-IDF baseline"],
                    [[name, fmt(s.get(key)), fmt(s.get(f"baseline_{key}"))]
                     for name, key in METRICS])
+    if by_source := s.get("flagged_by_source"):
+        lines += ["", "Held-out texts flagged, per source (benign sources: false positives):", ""]
+        lines += table(["source", "flagged"], [[escape_cell(k), fmt(v)]
+                                               for k, v in by_source.items()])
     verdict = ("beats" if s.get("beats_baseline") else "does **not** beat")
     lines += ["", f"On AUROC the model {verdict} the baseline. Latency per single-text check "
                   f"(median, this host): {fmt(s.get('ms_per_check'))} ms. The server "
