@@ -1,4 +1,4 @@
-"""The moderation classifier's data: harmful requests against benign instructions, from shipped sets.
+"""The moderation classifier's data: harmful requests against benign texts, from shipped sets.
 
 - harmful (label 1): the first human turn of every dialogue in the HH-RLHF harmless set
   (`hh_rlhf_harmless_test`: red-team attempts to get harmful help);

@@ -4,10 +4,10 @@ params, the slots' KV cache and its size, and the calls into the jitted programs
 sampling settings and LoRA adapter (`gpt_jax.lora_batch`). The engine adds the scheduling: the
 queue, the rows' lifecycle, tools, the prefix cache.
 
-Sizing: the slots cache holds rows [0, n) as a power of 4 and columns at a bucket (`_col_buckets`) of the
-lengths in use (`_fit`): grown when short, cut after SHRINK_AFTER_STEPS steps with a quarter or
-less in use (many rows' columns: at once, with room to spare), so a step costs what is in use
-and few programs compile.
+Sizing: the slots cache holds rows [0, n) as a power of 4 and columns at a width
+(`_col_buckets`) of the lengths in use (`_fit`): grown when short, cut after SHRINK_AFTER_STEPS
+steps with a quarter or less in use (many rows' columns: at once, with room to spare), so a step
+costs what is in use and few programs compile.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ EMPTY_CUT_ROWS = 16
 # when a burst's rows start while the last long ones finish, the slots no longer stay wide
 CUT_MARGIN = 32
 # Prompts of up to BATCH_PREFILL_MAX tokens are prefilled together on admission, as one chunk of
-# the first of these lengths that holds the wave's longest, in a batch of 4, 16, 32 or 64 rows
-# (padded): programs compiled per (batch, length) pair, not per length (each new shape met while
-# serving would stall every row for a compile). Longer ones are prefilled alone. Measured
+# the first of these lengths that holds the wave's longest, in a batch of 4, 8, ..., 64 rows
+# (`_wave_bucket`): programs compiled per (batch, length) pair, not per length (a new shape met
+# while serving would stall every row for a compile). Longer ones are prefilled alone. Measured
 # (docs/serving.md): 64 rows x 64 tokens take 32 ms, 64 x 80 46 ms, 64 x 96 70, 64 x 128 104; a
 # 72-token prompt alone 1.6 ms (~3 ms under load), so a burst of 30-75-token chat prompts is
 # cheapest in one wave of 80 (a 64-wide wave left its ~15 prompts over 64 tokens to go alone).

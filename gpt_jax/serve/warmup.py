@@ -2,12 +2,14 @@
 
 For every slots width: a new row, and the greedy prefill of each chunk bucket up to `max_chunk`
 (longer chunks compile when first met); the greedy decode at every (rows, columns) slots shape;
-the batched prefill of an admission wave at each batch size, and its move into the slots at every
-shape, as a lone prompt's row's, and the read of a slot's KV for the prefix cache; the sampling
-modes for one short row; the slots' column steps on the device (`SlotDevice.resize_steps`). After it, greedy serving meets no compile (a stall of ~1 s each on the
-tiny recipe's model; tests/test_serve_shapes.py). Constrained (masked) programs compile when a
-constrained request first meets a shape. With LoRA adapters, every program is compiled with and
-without the per-row low-rank path (a step uses it only when one of its rows has an adapter).
+the batched prefill of an admission wave at each batch size and width, and its move into the
+slots at every shape, as a lone prompt's row's, and the read of a slot's KV for the prefix cache;
+the sampling modes for one short row; the slots' width steps on the device
+(`SlotDevice.resize_steps`). After it, greedy serving without log-probs meets no compile (a stall
+of ~1 s each on the tiny recipe's model; tests/test_serve_shapes.py). Constrained (masked)
+programs, and those of a request asking for log-probs, compile when such a request first meets a
+shape. With LoRA adapters, every program is compiled with and without the per-row low-rank path
+(a step uses it only when one of its rows has an adapter).
 """
 from __future__ import annotations
 
