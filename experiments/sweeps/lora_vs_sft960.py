@@ -6,7 +6,7 @@ for twice the steps, and with the step decayed to zero (min_lr_ratio 0, against 
 
 Seed s of a point is compared with a parent whose full SFT trained with the same seed: seed 0 is
 `make run`'s workdir; for seed 1, a workdir sharing its tokenizer and pretrain whose sft stage ran
-`sft_tiny.py --config.seed=1`. The measured table is in docs/lora.md ("Against the 960-step full
+`sft_tiny.py --config.seed=1` (seed 2 likewise). The measured table is in docs/lora.md ("Against the 960-step full
 SFT").
 
 python -m gpt_jax.sweep --config=experiments/configs/sft_lora_tiny.py \
@@ -40,4 +40,5 @@ def get_sweep():
         *(point(optimizer="muon", norms=True, steps=1920, seed=s) for s in (0, 1)),
         point(optimizer="muon", norms=True, lr=2e-3, seed=1),
         point(optimizer="muon", norms=True, min_lr_ratio=0.0, seed=1),
+        point(optimizer="muon", norms=True, seed=2),  # the preset, a third seed (its own sft)
     ]
