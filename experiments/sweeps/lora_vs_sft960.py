@@ -6,8 +6,8 @@ for twice the steps, and with the step decayed to zero (min_lr_ratio 0, against 
 
 Seed s of a point is compared with a parent whose full SFT trained with the same seed: seed 0 is
 `make run`'s workdir; for seed 1, a workdir sharing its tokenizer and pretrain whose sft stage ran
-`sft_tiny.py --config.seed=1` (seed 2 likewise). The measured table is in docs/lora.md ("Against the 960-step full
-SFT").
+`sft_tiny.py --config.seed=1` (seed 2 likewise). The measured table is in docs/lora.md
+("Against the 960-step full SFT").
 
 python -m gpt_jax.sweep --config=experiments/configs/sft_lora_tiny.py \
     --sweep=experiments/sweeps/lora_vs_sft960.py --workdir=runs/sweep_lora960 --parent=runs/tiny \
