@@ -183,24 +183,27 @@ def _map_kv(f, cache, *rest):
             for i, c in enumerate(cache["layers"])]
 
 
+def _resized(cache, n_rows: int, n_cols: int, xp):
+    """The cache grown or cut to [n_rows, n_cols] with array module `xp` (numpy or jax.numpy):
+    what is kept keeps its place, the rest is zeros."""
+    r, c = min(n_rows, cache_shape(cache)[0]), min(n_cols, cache_shape(cache)[1])
+
+    def fit(x):  # [R, K, C, D] or valid [R, C]
+        x = xp.asarray(x)
+        if x.ndim == 2:
+            return xp.pad(x[:r, :c], [(0, n_rows - r), (0, n_cols - c)])
+        return xp.pad(x[:r, :, :c], [(0, n_rows - r), (0, 0), (0, n_cols - c), (0, 0)])
+
+    return {"layers": _map_kv(fit, cache), "valid": fit(cache["valid"])}
+
+
 def resize(cache, n_rows: int, n_cols: int):
     """The cache grown or cut to [n_rows, n_cols] (what is kept keeps its place), as numpy
     arrays (`jax.device_put` them). On the host, not jitted: a jitted resize compiles once per
     (old shape, new shape) pair, and a burst of requests meets new pairs for a while (a 0.1 s
-    stall each); resizes are rare. (`jnp.asarray` would compile a copy program per shape.)"""
-    r, c = min(n_rows, cache_shape(cache)[0]), min(n_cols, cache_shape(cache)[1])
-
-    def fit(x):  # [R, K, C, D] or valid [R, C]
-        x = np.asarray(x)
-        if x.ndim == 2:
-            out = np.zeros((n_rows, n_cols), x.dtype)
-            out[:r, :c] = x[:r, :c]
-        else:
-            out = np.zeros((n_rows, x.shape[1], n_cols, x.shape[3]), x.dtype)
-            out[:r, :, :c] = x[:r, :, :c]
-        return out
-
-    return {"layers": _map_kv(fit, cache), "valid": fit(cache["valid"])}
+    stall each); the engine jits only the pairs its warm-up compiled (`resize_on_device`).
+    (`jnp.asarray` would compile a copy program per shape.)"""
+    return _resized(cache, n_rows, n_cols, np)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -208,15 +211,7 @@ def resize_on_device(cache, n_rows: int, n_cols: int):
     """`resize` as a program (one per (old shape, new shape) pair: the engine uses it for the
     pairs its warm-up compiled, the column steps of a growing or cut cache; a 64 x 128 -> 64 x
     192 grow takes ~2.3 ms, against 3.5-35 ms through the host in a busy server)."""
-    r, c = min(n_rows, cache_shape(cache)[0]), min(n_cols, cache_shape(cache)[1])
-
-    def fit(x):
-        x = x[:r, :, :c] if x.ndim == 4 else x[:r, :c]
-        pad = [(0, n_rows - r), (0, 0), (0, n_cols - c), (0, 0)] if x.ndim == 4 else \
-            [(0, n_rows - r), (0, n_cols - c)]
-        return jnp.pad(x, pad)
-
-    return {"layers": _map_kv(fit, cache), "valid": fit(cache["valid"])}
+    return _resized(cache, n_rows, n_cols, jnp)
 
 
 @jax.jit
