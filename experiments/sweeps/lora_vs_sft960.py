@@ -41,4 +41,5 @@ def get_sweep():
         point(optimizer="muon", norms=True, lr=2e-3, seed=1),
         point(optimizer="muon", norms=True, min_lr_ratio=0.0, seed=1),
         point(optimizer="muon", norms=True, seed=2),  # the preset, a third seed (its own sft)
+        point(optimizer="muon", norms=True, steps=1920, seed=2),
     ]
