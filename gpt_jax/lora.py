@@ -28,7 +28,7 @@ import hashlib
 import json
 import string
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -303,6 +303,46 @@ def masked_optimizer(tx: optax.GradientTransformation,
     if b_lr_ratio != 1.0:
         transforms["train_b"] = optax.chain(tx, optax.scale(float(b_lr_ratio)))
     return optax.multi_transform(transforms, label)
+
+
+class TailAverageState(NamedTuple):
+    inner: Any        # the wrapped optimizer's state
+    step: jax.Array   # updates applied so far
+    mean: Any         # running mean of the adapter after each update of the tail (adapter-shaped)
+
+
+def tail_averaged(tx: optax.GradientTransformation, total_steps: int,
+                  average_steps: int) -> optax.GradientTransformation:
+    """`tx` on a {"base", "adapter"} tree, whose update number `total_steps` lands the adapter
+    on the mean of its values after each of the last `average_steps` updates (tail, or
+    Polyak-Ruppert, averaging) instead of on the last value; every earlier update is `tx`'s own.
+    The running mean lives in the optimizer state, so a resumed run averages exactly what an
+    uninterrupted one does, and everything after the last step (its evaluation, the saved
+    adapter, the merge) sees the average. `average_steps` <= 1: `tx` unchanged."""
+    if average_steps <= 1:
+        return tx
+    if average_steps > total_steps:
+        raise ValueError(f"lora.average_steps={average_steps} > train.total_steps={total_steps}")
+    start = total_steps - average_steps
+
+    def init(params):
+        return TailAverageState(tx.init(params), jnp.zeros((), jnp.int32),
+                                jax.tree.map(jnp.zeros_like, params["adapter"]))
+
+    def update(updates, state, params):
+        updates, inner = tx.update(updates, state.inner, params)
+        step = state.step + 1
+        adapter = optax.apply_updates(params["adapter"], updates["adapter"])
+        taken = jnp.maximum(step - start, 0)  # tail iterates so far, this one included
+        weight = jnp.where(taken > 0, 1.0 / jnp.maximum(taken, 1), 0.0)
+        mean = jax.tree.map(lambda m, a: m + (weight * (a - m)).astype(m.dtype), state.mean,
+                            adapter)
+        last = step == total_steps
+        to_mean = jax.tree.map(lambda u, m, p: jnp.where(last, m - p, u), updates["adapter"],
+                               mean, params["adapter"])
+        return {**updates, "adapter": to_mean}, TailAverageState(inner, step, mean)
+
+    return optax.GradientTransformation(init, update)
 
 
 def _leaves(tree, path=()) -> Iterator[tuple[tuple[str, ...], Any]]:

@@ -252,6 +252,51 @@ def test_lora_plus_scales_the_b_updates_alone():
     assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(plus["base"]))
 
 
+def test_tail_average_lands_the_last_step_on_the_mean_of_the_tail():
+    """lora.tail_averaged: updates 1..T-1 are the wrapped optimizer's own, update T sets the
+    adapter to the mean of its values after updates T-N+1..T (the last as the plain optimizer
+    makes it); the base never moves; a state saved mid-tail and resumed ends the same; N <= 1
+    is the optimizer itself, N > T is refused."""
+    params = random_params(CONFIG, std=0.1)
+    cfg = lora.LoRAConfig(rank=4, token_ids=(1, 2), norms=True)
+    both = {"base": params, "adapter": lora.init_adapter(params, cfg, jax.random.key(0))}
+    total, tail = 7, 3
+    rng = np.random.default_rng(0)
+    grads = [jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), both)
+             for _ in range(total)]
+
+    def run(tx, p, state=None, steps=range(total)):
+        state = tx.init(p) if state is None else state
+        seen = []
+        for i in steps:
+            updates, state = tx.update(grads[i], state, p)
+            p = optax.apply_updates(p, updates)
+            seen.append(p)
+        return seen, state
+
+    plain, _ = run(lora.masked_optimizer(optax.adam(1e-2)), both)
+    tx = lora.tail_averaged(lora.masked_optimizer(optax.adam(1e-2)), total, tail)
+    averaged, _ = run(tx, both)
+    for got, want in zip(averaged[:-1], plain[:-1]):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(a, b)
+    mean = jax.tree.map(lambda *xs: np.mean(np.stack(xs), 0), *[p["adapter"] for p in plain[-tail:]])
+    for a, b in zip(jax.tree.leaves(averaged[-1]["adapter"]), jax.tree.leaves(mean)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert float(np.abs(np.asarray(averaged[-1]["adapter"]["blocks"]["mlp"]["up"]["B"]) -
+                        np.asarray(plain[-1]["adapter"]["blocks"]["mlp"]["up"]["B"])).max()) > 1e-4
+    for a, b in zip(jax.tree.leaves(averaged[-1]["base"]), jax.tree.leaves(both["base"])):
+        np.testing.assert_array_equal(a, b)
+    first, state = run(tx, both, steps=range(5))  # saved after step 5, inside the tail
+    resumed, _ = run(tx, first[-1], jax.device_get(state), steps=range(5, total))
+    for a, b in zip(jax.tree.leaves(resumed[-1]), jax.tree.leaves(averaged[-1])):
+        np.testing.assert_array_equal(a, b)
+    inner = lora.masked_optimizer(optax.adam(1e-2))
+    assert lora.tail_averaged(inner, total, 1) is inner
+    with pytest.raises(ValueError, match="average_steps"):
+        lora.tail_averaged(inner, total, total + 1)
+
+
 @pytest.fixture(scope="module")
 def sft_workdir(tmp_path_factory, data_dir):
     from gpt_jax.train import sft
@@ -284,8 +329,10 @@ def test_lora_sft_stage_end_to_end(sft_workdir):
     assert adapter.meta["base_fingerprint"] == lora.params_fingerprint(pre)  # the base stayed
     assert s["trainable_params"] == adapter.num_params()
     assert s["trainable_fraction"] == adapter.num_params() / n_base
-    # adam's mu and nu for the adapter only, against mu and nu of every param (+ step counters)
-    assert 0 <= s["optimizer_bytes"] - 4 * 2 * adapter.num_params() <= 16
+    # adam's mu and nu for the adapter only (+ the tail average's running mean: average_steps 2),
+    # against mu and nu of every param (+ step counters)
+    assert s["lora"]["average_steps"] == 2
+    assert 0 <= s["optimizer_bytes"] - 4 * 3 * adapter.num_params() <= 16
     assert 0 <= s["optimizer_bytes_full"] - 4 * 2 * n_base <= 16
     assert s["optimizer_memory_vs_full"] < 0.5
     assert s["merge_max_abs_diff"] < 1e-5

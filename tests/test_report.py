@@ -189,14 +189,16 @@ def test_lora_section_appears_once_the_stage_ran(tmp_path):
         "heldout_accuracy": {"L1": {"direct": 0.1, "cot": 0.3}, "L2": {"direct": 0, "cot": 0.4}},
         "full_heldout_accuracy": {"L1": {"direct": 0.2, "cot": 0.3},
                                   "L2": {"direct": 0, "cot": 0.5}},
-        "lora": {"rank": 8, "alpha": 16.0, "targets": ["q", "v"], "token_ids": [0, 1, 2]},
+        "lora": {"rank": 8, "alpha": 16.0, "targets": ["q", "v"], "token_ids": [0, 1, 2],
+                 "average_steps": 320},
         "optimizer_bytes": 1000, "optimizer_bytes_full": 100000,
         "optimizer_memory_vs_full": 0.01, "trainable_params": 500,
         "trainable_fraction": 0.005, "adapter_bytes": 4096, "merge_max_abs_diff": 3e-6,
         "trainable_fraction_by_d_model": {"128": 0.062, "1024": 0.012}}))
     text = report.write_report(workdir).read_text()
     assert ("SFT's data and evaluation, 960 steps (full SFT: 480), training rank-8 adapters "
-            "(alpha 16.0) on q, v of the frozen `pretrain` model") in text
+            "(alpha 16.0) on q, v of the frozen `pretrain` model, against the full SFT stage of "
+            "this workdir; the adapter kept is its mean over the last 320 steps.") in text
     assert ("| held-out accuracy (greedy, mean of level x mode, 200 problems per level) | "
             "0.2000 | 0.2500 | 0.8000 |") in text
     assert "| level | direct | cot |" in text

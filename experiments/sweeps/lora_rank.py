@@ -17,7 +17,9 @@ def get_sweep():
     def point(rank=8, alpha=16.0, lr=1e-2, steps=480, tokens="special", seed=0):
         return {"config.optim.name": "adamw", "config.lora.rank": rank, "config.lora.alpha": alpha,
                 "config.optim.learning_rate": lr, "config.train.total_steps": steps,
-                "config.lora.train_tokens": tokens, "config.seed": seed}
+                "config.lora.train_tokens": tokens, "config.seed": seed,
+                # as the preset was then: no norms, the last step's adapter kept
+                "config.lora.norms": False, "config.lora.average_steps": 0}
     return [
         point(lr=3e-3, tokens=""), point(lr=3e-3), point(), point(tokens=""), point(seed=1),
         point(lr=3e-2), point(steps=960),

@@ -2,7 +2,8 @@
 SFT's steps and twice them (rank 32, alpha 64, every projection + the special tokens' rows); then,
 with Muon, rank 64, LoRA+ (B's step 4x) and the digits' rows trained too; then every norm's scale
 trained too (the preset since), alone, with the digits' rows, at lr 4e-3 and 2e-3, at rank 16,
-for twice the steps, and with the step decayed to zero (min_lr_ratio 0, against 0.1).
+for twice the steps, and with the step decayed to zero (min_lr_ratio 0, against 0.1); then the
+adapter's mean over the last 320 steps (average_steps, the preset now).
 
 Seed s of a point is compared with a parent whose full SFT trained with the same seed: seed 0 is
 `make run`'s workdir; for seed 1, a workdir sharing its tokenizer and pretrain whose sft stage ran
@@ -17,12 +18,14 @@ python -m gpt_jax.sweep --config=experiments/configs/sft_lora_tiny.py \
 
 def get_sweep():
     def point(optimizer="adamw", lr=3e-3, steps=960, seed=0, alpha=64.0, rank=32,
-              b_lr_ratio=1.0, train_tokens="special", norms=False, min_lr_ratio=0.1):
+              b_lr_ratio=1.0, train_tokens="special", norms=False, min_lr_ratio=0.1,
+              average_steps=0):
         return {"config.optim.name": optimizer, "config.optim.learning_rate": lr,
                 "config.lora.alpha": alpha, "config.train.total_steps": steps,
                 "config.seed": seed, "config.lora.rank": rank,
                 "config.lora.b_lr_ratio": b_lr_ratio, "config.lora.train_tokens": train_tokens,
-                "config.lora.norms": norms, "config.optim.min_lr_ratio": min_lr_ratio}
+                "config.lora.norms": norms, "config.optim.min_lr_ratio": min_lr_ratio,
+                "config.lora.average_steps": average_steps}
     return [
         point(lr=1e-2, alpha=16.0),  # the earlier preset (AdamW)
         point(steps=1920),
@@ -42,4 +45,6 @@ def get_sweep():
         point(optimizer="muon", norms=True, min_lr_ratio=0.0, seed=1),
         point(optimizer="muon", norms=True, seed=2),  # the preset, a third seed (its own sft)
         point(optimizer="muon", norms=True, steps=1920, seed=2),
+        # the adapter's mean over the last 320 steps: the preset now
+        *(point(optimizer="muon", norms=True, average_steps=320, seed=s) for s in (0, 1, 2)),
     ]

@@ -47,7 +47,9 @@ def lora_section(run: RunFiles, fig_dir: Path) -> list[str]:
              f"steps (full SFT: {fmt(full.get('steps'))}), training rank-"
              f"{fmt(cfg.get('rank'))} adapters (alpha {cfg.get('alpha', 'n/a')}) on "
              f"{', '.join(cfg.get('targets') or []) or 'n/a'} of the frozen `{s.get('parent')}` "
-             f"model, against the full SFT stage of this workdir.", ""]
+             f"model, against the full SFT stage of this workdir"
+             + (f"; the adapter kept is its mean over the last {cfg['average_steps']} steps"
+                if int(cfg.get("average_steps") or 0) > 1 else "") + ".", ""]
     n = s.get("heldout_problems_per_level")
     lines += table(["", "LoRA-SFT", "full SFT", "LoRA / full"], [
         [f"held-out accuracy (greedy, mean of level x mode, {fmt(n)} problems per level)",

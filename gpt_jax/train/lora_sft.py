@@ -3,7 +3,9 @@
 The trained tree is {"base": the parent's params, "adapter": `lora.init_adapter`}; the loss is
 SFT's on `lora.apply(stop_gradient(base), adapter)` and the optimizer is masked
 (`lora.masked_optimizer`: the configured optimizer on the adapter, nothing and no state on the
-base). At the end it writes
+base). With `lora.average_steps` = N the adapter the stage keeps is its mean over the last N
+steps (`lora.tail_averaged`: the last update lands on it, so the final evaluation, the saved
+adapter and the merge all see it). At the end it writes
 
 - `<stage>/adapter.safetensors`: the adapter alone (KBs; base fingerprint in its header);
 - `<stage>/final/`: the merged params, so the chat CLI, the evaluation and the server load the
@@ -45,7 +47,10 @@ def lora_config(**overrides) -> ml_collections.ConfigDict:
                                      # every norm's scale trained too (a per-channel gain)
                                      "norms": False,
                                      # LoRA+: B's step = b_lr_ratio x A's (1: plain LoRA)
-                                     "b_lr_ratio": 1.0})
+                                     "b_lr_ratio": 1.0,
+                                     # the adapter kept is its mean over the last N steps
+                                     # (tail averaging; 0: the last step's)
+                                     "average_steps": 0})
     cfg.update(overrides)
     return cfg
 
@@ -58,7 +63,10 @@ def heldout_eval_config(**overrides) -> ml_collections.ConfigDict:
                           **overrides})
 
 
-def lora_tree(cfg: lora.LoRAConfig, seed: int, b_lr_ratio: float = 1.0) -> TrainedTree:
+def lora_tree(cfg: lora.LoRAConfig, seed: int, b_lr_ratio: float = 1.0, total_steps: int = 0,
+              average_steps: int = 0) -> TrainedTree:
+    """The adapter tree; with `average_steps` > 1 the last of `total_steps` updates lands the
+    adapter on its mean over the last `average_steps` (`lora.tail_averaged`)."""
     def loss_fn_factory(model, z_loss):
         inner = sft_loss_fn(model, z_loss)
 
@@ -75,7 +83,8 @@ def lora_tree(cfg: lora.LoRAConfig, seed: int, b_lr_ratio: float = 1.0) -> Train
                                                              jax.random.key(seed))}
 
     return TrainedTree(loss_fn_factory=loss_fn_factory, extend_params=extend_params,
-                       wrap_tx=lambda tx: lora.masked_optimizer(tx, b_lr_ratio),
+                       wrap_tx=lambda tx: lora.tail_averaged(
+                           lora.masked_optimizer(tx, b_lr_ratio), total_steps, average_steps),
                        model_params=lambda tree: lora.apply(tree["base"], tree["adapter"], cfg))
 
 
@@ -135,7 +144,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         n_base = sum(int(np.size(x)) for x in jax.tree.leaves(base))
         out = {
             "lora": {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
-                     "token_ids": list(cfg.token_ids)},
+                     "token_ids": list(cfg.token_ids),
+                     "average_steps": int(config.lora.get("average_steps", 0))},
             "trainable_params": adapter.num_params(),
             "trainable_fraction": adapter.num_params() / n_base,
             # the same adapter on this model family at larger widths: where "< 1%" holds
@@ -155,7 +165,9 @@ def run(config, workdir: str) -> dict[str, Any]:
         return out
 
     return run_sft(config, workdir, STAGE, finish=finish,
-                   tree=lora_tree(cfg, config.seed, float(config.lora.get("b_lr_ratio", 1.0))))
+                   tree=lora_tree(cfg, config.seed, float(config.lora.get("b_lr_ratio", 1.0)),
+                                  int(config.train.total_steps),
+                                  int(config.lora.get("average_steps", 0))))
 
 
 def _ratios(ours: dict, full: dict) -> dict:

@@ -1,4 +1,5 @@
-"""A seconds-long LoRA-SFT config for the stage tests: sft_test's model and data, rank 4."""
+"""A seconds-long LoRA-SFT config for the stage tests: sft_test's model and data, rank 4, the
+adapter averaged over the last 2 steps."""
 import sys
 from pathlib import Path
 
@@ -15,6 +16,6 @@ def get_config():
     config.stage = "lora_sft"
     config.optim = configs.optim_config(name="adamw", learning_rate=3e-3, warmup_steps=1,
                                         weight_decay=0.0)
-    config.lora = lora_config(rank=4, alpha=8.0)
+    config.lora = lora_config(rank=4, alpha=8.0, average_steps=2)
     config.heldout_eval = heldout_eval_config(n_per_level=2, max_new_tokens=16)
     return config
