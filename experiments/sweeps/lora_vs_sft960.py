@@ -3,7 +3,8 @@ SFT's steps and twice them (rank 32, alpha 64, every projection + the special to
 with Muon, rank 64, LoRA+ (B's step 4x) and the digits' rows trained too; then every norm's scale
 trained too (the preset since), alone, with the digits' rows, at lr 4e-3 and 2e-3, at rank 16,
 for twice the steps, and with the step decayed to zero (min_lr_ratio 0, against 0.1); then the
-adapter's mean over the last 320 steps (average_steps, the preset now).
+adapter's mean over the last 320 steps (average_steps), and over the last 640 of twice the steps
+(the preset now).
 
 Seed s of a point is compared with a parent whose full SFT trained with the same seed: seed 0 is
 `make run`'s workdir; for seed 1, a workdir sharing its tokenizer and pretrain whose sft stage ran
@@ -45,6 +46,9 @@ def get_sweep():
         point(optimizer="muon", norms=True, min_lr_ratio=0.0, seed=1),
         point(optimizer="muon", norms=True, seed=2),  # the preset, a third seed (its own sft)
         point(optimizer="muon", norms=True, steps=1920, seed=2),
-        # the adapter's mean over the last 320 steps: the preset now
+        # the adapter's mean over the last 320 steps
         *(point(optimizer="muon", norms=True, average_steps=320, seed=s) for s in (0, 1, 2)),
+        # twice the steps, the mean over the last 640: the preset now
+        *(point(optimizer="muon", norms=True, steps=1920, average_steps=640, seed=s)
+          for s in (0, 1, 2)),
     ]
