@@ -8,7 +8,7 @@ adapter's mean over the last 320 steps (average_steps), and over the last 640 of
 
 Seed s of a point is compared with a parent whose full SFT trained with the same seed: seed 0 is
 `make run`'s workdir; for seed 1, a workdir sharing its tokenizer and pretrain whose sft stage ran
-`sft_tiny.py --config.seed=1` (seed 2 likewise). The measured table is in docs/lora.md
+`sft_tiny.py --config.seed=1` (seeds 2 and 3 likewise). The measured table is in docs/lora.md
 ("Against the 960-step full SFT").
 
 python -m gpt_jax.sweep --config=experiments/configs/sft_lora_tiny.py \
@@ -50,5 +50,5 @@ def get_sweep():
         *(point(optimizer="muon", norms=True, average_steps=320, seed=s) for s in (0, 1, 2)),
         # twice the steps, the mean over the last 640: the preset now
         *(point(optimizer="muon", norms=True, steps=1920, average_steps=640, seed=s)
-          for s in (0, 1, 2)),
+          for s in (0, 1, 2, 3)),
     ]
