@@ -120,6 +120,7 @@ def adapter_config(config, workdir: str) -> lora.LoRAConfig:
 
 def run(config, workdir: str) -> dict[str, Any]:
     cfg = adapter_config(config, workdir)
+    average_steps = int(config.lora.get("average_steps", 0))
 
     def finish(stage_dir: Path, result, summary: dict) -> dict:
         from gpt_jax.model import GPT, GPTConfig
@@ -145,7 +146,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         out = {
             "lora": {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
                      "token_ids": list(cfg.token_ids),
-                     "average_steps": int(config.lora.get("average_steps", 0))},
+                     "average_steps": average_steps},
             "trainable_params": adapter.num_params(),
             "trainable_fraction": adapter.num_params() / n_base,
             # the same adapter on this model family at larger widths: where "< 1%" holds
@@ -166,8 +167,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
     return run_sft(config, workdir, STAGE, finish=finish,
                    tree=lora_tree(cfg, config.seed, float(config.lora.get("b_lr_ratio", 1.0)),
-                                  int(config.train.total_steps),
-                                  int(config.lora.get("average_steps", 0))))
+                                  int(config.train.total_steps), average_steps))
 
 
 def _ratios(ours: dict, full: dict) -> dict:
